@@ -1,0 +1,181 @@
+"""Pre-training throughput: the model alone (ceiling), the write-up's pipeline (reference) and the default (fast).
+
+    python scripts/bench_pretrain.py --arch=resnet18 --image_size=64 --batch_size=64      # CPU
+    python scripts/bench_pretrain.py --arch=resnet50 --image_size=224 --batch_size=256    # GPU (bf16)
+
+All three run the same SimSiam training step (forward, backward, SGD step) on the same images:
+- ceiling:   batches already on the device, normalised; no data work at all
+- reference: PNG decode + per-sample PIL transforms (simsiam_transform_v1/v2) in DataLoader workers, fp32, NCHW
+- default:   train_simsiam.py's PIPELINE="fast": decoded-once uint8 memory map, BatchAugment on the device,
+             mixed precision and channels_last on CUDA
+Warm-up steps are excluded. Prints a table and writes it as JSON (OUTPUT_JSON).
+"""
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import simsiam_data as data  # noqa: E402
+from runtime import (amp_dtype_for, autocast_for, configure, describe_device, library_versions,  # noqa: E402
+                     pick_device)
+from simsiam_model import SimSiam, negative_cosine_loss  # noqa: E402
+
+# ----------------------------------------------------------------------------------------------------------------
+DATA_DIR = ""  # folder of images to read; "" = generate NUM_IMAGES PNGs of SOURCE_SIZE px in a temp folder
+NUM_IMAGES = 512  # generated images (when DATA_DIR is "")
+SOURCE_SIZE = 0  # side of generated images in px; 0 = 264 (an SSL4EO-S12 patch) when IMAGE_SIZE > 64, else 64
+ARCH = "resnet18"  # resnet18 | resnet34 | resnet50
+IMAGE_SIZE = 64  # crop size fed to the network
+BATCH_SIZE = 64  # pairs per step
+STEPS = 10  # timed steps per pipeline
+WARMUP_STEPS = 3  # untimed steps first (allocations, cudnn autotune, worker start-up)
+NUM_WORKERS = 2  # DataLoader workers for the reference pipeline (the write-up's way of feeding the GPU)
+AMP = True  # mixed precision on CUDA for ceiling and default (the reference stays fp32, as written)
+CHANNELS_LAST = True  # channels_last on CUDA for ceiling and default
+CACHE_DIR = ""  # where the default pipeline keeps its decoded array; "" = a temp folder
+DEVICE = "auto"  # auto | cuda | cpu
+OUTPUT_JSON = "bench_results/bench_pretrain.json"  # the table as JSON
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def peak_memory_mib(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
+
+
+def make_images(folder, count, size):
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        yy, xx = np.mgrid[0:size, 0:size] / size
+        base = rng.uniform(40, 200, size=3)
+        pixels = base + 40 * np.sin(2 * np.pi * (rng.uniform(1, 6) * xx + rng.uniform(1, 6) * yy))[..., None]
+        pixels = np.clip(pixels + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(os.path.join(folder, f"img_{i:05d}.png"))
+
+
+def timed(name, batches, model, optimizer, device, amp_dtype, channels_last, scaler):
+    """Run WARMUP_STEPS + STEPS training steps over `batches`; return pairs/s of the timed steps."""
+    model.train()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    count, started = 0, None
+    for x1, x2 in batches:
+        if count == WARMUP_STEPS:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            started = time.perf_counter()
+        x1, x2 = x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
+        if channels_last:
+            x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
+        with autocast_for(device, amp_dtype):
+            p1, p2, z1, z2 = model(x1, x2)
+            loss = negative_cosine_loss(p1.float(), p2.float(), z1.float(), z2.float())
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        count += 1
+        if count == WARMUP_STEPS + STEPS:
+            break
+    loss.item()  # waits for the device
+    if count < WARMUP_STEPS + STEPS:
+        sys.exit(f"error: only {count} batches for {name}; use more images or fewer --steps")
+    elapsed = time.perf_counter() - started
+    pairs_per_s = STEPS * BATCH_SIZE / elapsed
+    print(f"{name:<10} {pairs_per_s:8.1f} pairs/s  ({elapsed / STEPS * 1000:.0f} ms/step, "
+          f"peak {peak_memory_mib(device):.0f} MiB)", flush=True)
+    return {"pairs_per_s": pairs_per_s, "ms_per_step": elapsed / STEPS * 1000, "peak_mib": peak_memory_mib(device)}
+
+
+def main():
+    config, _ = configure(globals())
+    device = pick_device(DEVICE)
+    amp_dtype = amp_dtype_for(device, AMP)
+    channels_last = CHANNELS_LAST and device.type == "cuda"
+    torch.manual_seed(0)
+    workdir = tempfile.mkdtemp(prefix="bench_pretrain_")
+    data_dir = DATA_DIR
+    if not data_dir:
+        data_dir = os.path.join(workdir, "images")
+        os.makedirs(data_dir)
+        size = SOURCE_SIZE or (264 if IMAGE_SIZE > 64 else 64)
+        print(f"generating {NUM_IMAGES} PNGs of {size} px in {data_dir}")
+        make_images(data_dir, NUM_IMAGES, size)
+    paths = data.list_images(data_dir)
+    needed = (WARMUP_STEPS + STEPS) * BATCH_SIZE
+    if len(paths) < needed:
+        paths = (paths * (needed // max(1, len(paths)) + 1))[:needed]  # repeat files: same work per image
+    print(f"device: {describe_device(device)}; {ARCH} at {IMAGE_SIZE} px, batch {BATCH_SIZE} pairs, "
+          f"{STEPS} timed steps after {WARMUP_STEPS} warm-up; precision {amp_dtype or 'fp32'} (reference: fp32)")
+
+    def fresh_model(use_channels_last):
+        model = SimSiam(ARCH).to(device, memory_format=torch.channels_last if use_channels_last
+                                 else torch.preserve_format)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05 * BATCH_SIZE / 256, momentum=0.9, weight_decay=1e-4)
+        return model, optimizer
+
+    results = {}
+    # ---- ceiling: the model step on tensors already on the device ----
+    model, optimizer = fresh_model(channels_last)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    fixed = [torch.randn(BATCH_SIZE, 3, IMAGE_SIZE, IMAGE_SIZE, device=device) for _ in range(2)]
+    results["ceiling"] = timed("ceiling", iter(lambda: fixed, None), model, optimizer, device, amp_dtype,
+                               channels_last, scaler)
+
+    # ---- reference: the write-up's pipeline as written ----
+    model, optimizer = fresh_model(False)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    dataset = data.PretrainImageDataset(paths, data.simsiam_transform_v1(IMAGE_SIZE), data.simsiam_transform_v2(IMAGE_SIZE))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=True, drop_last=True,
+                                         num_workers=NUM_WORKERS, pin_memory=device.type == "cuda",
+                                         collate_fn=data.collate_skipping, persistent_workers=False)
+    results["reference"] = timed("reference", ((x1, x2) for x1, x2, _ in loader), model, optimizer, device, None,
+                                 False, scaler)
+    del loader
+
+    # ---- default: decode once, batched augmentation on the device ----
+    model, optimizer = fresh_model(channels_last)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    started = time.perf_counter()
+    array, kept, _ = data.build_image_cache(sorted(set(paths)), CACHE_DIR or os.path.join(workdir, "cache"), log=print)
+    decode_s = time.perf_counter() - started
+    index = [kept.index(p) for p in paths]  # the same (possibly repeated) file list as the reference
+    augment1 = data.BatchAugment(IMAGE_SIZE)
+    augment2 = data.BatchAugment(IMAGE_SIZE, solarize_p=0.2)
+    generator = torch.Generator().manual_seed(0)
+    order = np.random.default_rng(0).permutation(index)
+    batches = ((augment1(b, generator), augment2(b, generator))
+               for b in data.iterate_batches(array, order, BATCH_SIZE, device))
+    results["default"] = timed("default", batches, model, optimizer, device, amp_dtype, channels_last, scaler)
+    results["default"]["one_time_decode_s"] = decode_s
+
+    ratio_reference = results["default"]["pairs_per_s"] / results["reference"]["pairs_per_s"]
+    ratio_ceiling = results["default"]["pairs_per_s"] / results["ceiling"]["pairs_per_s"]
+    print()
+    print(f"| pipeline | pairs/s | ms/step | peak memory (MiB) |")
+    print(f"| --- | --- | --- | --- |")
+    for name in ("ceiling", "reference", "default"):
+        r = results[name]
+        print(f"| {name} | {r['pairs_per_s']:.1f} | {r['ms_per_step']:.0f} | {r['peak_mib']:.0f} |")
+    print(f"\ndefault / reference = {ratio_reference:.2f}x, default / ceiling = {ratio_ceiling:.2f} "
+          f"(one-time decode of {len(kept)} images: {decode_s:.1f} s, not in the rates)")
+    summary = {"config": config, "device": describe_device(device), "versions": library_versions(),
+               "precision": str(amp_dtype or "fp32"), "results": results,
+               "default_over_reference": ratio_reference, "default_over_ceiling": ratio_ceiling}
+    os.makedirs(os.path.dirname(os.path.abspath(OUTPUT_JSON)), exist_ok=True)
+    with open(OUTPUT_JSON + ".tmp", "w") as f:
+        json.dump(summary, f, indent=2)
+    os.replace(OUTPUT_JSON + ".tmp", OUTPUT_JSON)
+    print(f"wrote {OUTPUT_JSON}")
+
+
+if __name__ == "__main__":
+    main()

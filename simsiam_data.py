@@ -1,0 +1,445 @@
+"""Data for SimSiam pre-training and EuroSAT evaluation. Pure definitions: no paths of its own, no device.
+
+Two pre-training pipelines give the same augmentation distribution:
+- reference (the write-up's): `PretrainImageDataset` decodes each image in DataLoader workers and applies
+  `simsiam_transform_v1` / `simsiam_transform_v2` per sample with PIL;
+- fast (the default): `build_image_cache` decodes every image once into a uint8 memory map, then `BatchAugment`
+  augments whole batches as tensors on the training device, with per-sample random parameters.
+
+EuroSAT: `read_eurosat_split` reads train.csv / validation.csv / test.csv through label_map.json and checks them.
+"""
+import hashlib
+import json
+import math
+import os
+import queue
+import threading
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+import torchvision.transforms as T
+from PIL import Image, UnidentifiedImageError
+from torchvision.ops import roi_align
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2, as PIL and torchvision use
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# reading images
+
+def list_images(root):
+    """Every image file under `root` (recursive), sorted so the order is the same on every machine."""
+    found = []
+    for folder, _, files in os.walk(root):
+        found += [os.path.join(folder, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+    return sorted(found)
+
+
+def open_rgb(path):
+    """Open any image PIL reads as 8-bit RGB. 16-bit and float images are scaled by their maximum, not clipped."""
+    with Image.open(path) as image:
+        image.load()
+        if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            array = np.asarray(image, dtype=np.float32)
+            peak = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
+            image = Image.fromarray(np.clip(array / peak * 255.0, 0, 255).astype(np.uint8))
+        return image.convert("RGB")
+
+
+def gaussian_kernel_size(image_size):
+    """Odd kernel about 10% of the image side (23 at 224 px), as in BYOL / SimSiam implementations."""
+    return max(3, int(0.1 * image_size) // 2 * 2 + 1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# reference pipeline: the write-up's per-sample PIL transforms
+
+def simsiam_transform_v1(image_size=224, crop_scale_min=0.2):
+    return T.Compose([
+        T.RandomResizedCrop(image_size, scale=(crop_scale_min, 1.0)),
+        T.RandomHorizontalFlip(),
+        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        T.RandomGrayscale(p=0.2),
+        T.RandomApply([T.GaussianBlur(gaussian_kernel_size(image_size), sigma=(0.1, 2.0))], p=0.5),
+        T.ToTensor(),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def simsiam_transform_v2(image_size=224, crop_scale_min=0.2, solarize=True):
+    """View 2: v1 plus solarisation (p=0.2) on the PIL image before ToTensor (as BYOL); solarize=False is the
+    paper's symmetric recipe."""
+    steps = simsiam_transform_v1(image_size, crop_scale_min).transforms
+    if solarize:
+        steps.insert(5, T.RandomSolarize(threshold=128, p=0.2))
+    return T.Compose(steps)
+
+
+class PretrainImageDataset(torch.utils.data.Dataset):
+    """Two augmented views of each image in a folder. An unreadable image yields None (see `collate_skipping`)."""
+
+    def __init__(self, paths, transform1, transform2):
+        self.paths, self.transform1, self.transform2 = list(paths), transform1, transform2
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        try:
+            image = open_rgb(self.paths[index])
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+            return None, f"{self.paths[index]}: {type(error).__name__}: {error}"
+        return (self.transform1(image), self.transform2(image)), None
+
+
+def collate_skipping(items):
+    """Batch the readable samples; pass the unreadable ones on by name so the training loop can count them."""
+    good = [views for views, _ in items if views is not None]
+    bad = [message for views, message in items if views is None]
+    if not good:
+        return None, None, bad
+    return torch.stack([v[0] for v in good]), torch.stack([v[1] for v in good]), bad
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# decode once: a uint8 memory map of all images
+
+def _cache_key(paths, size):
+    digest = hashlib.sha1(str(size).encode())
+    for path in paths:
+        stat = os.stat(path)
+        digest.update(f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def build_image_cache(paths, cache_dir, size=0, progress=None, log=print):
+    """Decode every image once into `cache_dir/images_<key>.npy` (N, H, W, 3) uint8; returns (array, kept, bad).
+
+    size=0 keeps the native size when all images share one (EuroSAT 64 px, SSL4EO 264 px) and otherwise resizes
+    to 256 px; size>0 resizes every image to size x size. Unreadable images are left out and listed in `bad`.
+    The key covers the file list, sizes, modification times and `size`, so changed data builds a new cache; a
+    kill while building leaves only a temp file, which the next run replaces.
+    """
+    paths = list(paths)
+    if not paths:
+        raise ValueError("no images to cache")
+    if size == 0:
+        sizes = set()
+        for path in paths[:: max(1, len(paths) // 200)]:  # a sample of headers is enough to decide
+            try:
+                with Image.open(path) as image:
+                    sizes.add(image.size)
+            except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+                pass
+        only = sizes.pop() if len(sizes) == 1 else (256, 256)
+        size = only[0] if only[0] == only[1] else 256
+    os.makedirs(cache_dir, exist_ok=True)
+    stem = os.path.join(cache_dir, f"images_{_cache_key(paths, size)}")
+    if os.path.exists(stem + ".npy") and os.path.exists(stem + ".json"):
+        with open(stem + ".json") as f:
+            index = json.load(f)
+        return np.load(stem + ".npy", mmap_mode="r"), index["kept"], index["bad"]
+
+    log(f"decoding {len(paths)} images once into {stem}.npy ({size}x{size} px, "
+        f"{len(paths) * size * size * 3 / 2**30:.2f} GiB)")
+    tmp = f"{stem}.tmp{os.getpid()}.npy"
+    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+    kept, bad = [], []
+    iterator = progress(paths) if progress else paths
+    for path in iterator:
+        try:
+            image = open_rgb(path)
+            if image.size != (size, size):
+                image = image.resize((size, size), Image.BILINEAR)
+            array[len(kept)] = np.asarray(image)
+            kept.append(path)
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+            bad.append(f"{path}: {type(error).__name__}: {error}")
+    array.flush()
+    del array
+    if len(kept) < len(paths):  # shrink the file to the readable images
+        full = np.load(tmp, mmap_mode="r")
+        shrunk = f"{stem}.tmp{os.getpid()}b.npy"
+        np.save(shrunk, full[:len(kept)])
+        del full
+        os.replace(shrunk, tmp)
+    with open(stem + ".json.tmp", "w") as f:
+        json.dump({"kept": kept, "bad": bad, "size": size}, f)
+    os.replace(tmp, stem + ".npy")
+    os.replace(stem + ".json.tmp", stem + ".json")
+    return np.load(stem + ".npy", mmap_mode="r"), kept, bad
+
+
+def iterate_batches(array, order, batch_size, device, drop_last=True, prefetch=2):
+    """Yield uint8 NHWC batches of `array[order]` on `device`, read by a background thread (pinned on CUDA)."""
+    stop = len(order) - len(order) % batch_size if drop_last else len(order)
+    pin = device.type == "cuda"
+    ready = queue.Queue(maxsize=prefetch)
+
+    def produce():
+        for start in range(0, stop, batch_size):
+            index = np.sort(np.asarray(order[start:start + batch_size]))  # sorted reads are faster on a memmap
+            batch = torch.from_numpy(np.ascontiguousarray(array[index]))
+            ready.put(batch.pin_memory() if pin else batch)
+        ready.put(None)
+
+    threading.Thread(target=produce, daemon=True).start()
+    while (batch := ready.get()) is not None:
+        yield batch.to(device, non_blocking=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# fast pipeline: the same augmentations on whole batches, per-sample random parameters
+
+def _to_gray(x):
+    r, g, b = x.unbind(1)
+    return (GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b).unsqueeze(1)
+
+
+def _blend(x, other, factor):
+    return (factor.view(-1, 1, 1, 1) * x + (1 - factor.view(-1, 1, 1, 1)) * other).clamp(0, 1)
+
+
+def _rgb_to_hsv(x):
+    r, g, b = x.unbind(1)
+    maxc, minc = x.max(1).values, x.min(1).values
+    delta = maxc - minc
+    flat = delta == 0
+    saturation = delta / torch.where(flat, torch.ones_like(maxc), maxc)
+    safe = torch.where(flat, torch.ones_like(delta), delta)
+    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
+    hue = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    hue = torch.where(flat, torch.zeros_like(hue), hue)
+    return torch.fmod(hue / 6.0 + 1.0, 1.0), saturation, maxc
+
+
+def _hsv_to_rgb(hue, saturation, value):
+    sector = torch.floor(hue * 6.0)
+    fraction = hue * 6.0 - sector
+    sector = sector.long() % 6
+    p = (value * (1 - saturation)).clamp(0, 1)
+    q = (value * (1 - saturation * fraction)).clamp(0, 1)
+    t = (value * (1 - saturation * (1 - fraction))).clamp(0, 1)
+    # channel values for sectors 0..5 of the hue circle
+    table = {0: (value, t, p), 1: (q, value, p), 2: (p, value, t), 3: (p, q, value), 4: (t, p, value), 5: (value, p, q)}
+    out = torch.zeros(hue.shape[0], 3, *hue.shape[1:], device=hue.device, dtype=hue.dtype)
+    for s, channels in table.items():
+        mask = (sector == s).unsqueeze(1)
+        out = torch.where(mask, torch.stack(channels, 1), out)
+    return out
+
+
+def _adjust(x, op, factor):
+    if op == 0:  # brightness
+        return _blend(x, torch.zeros_like(x), factor)
+    if op == 1:  # contrast: blend with the mean grey level of each image
+        return _blend(x, _to_gray(x).mean(dim=(1, 2, 3), keepdim=True), factor)
+    if op == 2:  # saturation
+        return _blend(x, _to_gray(x), factor)
+    hue, saturation, value = _rgb_to_hsv(x)
+    hue = torch.remainder(hue + factor.view(-1, 1, 1), 1.0)
+    return _hsv_to_rgb(hue, saturation, value)
+
+
+def sample_crop_boxes(n, height, width, scale, ratio, generator):
+    """torchvision's RandomResizedCrop.get_params for n samples at once: (n, 4) boxes x0, y0, x1, y1."""
+    tries = 10
+    area = height * width
+    target = area * torch.empty(n, tries).uniform_(scale[0], scale[1], generator=generator)
+    log_ratio = torch.empty(n, tries).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    aspect = torch.exp(log_ratio)
+    w = torch.round(torch.sqrt(target * aspect))
+    h = torch.round(torch.sqrt(target / aspect))
+    ok = (w > 0) & (h > 0) & (w <= width) & (h <= height)
+    first = ok.float().argmax(dim=1, keepdim=True)
+    w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
+    # fallback when no try fits: the central crop at the closest allowed aspect ratio, as torchvision does
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        fallback_w, fallback_h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        fallback_w, fallback_h = round(height * ratio[1]), height
+    else:
+        fallback_w, fallback_h = width, height
+    fitted = ok.any(dim=1)
+    w = torch.where(fitted, w, torch.full_like(w, fallback_w))
+    h = torch.where(fitted, h, torch.full_like(h, fallback_h))
+    u = torch.rand(n, 2, generator=generator)
+    top = torch.where(fitted, torch.floor(u[:, 0] * (height - h + 1)), torch.floor((height - h) / 2))
+    left = torch.where(fitted, torch.floor(u[:, 1] * (width - w + 1)), torch.floor((width - w) / 2))
+    return torch.stack([left, top, left + w, top + h], dim=1)
+
+
+class BatchAugment:
+    """SimSiam augmentations for a uint8 NHWC batch on any device, each sample with its own random parameters.
+
+    Same distribution as `simsiam_transform_v1/v2`: random resized crop (bilinear, area-averaged when shrinking),
+    horizontal flip, colour jitter in a random order per sample, grayscale, Gaussian blur, optional solarisation,
+    normalisation. Random numbers come from a CPU generator, so results do not depend on the device.
+    Set jitter_p = gray_p = blur_p = 0 for the light augmentation of fine-tuning.
+    """
+
+    def __init__(self, image_size, crop_scale=(0.2, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_p=0.5, vflip_p=0.0,
+                 jitter_p=0.8, jitter=(0.4, 0.4, 0.4, 0.1), gray_p=0.2, blur_p=0.5, blur_sigma=(0.1, 2.0),
+                 solarize_p=0.0, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        self.image_size, self.crop_scale, self.crop_ratio = image_size, crop_scale, crop_ratio
+        self.flip_p, self.vflip_p, self.jitter_p, self.jitter = flip_p, vflip_p, jitter_p, jitter
+        self.gray_p, self.blur_p, self.blur_sigma, self.solarize_p = gray_p, blur_p, blur_sigma, solarize_p
+        self.kernel_size = gaussian_kernel_size(image_size)
+        self.mean, self.std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+
+    def sample_params(self, n, height, width, generator):
+        b, c, s, h = self.jitter
+        u = lambda low, high: torch.empty(n).uniform_(low, high, generator=generator)  # noqa: E731
+        coin = lambda p: torch.rand(n, generator=generator) < p  # noqa: E731
+        params = {"boxes": sample_crop_boxes(n, height, width, self.crop_scale, self.crop_ratio, generator),
+                  "flip": coin(self.flip_p), "vflip": coin(self.vflip_p), "jitter": coin(self.jitter_p),
+                  "factors": torch.stack([u(1 - b, 1 + b), u(1 - c, 1 + c), u(1 - s, 1 + s), u(-h, h)], 1),
+                  "order": torch.argsort(torch.rand(n, 4, generator=generator), dim=1),
+                  "gray": coin(self.gray_p), "blur": coin(self.blur_p),
+                  "sigma": u(*self.blur_sigma), "solarize": coin(self.solarize_p)}
+        return params
+
+    def __call__(self, images, generator=None, return_params=False):
+        n, height, width, _ = images.shape
+        device = images.device
+        params = self.sample_params(n, height, width, generator)
+        x = images.permute(0, 3, 1, 2).float().div_(255)
+        # crop + resize in one batched op; aligned=True puts box edges on pixel borders like PIL
+        boxes = torch.cat([torch.arange(n).view(-1, 1).float(), params["boxes"]], 1).to(device)
+        x = roi_align(x, boxes, output_size=self.image_size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+        x = torch.where(params["flip"].to(device).view(-1, 1, 1, 1), x.flip(3), x)
+        x = torch.where(params["vflip"].to(device).view(-1, 1, 1, 1), x.flip(2), x)
+        if self.jitter_p > 0:
+            jittered = params["jitter"].nonzero().flatten()
+            for position in range(4):
+                for op in range(4):
+                    rows = jittered[params["order"][jittered, position] == op]
+                    if len(rows):
+                        rows_dev = rows.to(device)
+                        x[rows_dev] = _adjust(x[rows_dev], op, params["factors"][rows, op].to(device))
+        if self.gray_p > 0:
+            x = torch.where(params["gray"].to(device).view(-1, 1, 1, 1), _to_gray(x).expand_as(x), x)
+        if self.blur_p > 0 and params["blur"].any():
+            rows = params["blur"].nonzero().flatten()
+            x[rows.to(device)] = self._blur(x[rows.to(device)], params["sigma"][rows].to(device))
+        if self.solarize_p > 0:
+            # PIL solarize inverts pixels >= 128 of 255
+            solarized = torch.where(x >= 128 / 255, 1.0 - x, x)
+            x = torch.where(params["solarize"].to(device).view(-1, 1, 1, 1), solarized, x)
+        x = (x - self.mean.to(device)) / self.std.to(device)
+        return (x, params) if return_params else x
+
+    def _blur(self, x, sigma):
+        """Separable Gaussian blur with one sigma per image (grouped convolution), reflect padding."""
+        n, c, h, w = x.shape
+        k = self.kernel_size
+        offsets = torch.arange(k, device=x.device, dtype=x.dtype) - (k - 1) / 2
+        kernel = torch.exp(-0.5 * (offsets.view(1, -1) / sigma.view(-1, 1)) ** 2)
+        kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, dim=0)  # (n*c, k)
+        flat = x.reshape(1, n * c, h, w)
+        flat = F.pad(flat, (k // 2, k // 2, k // 2, k // 2), mode="reflect")
+        flat = F.conv2d(flat, kernel.view(n * c, 1, k, 1), groups=n * c)
+        flat = F.conv2d(flat, kernel.view(n * c, 1, 1, k), groups=n * c)
+        return flat.view(n, c, h, w)
+
+
+def eval_batch(images, image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """The evaluation transform on a uint8 NHWC batch: resize to image_size (antialiased bilinear), normalise."""
+    x = images.permute(0, 3, 1, 2).float().div_(255)
+    if x.shape[-1] != image_size or x.shape[-2] != image_size:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+    mean = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def eval_transform(image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """The same evaluation transform for PIL images (classify_image.py, on-the-fly evaluation)."""
+    return T.Compose([T.Resize((image_size, image_size)), T.ToTensor(), T.Normalize(mean, std)])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# EuroSAT splits
+
+def read_label_map(label_map_path):
+    try:
+        with open(label_map_path) as f:
+            label_map = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"{label_map_path}: missing. Run `python make_dataset.py --mode=eurosat_splits` to "
+                         "write the EuroSAT split files.") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{label_map_path}: not valid JSON ({error}).") from None
+    if (not isinstance(label_map, dict) or not label_map
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in label_map.values())):
+        raise ValueError(f"{label_map_path}: must be a JSON mapping of class name to integer label, "
+                         'e.g. {"AnnualCrop": 0, "Forest": 1}.')
+    if sorted(label_map.values()) != list(range(len(label_map))):
+        raise ValueError(f"{label_map_path}: labels must be 0..{len(label_map) - 1}, each once; "
+                         f"found {sorted(label_map.values())}.")
+    return label_map
+
+
+def read_eurosat_split(root, csv_path, label_map_path):
+    """Rows of a split CSV as (absolute image paths, integer labels, class names in label order).
+
+    Uses the `Filename` and `ClassName` columns (a leading unnamed index column is fine). Every problem is a
+    ValueError naming the file, the row and the fix.
+    """
+    label_map = read_label_map(label_map_path)
+    class_names = [name for name, _ in sorted(label_map.items(), key=lambda item: item[1])]
+    try:
+        table = pd.read_csv(csv_path)
+    except FileNotFoundError:
+        raise ValueError(f"{csv_path}: missing. Run `python make_dataset.py --mode=eurosat_splits` to write "
+                         "the EuroSAT split files.") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ValueError(f"{csv_path}: not a readable CSV ({error}).") from None
+    missing = [c for c in ("Filename", "ClassName") if c not in table.columns]
+    if missing:
+        raise ValueError(f"{csv_path}: missing column(s) {missing}; found {list(table.columns)}. "
+                         "Expected the header ,Filename,Label,ClassName.")
+    if table.empty:
+        raise ValueError(f"{csv_path}: has a header but no rows.")
+    duplicated = table["Filename"].duplicated()
+    if duplicated.any():
+        row = int(duplicated.idxmax())
+        raise ValueError(f"{csv_path}: row {row + 2} repeats {table['Filename'][row]!r}; each image may appear "
+                         "once. Remove the duplicate rows.")
+    root_abs = os.path.realpath(root)
+    paths, labels = [], []
+    for row, (filename, class_name) in enumerate(zip(table["Filename"], table["ClassName"])):
+        line = row + 2  # 1-based, after the header
+        if not isinstance(filename, str) or not filename:
+            raise ValueError(f"{csv_path}: line {line} has an empty Filename.")
+        path = os.path.realpath(os.path.join(root_abs, filename))
+        if os.path.isabs(filename) or not path.startswith(root_abs + os.sep):
+            raise ValueError(f"{csv_path}: line {line}: Filename {filename!r} points outside the data folder "
+                             f"{root}. Filenames must be relative paths inside it.")
+        if class_name not in label_map:
+            raise ValueError(f"{csv_path}: line {line}: class {class_name!r} is not in {label_map_path} "
+                             f"(known: {', '.join(class_names)}).")
+        if "Label" in table.columns and table["Label"][row] != label_map[class_name]:
+            raise ValueError(f"{csv_path}: line {line}: Label {table['Label'][row]} disagrees with "
+                             f"{label_map_path}, which maps {class_name!r} to {label_map[class_name]}.")
+        paths.append(path)
+        labels.append(label_map[class_name])
+    return paths, labels, class_names
+
+
+class EuroSATDataset(torch.utils.data.Dataset):
+    """(image tensor, label) pairs for on-the-fly evaluation with a PIL transform."""
+
+    def __init__(self, paths, labels, transform):
+        self.paths, self.labels, self.transform = paths, labels, transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        return self.transform(open_rgb(self.paths[index])), self.labels[index]

@@ -1,0 +1,195 @@
+"""SimSiam (Chen and He, CVPR 2021) and the classifiers built on its backbone. Pure definitions: no paths, no device.
+
+- `SimSiam`: torchvision ResNet backbone (fc removed), 3-layer projector (last BN without affine), 2-layer
+  bottleneck predictor; `forward(x1, x2)` returns p1, p2 and the detached z1, z2 (the stop-gradient).
+- `negative_cosine_loss`: the symmetric loss D(p1, z2)/2 + D(p2, z1)/2, in [-1, 1].
+- `backbone_state_dict`: the backbone as a plain torchvision state dict (loads into resnet50() with only fc.* missing).
+- `backbone_from_checkpoint`, `classifier_from_checkpoint`: rebuild models from any checkpoint of this project,
+  strictly, from the checkpoint's own config.
+- `knn_predict`: the weighted kNN monitor (Wu et al. 2018) on l2-normalised features.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+from runtime import CheckpointError, load_checkpoint
+
+ARCHS = ("resnet18", "resnet34", "resnet50")
+PRETRAIN_KIND = "simsiam_pretrain"
+CLASSIFIER_KIND = "eurosat_classifier"
+KNOWN_PREFIXES = ("module.", "_orig_mod.", "backbone.", "encoder.")
+
+
+def build_backbone(arch="resnet50", in_channels=3, small_stem=False):
+    """A torchvision ResNet with `fc` replaced by Identity; returns (backbone, feature_dim).
+
+    small_stem=True swaps the 7x7/2 conv + max-pool for a 3x3/1 conv (as for CIFAR): on 32-64 px inputs the
+    standard stem leaves a 2x2 map at the last stage, which throws most of the image away.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    backbone = getattr(torchvision.models, arch)(weights=None)
+    if small_stem:
+        backbone.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        backbone.maxpool = nn.Identity()
+    elif in_channels != 3:
+        backbone.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    feature_dim = backbone.fc.in_features
+    backbone.fc = nn.Identity()
+    return backbone, feature_dim
+
+
+class SimSiam(nn.Module):
+    def __init__(self, arch="resnet50", dim=2048, pred_dim=512, in_channels=3, small_stem=False):
+        super().__init__()
+        self.backbone, feature_dim = build_backbone(arch, in_channels, small_stem)
+        self.projector = nn.Sequential(
+            nn.Linear(feature_dim, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(inplace=True),
+            nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(inplace=True),
+            nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim, affine=False))
+        self.predictor = nn.Sequential(
+            nn.Linear(dim, pred_dim, bias=False), nn.BatchNorm1d(pred_dim), nn.ReLU(inplace=True),
+            nn.Linear(pred_dim, dim))
+
+    def forward(self, x1, x2):
+        # one backbone pass over both views: BatchNorm sees each view's batch separately below, as in the paper,
+        # because the projector and predictor run per view
+        z1 = self.projector(self.backbone(x1))
+        z2 = self.projector(self.backbone(x2))
+        p1, p2 = self.predictor(z1), self.predictor(z2)
+        return p1, p2, z1.detach(), z2.detach()
+
+
+def negative_cosine_loss(p1, p2, z1, z2):
+    """Symmetric negative cosine similarity; z must already be detached (stop-gradient)."""
+    return -(F.cosine_similarity(p1, z2, dim=-1).mean() + F.cosine_similarity(p2, z1, dim=-1).mean()) / 2
+
+
+def normalized_std(z):
+    """Mean per-dimension std of l2-normalised z: about 1/sqrt(dim) when healthy, towards 0 when collapsed."""
+    return F.normalize(z.float(), dim=1).std(dim=0).mean().item()
+
+
+def unwrap(model):
+    """The plain module inside DistributedDataParallel and/or torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def strip_prefixes(state_dict):
+    cleaned = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in KNOWN_PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        cleaned[key] = value
+    return cleaned
+
+
+def backbone_state_dict(model):
+    """Backbone weights with torchvision's key names (no wrapper prefixes, no fc)."""
+    backbone = unwrap(model).backbone if hasattr(unwrap(model), "backbone") else unwrap(model)
+    return {k: v.detach().cpu().clone() for k, v in strip_prefixes(backbone.state_dict()).items()
+            if not k.startswith("fc.")}
+
+
+def model_config_from(checkpoint, path):
+    """arch / in_channels / small_stem / image_size as recorded in any checkpoint of this project."""
+    config = checkpoint.get("config")
+    if not isinstance(config, dict) or "ARCH" not in config:
+        raise CheckpointError(f"{path}: the checkpoint records no config with ARCH, so it was not written by this "
+                              "project's train_simsiam.py, Linear_evaluation.py or finetune_model.py.")
+    return {"arch": config["ARCH"], "in_channels": int(config.get("IN_CHANNELS", 3)),
+            "small_stem": bool(config.get("SMALL_STEM", False)), "image_size": int(config.get("IMAGE_SIZE", 224))}
+
+
+def load_backbone_weights(backbone, state_dict, path):
+    """Strict load after stripping known prefixes; the error names the file and the mismatching keys."""
+    state_dict = {k: v for k, v in strip_prefixes(state_dict).items() if not k.startswith("fc.")}
+    result = backbone.load_state_dict(state_dict, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{path}: backbone weights do not match the architecture the checkpoint's config names "
+            f"(missing {result.missing_keys[:4]}{'...' if len(result.missing_keys) > 4 else ''}, unexpected "
+            f"{result.unexpected_keys[:4]}{'...' if len(result.unexpected_keys) > 4 else ''}). "
+            "Was the file edited, or written by another project?")
+
+
+def backbone_from_checkpoint(path):
+    """Rebuild the backbone of any checkpoint of this project; returns (backbone, feature_dim, model_config)."""
+    checkpoint = load_checkpoint(path, kinds=(PRETRAIN_KIND, CLASSIFIER_KIND))
+    model_config = model_config_from(checkpoint, path)
+    backbone, feature_dim = build_backbone(model_config["arch"], model_config["in_channels"],
+                                           model_config["small_stem"])
+    if checkpoint["kind"] == PRETRAIN_KIND:
+        # keep only the backbone part of the SimSiam state dict (projector and predictor are dropped)
+        weights = {}
+        for key, value in checkpoint["model"].items():
+            for wrapper in ("module.", "_orig_mod."):
+                key = key[len(wrapper):] if key.startswith(wrapper) else key
+            if key.startswith("backbone."):
+                weights[key] = value
+    else:
+        weights = checkpoint["backbone"]
+    load_backbone_weights(backbone, weights, path)
+    return backbone, feature_dim, model_config
+
+
+class Classifier(nn.Module):
+    """Backbone + linear head: what linear evaluation and fine-tuning train and classify_image.py uses."""
+
+    def __init__(self, backbone, feature_dim, num_classes):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(feature_dim, num_classes)
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+def classifier_checkpoint(model, config, class_names, mean, std, extra=None):
+    """A self-describing classifier file: arch, image size, normalisation, class names, weights."""
+    model = unwrap(model)
+    checkpoint = {"kind": CLASSIFIER_KIND, "config": dict(config), "class_names": list(class_names),
+                  "mean": list(mean), "std": list(std),
+                  "backbone": backbone_state_dict(model.backbone),
+                  "head": {k: v.detach().cpu().clone() for k, v in model.head.state_dict().items()}}
+    checkpoint.update(extra or {})
+    return checkpoint
+
+
+def classifier_from_checkpoint(path):
+    """Rebuild a Classifier from linear_eval_eurosat_best_model.pth or finetuned_eurosat_best_model.pth."""
+    checkpoint = load_checkpoint(path)
+    if checkpoint.get("kind") != CLASSIFIER_KIND:
+        hint = (" It is a pre-training checkpoint: run Linear_evaluation.py or finetune_model.py on it first."
+                if checkpoint.get("kind") == PRETRAIN_KIND else "")
+        raise CheckpointError(f"{path}: not a classifier checkpoint (kind {checkpoint.get('kind', 'unknown')!r})."
+                              + hint)
+    backbone, feature_dim, model_config = backbone_from_checkpoint(path)
+    model = Classifier(backbone, feature_dim, len(checkpoint["class_names"]))
+    try:
+        model.head.load_state_dict(checkpoint["head"])
+    except (RuntimeError, KeyError) as error:
+        raise CheckpointError(f"{path}: the classifier head does not match its class list ({error}).") from None
+    return model, checkpoint, model_config
+
+
+@torch.no_grad()
+def knn_predict(train_features, train_labels, query_features, num_classes, k=200, temperature=0.2, chunk=1024):
+    """Weighted kNN: cosine similarity, the k nearest vote with weight exp(sim / temperature)."""
+    train_features = F.normalize(train_features.float(), dim=1)
+    k = min(k, train_features.shape[0])
+    predictions = []
+    for start in range(0, query_features.shape[0], chunk):
+        query = F.normalize(query_features[start:start + chunk].float(), dim=1)
+        similarity, index = (query @ train_features.T).topk(k, dim=1)
+        weights = (similarity / temperature).exp()
+        votes = torch.zeros(query.shape[0], num_classes, device=query.device)
+        votes.scatter_add_(1, train_labels[index], weights)
+        predictions.append(votes.argmax(dim=1))
+    return torch.cat(predictions)
