@@ -37,8 +37,9 @@ BATCH_SIZE = 64  # images per forward pass in folder mode
 DEVICE = "auto"  # auto | cuda | cpu | mps
 # ----------------------------------------------------------------------------------------------------------------
 
-MODE_NOTES = {"RGBA": "alpha dropped", "LA": "grayscale with alpha, alpha dropped", "L": "grayscale, copied to 3 channels",
-              "1": "1-bit, copied to 3 channels", "P": "palette colours", "CMYK": "CMYK", "YCbCr": "YCbCr",
+MODE_NOTES = {"RGBA": "alpha dropped", "LA": "grayscale with alpha, alpha dropped",
+              "L": "grayscale, copied to 3 channels", "1": "1-bit, copied to 3 channels", "P": "palette colours",
+              "CMYK": "CMYK", "YCbCr": "YCbCr",
               "I;16": "16-bit, scaled by 65535", "I;16B": "16-bit, scaled by 65535", "I;16L": "16-bit, scaled by 65535",
               "I": "32-bit integer, scaled by its maximum", "F": "floating point, scaled by its maximum"}
 READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)

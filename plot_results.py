@@ -156,7 +156,9 @@ def plot_pretraining(m):
 
     base_lr = config["BASE_LR"] * config["BATCH_SIZE"] * m.get("world_size", 1) / 256
     if m.get("step_lr"):
-        ax_lr.plot(m["step"], m["step_lr"], "-", color=COLOR["train"], label="backbone + projector (sampled)")
+        # step_lr has one entry per optimiser step (older files sampled it at the loss steps)
+        lr_steps = m["step"] if len(m["step_lr"]) == len(m["step"]) else np.arange(1, len(m["step_lr"]) + 1)
+        ax_lr.plot(lr_steps, m["step_lr"], "-", color=COLOR["train"], label="backbone + projector (per step)")
         ax_lr.set_xlabel("step")
         top = ax_lr.secondary_xaxis("top", functions=(lambda s: s / steps_per_epoch, lambda e: e * steps_per_epoch))
         top.set_xlabel("epoch")
@@ -217,17 +219,18 @@ def plot_augmentations(m):
     chosen = sorted(rng.choice(len(paths), min(AUGMENT_IMAGES, len(paths)), replace=False))
     images = [data.open_rgb(paths[i]) for i in chosen]
     size, scale, solarize = config["IMAGE_SIZE"], config["CROP_SCALE_MIN"], config["SOLARIZE"]
+    strengths = dict(jitter_strength=config.get("JITTER_STRENGTH", 1.0), gray_p=config.get("GRAY_P", 0.2),
+                     blur_p=config.get("BLUR_P", 0.5))
     views, labels = [], []
     if config.get("PIPELINE", "fast") == "reference":
         torch.manual_seed(SEED)
-        first = data.simsiam_transform_v1(size, scale)
-        second = data.simsiam_transform_v2(size, scale, solarize=solarize)
+        first = data.simsiam_transform_v1(size, scale, **strengths)
+        second = data.simsiam_transform_v2(size, scale, solarize=solarize, **strengths)
         views = [(first(image), second(image)) for image in images]
         labels = [("", "")] * len(images)
         pipeline = "reference pipeline: simsiam_transform_v1 / v2 (PIL, per sample)"
     else:
-        first = data.BatchAugment(size, crop_scale=(scale, 1.0))
-        second = data.BatchAugment(size, crop_scale=(scale, 1.0), solarize_p=0.2 if solarize else 0.0)
+        first, second = data.batch_augment_pair(size, scale, solarize, **strengths)
         generator = torch.Generator().manual_seed(SEED)
         for image in images:
             batch = torch.from_numpy(np.array(image)).unsqueeze(0)  # one uint8 NHWC sample

@@ -59,21 +59,23 @@ def gaussian_kernel_size(image_size):
 # ----------------------------------------------------------------------------------------------------------------
 # reference pipeline: the write-up's per-sample PIL transforms
 
-def simsiam_transform_v1(image_size=224, crop_scale_min=0.2):
+def simsiam_transform_v1(image_size=224, crop_scale_min=0.2, jitter_strength=1.0, gray_p=0.2, blur_p=0.5):
+    """View 1 as the write-up lists it; the keyword defaults are the write-up's (and the paper's) values."""
+    b, c, s, h = (jitter_strength * v for v in (0.4, 0.4, 0.4, 0.1))
     return T.Compose([
         T.RandomResizedCrop(image_size, scale=(crop_scale_min, 1.0)),
         T.RandomHorizontalFlip(),
-        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-        T.RandomGrayscale(p=0.2),
-        T.RandomApply([T.GaussianBlur(gaussian_kernel_size(image_size), sigma=(0.1, 2.0))], p=0.5),
+        T.RandomApply([T.ColorJitter(b, c, s, h)], p=0.8),
+        T.RandomGrayscale(p=gray_p),
+        T.RandomApply([T.GaussianBlur(gaussian_kernel_size(image_size), sigma=(0.1, 2.0))], p=blur_p),
         T.ToTensor(),
         T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-def simsiam_transform_v2(image_size=224, crop_scale_min=0.2, solarize=True):
+def simsiam_transform_v2(image_size=224, crop_scale_min=0.2, solarize=True, **strengths):
     """View 2: v1 plus solarisation (p=0.2) on the PIL image before ToTensor (as BYOL); solarize=False is the
     paper's symmetric recipe."""
-    steps = simsiam_transform_v1(image_size, crop_scale_min).transforms
+    steps = simsiam_transform_v1(image_size, crop_scale_min, **strengths).transforms
     if solarize:
         steps.insert(5, T.RandomSolarize(threshold=128, p=0.2))
     return T.Compose(steps)
@@ -274,6 +276,13 @@ def sample_crop_boxes(n, height, width, scale, ratio, generator):
     return torch.stack([left, top, left + w, top + h], dim=1)
 
 
+def batch_augment_pair(image_size, crop_scale_min=0.2, solarize=True, jitter_strength=1.0, gray_p=0.2, blur_p=0.5):
+    """The two views of pre-training as BatchAugments, with the same arguments as simsiam_transform_v1/v2."""
+    common = dict(crop_scale=(crop_scale_min, 1.0), jitter=tuple(jitter_strength * v for v in (0.4, 0.4, 0.4, 0.1)),
+                  gray_p=gray_p, blur_p=blur_p)
+    return BatchAugment(image_size, **common), BatchAugment(image_size, solarize_p=0.2 if solarize else 0.0, **common)
+
+
 class BatchAugment:
     """SimSiam augmentations for a uint8 NHWC batch on any device, each sample with its own random parameters.
 
@@ -411,13 +420,13 @@ def read_eurosat_split(root, csv_path, label_map_path):
         row = int(duplicated.idxmax())
         raise ValueError(f"{csv_path}: row {row + 2} repeats {table['Filename'][row]!r}; each image may appear "
                          "once. Remove the duplicate rows.")
-    root_abs = os.path.realpath(root)
+    root_abs = os.path.abspath(root)  # abspath, not realpath: symlinked class folders are fine, ".." is not
     paths, labels = [], []
     for row, (filename, class_name) in enumerate(zip(table["Filename"], table["ClassName"])):
         line = row + 2  # 1-based, after the header
         if not isinstance(filename, str) or not filename:
             raise ValueError(f"{csv_path}: line {line} has an empty Filename.")
-        path = os.path.realpath(os.path.join(root_abs, filename))
+        path = os.path.normpath(os.path.join(root_abs, filename))
         if os.path.isabs(filename) or not path.startswith(root_abs + os.sep):
             raise ValueError(f"{csv_path}: line {line}: Filename {filename!r} points outside the data folder "
                              f"{root}. Filenames must be relative paths inside it.")

@@ -16,6 +16,7 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
@@ -27,6 +28,7 @@ from simsiam_model import PRETRAIN_KIND, SimSiam, knn_predict, negative_cosine_l
 
 # ----------------------------------------------------------------------------------------------------------------
 DATA_DIR = "barlow_data/train"  # unlabeled images (png/jpg/tif, searched recursively)
+FILE_LIST = ""  # optional: only these images of DATA_DIR (a CSV with a Filename column, or one path per line)
 OUTPUT_DIR = "outputs"  # checkpoints and pretrain_metrics.pth land here
 CACHE_DIR = "cache"  # decoded-once image arrays (fast pipeline); safe to delete
 ARCH = "resnet50"  # resnet18 | resnet34 | resnet50
@@ -44,6 +46,9 @@ WARMUP_EPOCHS = 10  # linear warm-up epochs, then half-cosine to 0, updated ever
 FIX_PRED_LR = True  # keep the predictor's lr constant (paper: +0.4 points); False decays it too
 CROP_SCALE_MIN = 0.2  # RandomResizedCrop lower area bound (paper: 0.2)
 SOLARIZE = True  # write-up: solarise view 2 with p=0.2; False = the paper's symmetric recipe
+JITTER_STRENGTH = 1.0  # scales ColorJitter(0.4, 0.4, 0.4, 0.1), applied with p=0.8; 1.0 = write-up and paper
+GRAY_P = 0.2  # probability of random grayscale (write-up and paper: 0.2)
+BLUR_P = 0.5  # probability of Gaussian blur, sigma 0.1-2 (write-up and paper: 0.5)
 PIPELINE = "fast"  # fast: decode once + batched augmentation on the device | reference: PIL per sample in workers
 NUM_WORKERS = 4  # DataLoader workers (reference pipeline only)
 AMP = True  # mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler)
@@ -110,6 +115,28 @@ def load_knn_data(log):
     return knn_data
 
 
+def select_listed(paths):
+    """The images of DATA_DIR named in FILE_LIST (e.g. EuroSAT's train.csv, so pre-training never sees test images)."""
+    if not os.path.isfile(FILE_LIST):
+        fail(f"FILE_LIST {FILE_LIST!r} does not exist.")
+    if FILE_LIST.endswith(".csv"):
+        table = pd.read_csv(FILE_LIST)
+        if "Filename" not in table.columns:
+            fail(f"{FILE_LIST}: needs a Filename column; found {list(table.columns)}.")
+        names = table["Filename"].astype(str).tolist()
+    else:
+        with open(FILE_LIST) as f:
+            names = [line.strip() for line in f if line.strip()]
+    wanted = {os.path.normpath(os.path.join(DATA_DIR, name)) for name in names}
+    selected = [p for p in paths if os.path.normpath(p) in wanted]
+    if len(selected) < len(wanted):
+        log_missing = len(wanted) - len(selected)
+        print(f"warning: {log_missing} of the {len(wanted)} images in {FILE_LIST} are not under {DATA_DIR}")
+    if not selected:
+        fail(f"none of the images listed in {FILE_LIST} is under {DATA_DIR!r}: paths must be relative to DATA_DIR.")
+    return selected
+
+
 def main():
     config, _ = configure(globals())
     # ---- distributed set-up (torchrun sets WORLD_SIZE, RANK, LOCAL_RANK) ----
@@ -145,7 +172,10 @@ def main():
     if not paths:
         fail(f"no images (png/jpg/jpeg/tif) under {DATA_DIR!r}. Run `python make_dataset.py` first, or point "
              "--data_dir at a folder of images.")
+    if FILE_LIST:
+        paths = select_listed(paths)
     bad_images = []
+    strengths = dict(jitter_strength=JITTER_STRENGTH, gray_p=GRAY_P, blur_p=BLUR_P)
     if PIPELINE == "fast":
         if main_process:
             array, paths, bad_images = data.build_image_cache(
@@ -154,13 +184,12 @@ def main():
             dist.barrier()  # rank 0 built the cache; the others open the same file
             if not main_process:
                 array, paths, bad_images = data.build_image_cache(paths, CACHE_DIR)
-        augment1 = data.BatchAugment(IMAGE_SIZE, crop_scale=(CROP_SCALE_MIN, 1.0))
-        augment2 = data.BatchAugment(IMAGE_SIZE, crop_scale=(CROP_SCALE_MIN, 1.0), solarize_p=0.2 if SOLARIZE else 0)
+        augment1, augment2 = data.batch_augment_pair(IMAGE_SIZE, CROP_SCALE_MIN, SOLARIZE, **strengths)
         num_images = len(paths)
     elif PIPELINE == "reference":
         dataset = data.PretrainImageDataset(
-            paths, data.simsiam_transform_v1(IMAGE_SIZE, CROP_SCALE_MIN),
-            data.simsiam_transform_v2(IMAGE_SIZE, CROP_SCALE_MIN, solarize=SOLARIZE))
+            paths, data.simsiam_transform_v1(IMAGE_SIZE, CROP_SCALE_MIN, **strengths),
+            data.simsiam_transform_v2(IMAGE_SIZE, CROP_SCALE_MIN, solarize=SOLARIZE, **strengths))
         sampler = (torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=SEED, drop_last=True)
                    if distributed else None)
         num_images = len(dataset)
