@@ -27,7 +27,6 @@ Measured on our shared 2-core CPU, ResNet-18 at 64 px, random init (--pretrained
 """
 import math
 import os
-import re
 import sys
 import time
 
@@ -40,7 +39,7 @@ from tqdm import tqdm
 import simsiam_data as data
 from runtime import (CheckpointError, amp_dtype_for, atomic_save, autocast_for, configure, describe_device,
                      library_versions, pick_device, seed_everything)
-from simsiam_model import Classifier, backbone_from_checkpoint, build_backbone, classifier_checkpoint, knn_predict
+from simsiam_model import Classifier, backbone_for_evaluation, classifier_checkpoint, knn_predict
 
 # ----------------------------------------------------------------------------------------------------------------
 EUROSAT_DIR = "datae/EuroSAT"  # class folders of JPEGs + train.csv, validation.csv, test.csv, label_map.json
@@ -69,7 +68,6 @@ CHANNELS_LAST = True  # channels_last memory format on CUDA
 # and a cosine schedule on a convex problem is the paper's recipe (LARS there is only for its batch of 4096).
 # The head starts at zero (softmax regression needs no symmetry breaking), so only SEED's batch order matters.
 # The standardisation is folded into the saved head, which therefore works on raw backbone features.
-CHECKPOINT_PATTERN = re.compile(r"simsiam_(.+)_epoch_(\d+)\.pth")
 SPLITS = ("train", "validation", "test")
 
 
@@ -78,59 +76,25 @@ def fail(message):
     sys.exit(1)
 
 
-def newest_pretrained(output_dir):
-    """The simsiam_<arch>_epoch_X.pth in output_dir with the highest X (tie: newest modification time), or None."""
-    found = []
-    for name in os.listdir(output_dir) if os.path.isdir(output_dir) else []:
-        match = CHECKPOINT_PATTERN.fullmatch(name)
-        if match:
-            path = os.path.join(output_dir, name)
-            found.append((int(match.group(2)), os.path.getmtime(path), path))
-    return max(found)[2] if found else None
-
-
 def load_backbone():
     """(backbone, feature_dim, backbone settings for the saved classifier's config, pretrained path or 'random')."""
-    if PRETRAINED_PATH == "random":
-        try:
-            backbone, feature_dim = build_backbone(ARCH, 3, SMALL_STEM)
-        except ValueError as error:
-            fail(str(error))
-        return backbone, feature_dim, {"ARCH": ARCH, "SMALL_STEM": SMALL_STEM, "IN_CHANNELS": 3,
-                                       "IMAGE_SIZE": IMAGE_SIZE or 224}, "random"
-    path = PRETRAINED_PATH or newest_pretrained(OUTPUT_DIR)
-    if not path:
-        fail(f"no simsiam_<arch>_epoch_X.pth in {OUTPUT_DIR!r}. Run train_simsiam.py first, pass "
-             "--pretrained_path=PATH, or --pretrained_path=random for the random-init baseline.")
     try:
-        backbone, feature_dim, found = backbone_from_checkpoint(path)
+        backbone, feature_dim, settings, source, pretrained_size = backbone_for_evaluation(
+            PRETRAINED_PATH, OUTPUT_DIR, ARCH, SMALL_STEM, IMAGE_SIZE)
     except CheckpointError as error:
         fail(str(error))
-    except (ValueError, KeyError, TypeError) as error:
-        fail(f"{path}: not a usable checkpoint of this project ({type(error).__name__}: {error}).")
-    if found["in_channels"] != 3:
-        fail(f"{path} was pre-trained on {found['in_channels']} bands; EuroSAT here is RGB (3 bands).")
-    if IMAGE_SIZE and IMAGE_SIZE != found["image_size"]:
-        print(f"note: evaluating at {IMAGE_SIZE} px; the checkpoint was pre-trained at {found['image_size']} px")
-    return backbone, feature_dim, {"ARCH": found["arch"], "SMALL_STEM": found["small_stem"], "IN_CHANNELS": 3,
-                                   "IMAGE_SIZE": IMAGE_SIZE or found["image_size"]}, path
+    if IMAGE_SIZE and IMAGE_SIZE != pretrained_size:
+        print(f"note: evaluating at {IMAGE_SIZE} px; the checkpoint was pre-trained at {pretrained_size} px")
+    return backbone, feature_dim, settings, source
 
 
 def load_split(split):
     """(uint8 NHWC image array, labels, paths, class names) of one split, decoded once into CACHE_DIR."""
-    if not os.path.isdir(EUROSAT_DIR):
-        fail(f"EuroSAT folder {EUROSAT_DIR!r} does not exist. Download it with `bash scripts/data.sh`, write the "
-             "split files with `python make_dataset.py --mode=eurosat_splits`, or pass --eurosat_dir=FOLDER.")
     try:
-        paths, labels, class_names = data.read_eurosat_split(
-            EUROSAT_DIR, os.path.join(EUROSAT_DIR, f"{split}.csv"), os.path.join(EUROSAT_DIR, "label_map.json"))
+        return data.load_eurosat_cached(EUROSAT_DIR, split, CACHE_DIR,
+                                        progress=lambda it: tqdm(it, desc=f"decoding {split}"))
     except ValueError as error:
-        fail(f"{error} (or `bash scripts/data.sh` to download EuroSAT)")
-    array, kept, bad = data.build_image_cache(paths, CACHE_DIR, progress=lambda it: tqdm(it, desc=f"decoding {split}"))
-    if bad:
-        fail(f"{len(bad)} unreadable image(s) in {split}.csv, first: {bad[0]}. Evaluation sets must be complete: "
-             "re-download EuroSAT or remove the rows.")
-    return array, labels, paths, class_names
+        fail(str(error))
 
 
 def embed(backbone, x, device, amp_dtype, channels_last):

@@ -169,10 +169,10 @@ def build_image_cache(paths, cache_dir, size=0, progress=None, log=print):
         np.save(shrunk, full[:len(kept)])
         del full
         os.replace(shrunk, tmp)
-    with open(stem + ".json.tmp", "w") as f:
+    with open(f"{stem}.json.tmp{os.getpid()}", "w") as f:
         json.dump({"kept": kept, "bad": bad, "size": size}, f)
     os.replace(tmp, stem + ".npy")
-    os.replace(stem + ".json.tmp", stem + ".json")
+    os.replace(f"{stem}.json.tmp{os.getpid()}", stem + ".json")
     return np.load(stem + ".npy", mmap_mode="r"), kept, bad
 
 
@@ -439,6 +439,28 @@ def read_eurosat_split(root, csv_path, label_map_path):
         paths.append(path)
         labels.append(label_map[class_name])
     return paths, labels, class_names
+
+
+def load_eurosat_cached(eurosat_dir, split, cache_dir, progress=None):
+    """(uint8 NHWC array, labels, paths, class names) of one split, decoded once into cache_dir.
+
+    Raises ValueError naming the problem and the fix; an unreadable image is an error here, since an evaluation set
+    with holes would give a silently different accuracy.
+    """
+    if not os.path.isdir(eurosat_dir):
+        raise ValueError(f"EuroSAT folder {eurosat_dir!r} does not exist. Download it with `bash scripts/data.sh`, "
+                         "write the split files with `python make_dataset.py --mode=eurosat_splits`, or pass "
+                         "--eurosat_dir=FOLDER.")
+    try:
+        paths, labels, class_names = read_eurosat_split(
+            eurosat_dir, os.path.join(eurosat_dir, f"{split}.csv"), os.path.join(eurosat_dir, "label_map.json"))
+    except ValueError as error:
+        raise ValueError(f"{error} (or `bash scripts/data.sh` to download EuroSAT)") from None
+    array, _, bad = build_image_cache(paths, cache_dir, progress=progress)
+    if bad:
+        raise ValueError(f"{len(bad)} unreadable image(s) in {split}.csv, first: {bad[0]}. Evaluation sets must "
+                         "be complete: re-download EuroSAT or remove the rows.")
+    return array, labels, paths, class_names
 
 
 class EuroSATDataset(torch.utils.data.Dataset):

@@ -8,6 +8,9 @@
   strictly, from the checkpoint's own config.
 - `knn_predict`: the weighted kNN monitor (Wu et al. 2018) on l2-normalised features.
 """
+import os
+import re
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -122,6 +125,14 @@ def load_backbone_weights(backbone, state_dict, path):
 def backbone_from_checkpoint(path):
     """Rebuild the backbone of any checkpoint of this project; returns (backbone, feature_dim, model_config)."""
     checkpoint = load_checkpoint(path, kinds=(PRETRAIN_KIND, CLASSIFIER_KIND))
+    try:
+        return _backbone_from(checkpoint, path)
+    except (ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{path}: not a usable checkpoint of this project ({type(error).__name__}: "
+                              f"{error}).") from None
+
+
+def _backbone_from(checkpoint, path):
     model_config = model_config_from(checkpoint, path)
     backbone, feature_dim = build_backbone(model_config["arch"], model_config["in_channels"],
                                            model_config["small_stem"])
@@ -137,6 +148,44 @@ def backbone_from_checkpoint(path):
         weights = checkpoint["backbone"]
     load_backbone_weights(backbone, weights, path)
     return backbone, feature_dim, model_config
+
+
+def newest_pretrained(output_dir):
+    """The simsiam_<arch>_epoch_X.pth in output_dir with the highest X (tie: newest modification time), or None."""
+    found = []
+    for name in os.listdir(output_dir) if os.path.isdir(output_dir) else []:
+        match = re.fullmatch(r"simsiam_(.+)_epoch_(\d+)\.pth", name)
+        if match:
+            path = os.path.join(output_dir, name)
+            found.append((int(match.group(2)), os.path.getmtime(path), path))
+    return max(found)[2] if found else None
+
+
+def backbone_for_evaluation(pretrained_path, output_dir, arch, small_stem, image_size):
+    """The backbone that Linear_evaluation.py and finetune_model.py start from.
+
+    pretrained_path: a checkpoint, "" for the newest simsiam_<arch>_epoch_X.pth in output_dir, or "random" for a
+    randomly initialised `arch` (the honest baseline). Returns (backbone, feature_dim, the backbone settings that
+    go into the classifier's config, the source path or "random", the checkpoint's own image size).
+    Raises CheckpointError with the fix.
+    """
+    if pretrained_path == "random":
+        try:
+            backbone, feature_dim = build_backbone(arch, 3, small_stem)
+        except ValueError as error:
+            raise CheckpointError(f"--pretrained_path=random: {error}") from None
+        settings = {"ARCH": arch, "SMALL_STEM": small_stem, "IN_CHANNELS": 3, "IMAGE_SIZE": image_size or 224}
+        return backbone, feature_dim, settings, "random", image_size or 224
+    path = pretrained_path or newest_pretrained(output_dir)
+    if not path:
+        raise CheckpointError(f"no simsiam_<arch>_epoch_X.pth in {output_dir!r}. Run train_simsiam.py first, pass "
+                              "--pretrained_path=PATH, or --pretrained_path=random for a random initialisation.")
+    backbone, feature_dim, found = backbone_from_checkpoint(path)
+    if found["in_channels"] != 3:
+        raise CheckpointError(f"{path} was pre-trained on {found['in_channels']} bands; EuroSAT here is RGB.")
+    settings = {"ARCH": found["arch"], "SMALL_STEM": found["small_stem"], "IN_CHANNELS": 3,
+                "IMAGE_SIZE": image_size or found["image_size"]}
+    return backbone, feature_dim, settings, path, found["image_size"]
 
 
 class Classifier(nn.Module):

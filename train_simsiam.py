@@ -294,7 +294,7 @@ def main():
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-            except torch.OutOfMemoryError:
+            except torch.cuda.OutOfMemoryError:
                 fail(f"out of GPU memory at batch {BATCH_SIZE} x {IMAGE_SIZE} px with {ARCH}. Try a smaller "
                      f"--batch_size (e.g. {max(1, BATCH_SIZE // 2)}; the lr scales with it), a smaller "
                      "--image_size, or --arch=resnet18.")

@@ -160,8 +160,8 @@ def main():
     ratio_reference = results["default"]["pairs_per_s"] / results["reference"]["pairs_per_s"]
     ratio_ceiling = results["default"]["pairs_per_s"] / results["ceiling"]["pairs_per_s"]
     print()
-    print(f"| pipeline | pairs/s | ms/step | peak memory (MiB) |")
-    print(f"| --- | --- | --- | --- |")
+    print("| pipeline | pairs/s | ms/step | peak memory (MiB) |")
+    print("| --- | --- | --- | --- |")
     for name in ("ceiling", "reference", "default"):
         r = results[name]
         print(f"| {name} | {r['pairs_per_s']:.1f} | {r['ms_per_step']:.0f} | {r['peak_mib']:.0f} |")

@@ -35,11 +35,11 @@ SKIP_FINETUNE = False  # only kNN and linear evaluation (fine-tuning is the slow
 # recipe at full size with the batch a GPU wants.
 PRESETS = {
     "cpu": {"model": ["--arch=resnet18", "--image_size=64"],
-            "pretrain": ["--batch_size=128", "--base_lr=0.2", "--warmup_epochs=1", "--num_epochs=8",
+            "pretrain": ["--batch_size=128", "--base_lr=0.2", "--warmup_epochs=1", "--num_epochs=7",
                          "--jitter_strength=0.5", "--gray_p=0", "--blur_p=0", "--solarize=False",
-                         "--crop_scale_min=0.3", "--knn_every=2"],
+                         "--crop_scale_min=0.3", "--knn_every=3"],
             "linear": ["--batch_size=256", "--num_epochs=90"],
-            "finetune": ["--batch_size=64", "--num_epochs=3", "--warmup_epochs=0"]},
+            "finetune": ["--batch_size=64", "--num_epochs=2", "--warmup_epochs=0"]},
     "gpu": {"model": ["--arch=resnet50", "--image_size=224"],
             "pretrain": ["--batch_size=256", "--num_epochs=10", "--warmup_epochs=1", "--knn_every=5"],
             "linear": ["--batch_size=256", "--num_epochs=90"],

@@ -28,7 +28,7 @@ python make_dataset.py --input_dir="$DATA/ssl4eo/train/S2L1C" --output_dir="$DAT
 
 step "2. SimSiam pre-training (train_simsiam.py; tiny: ResNet-18, 32 px, 6 epochs)"
 python train_simsiam.py --data_dir="$DATA/barlow_data/train" $COMMON --arch=resnet18 --image_size=32 \
-  --batch_size=32 --num_epochs=6 --warmup_epochs=1 --proj_dim=256 --pred_dim=64 --save_every=3 \
+  --batch_size=32 --base_lr=0.5 --num_epochs=6 --warmup_epochs=1 --proj_dim=256 --pred_dim=64 --save_every=3 \
   --knn_data_dir="$DATA/EuroSAT" --knn_every=3 --knn_k=20
 
 step "3. linear evaluation (Linear_evaluation.py), then the random-init baseline"

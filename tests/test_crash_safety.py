@@ -65,3 +65,57 @@ def test_atomic_save_never_leaves_a_half_file(tmp_path):
         if target.exists():
             saved = load_checkpoint(str(target))
             assert (saved["w"] == saved["i"]).all()
+
+
+def _kill_at_random_moments(command, rng, times, check):
+    """Start `command`, SIGKILL it after a random delay, call check(), `times` times; then run it to the end."""
+    for _ in range(times):
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(2.5, 6.0))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        check()
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_make_dataset_survives_sigkill(tmp_path):
+    from PIL import Image
+
+    from make_demo_data import write_ssl4eo_zarr
+    zarr_dir, png_dir = tmp_path / "zarr", tmp_path / "png"
+    zarr_dir.mkdir()
+    for n in range(3):
+        write_ssl4eo_zarr(str(zarr_dir / f"ssl4eos12_train_seasonal_data_{n + 1:06d}.zarr.zip"), n_samples=8, size=96,
+                          seed=n)
+    command = [sys.executable, os.path.join(ROOT, "make_dataset.py"), f"--input_dir={zarr_dir}",
+               f"--output_dir={png_dir}", f"--manifest={tmp_path / 'manifest.csv'}", "--num_processes=1",
+               "--png_compress_level=9"]
+
+    def every_png_is_whole():
+        for name in os.listdir(png_dir) if png_dir.exists() else []:
+            if name.endswith(".png") and not name.startswith("."):
+                with Image.open(png_dir / name) as image:
+                    image.load()  # raises on a truncated PNG
+
+    result = _kill_at_random_moments(command, random.Random(2), 2, every_png_is_whole)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    every_png_is_whole()
+    assert len([n for n in os.listdir(png_dir) if n.endswith(".png")]) == 3 * 8 * 4
+    assert not [n for n in os.listdir(png_dir) if ".tmp" in n]
+
+
+def test_evaluation_files_are_never_left_unreadable(tmp_path):
+    from make_demo_data import write_eurosat_like
+    eurosat, out = tmp_path / "EuroSAT", tmp_path / "out"
+    write_eurosat_like(str(eurosat), n_per_class=12, size=32)
+    common = [f"--eurosat_dir={eurosat}", f"--output_dir={out}", f"--cache_dir={tmp_path / 'cache'}",
+              "--pretrained_path=random", "--arch=resnet18", "--image_size=32"]
+    linear = [sys.executable, os.path.join(ROOT, "Linear_evaluation.py"), *common, "--feature_cache=False",
+              "--num_epochs=40", "--batch_size=16"]
+    finetune = [sys.executable, os.path.join(ROOT, "finetune_model.py"), *common, "--num_epochs=4", "--batch_size=16"]
+    rng = random.Random(3)
+    for command in (linear, finetune):
+        result = _kill_at_random_moments(command, rng, 2, lambda: _all_files_load(str(out)))
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert load_checkpoint(str(out / "linear_eval_metrics_random.pth"))["test_acc"] is not None
+    assert load_checkpoint(str(out / "finetune_metrics_random.pth"))["test_acc"] is not None

@@ -8,6 +8,7 @@ whole file takes well under a minute and a half on 2 cores.
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -101,6 +102,9 @@ def runs(tmp_path_factory):
     marker = tmp / "code_was_run"
     malicious = tmp / "malicious.pth"
     torch.save({"kind": "eurosat_classifier", "payload": CodeRunner(str(marker))}, malicious)
+    broken = tmp / "EuroSAT_broken"  # one test image is not a JPEG
+    shutil.copytree(eurosat, broken)
+    (broken / "River/River_3.jpg").write_bytes(b"\xff\xd8 truncated")
     no_csv = tmp / "EuroSAT_without_csv"  # label_map.json but no split CSVs
     no_csv.mkdir()
     (no_csv / "label_map.json").write_text((eurosat / "label_map.json").read_text())
@@ -123,6 +127,8 @@ def runs(tmp_path_factory):
         "malicious": start("classify_image.py", eurosat / "Forest/Forest_1.jpg", f"--model_path={malicious}"),
         "missing_data": start("Linear_evaluation.py", f"--eurosat_dir={tmp / 'no_such_folder'}",
                               f"--output_dir={out['cached']}"),
+        "unreadable_image": start("Linear_evaluation.py", f"--eurosat_dir={broken}", f"--output_dir={out['cached']}",
+                                  f"--cache_dir={tmp / 'cache' / 'broken'}"),
         "missing_csv": start("finetune_model.py", f"--eurosat_dir={no_csv}", f"--output_dir={out['finetune']}",
                              f"--cache_dir={tmp / 'cache' / 'unused'}"),
     }
@@ -266,22 +272,23 @@ def test_fold_standardisation_is_exact():
 
 
 def test_newest_pretrained_checkpoint_is_the_highest_epoch(tmp_path):
-    import Linear_evaluation
+    from simsiam_model import newest_pretrained
     for name in ("simsiam_resnet18_epoch_2.pth", "simsiam_resnet18_epoch_10.pth", "checkpoint_last.pth",
                  "simsiam_resnet50_epoch_9.pth", "linear_eval_metrics.pth"):
         (tmp_path / name).write_bytes(b"")
-    assert Linear_evaluation.newest_pretrained(str(tmp_path)) == str(tmp_path / "simsiam_resnet18_epoch_10.pth")
+    assert newest_pretrained(str(tmp_path)) == str(tmp_path / "simsiam_resnet18_epoch_10.pth")
     (tmp_path / "simsiam_resnet34_epoch_10.pth").write_bytes(b"")  # same epoch: the newer file wins
     os.utime(tmp_path / "simsiam_resnet18_epoch_10.pth", (1e9, 1e9))
-    assert Linear_evaluation.newest_pretrained(str(tmp_path)) == str(tmp_path / "simsiam_resnet34_epoch_10.pth")
-    assert Linear_evaluation.newest_pretrained(str(tmp_path / "missing")) is None
+    assert newest_pretrained(str(tmp_path)) == str(tmp_path / "simsiam_resnet34_epoch_10.pth")
+    assert newest_pretrained(str(tmp_path / "missing")) is None
 
 
-def test_missing_data_is_a_clear_error(runs):
+def test_missing_or_broken_data_is_a_clear_error(runs):
     results, _ = runs
     check_clean_error(results["missing_data"], "no_such_folder", "make_dataset.py --mode=eurosat_splits",
                       "scripts/data.sh")
     check_clean_error(results["missing_csv"], "train.csv", "make_dataset.py --mode=eurosat_splits")
+    check_clean_error(results["unreadable_image"], "unreadable", "River_3.jpg")
 
 
 # ----------------------------------------------------------------------------------------------------------------
