@@ -8,7 +8,8 @@ Writes into OUTPUT_DIR: `pretrain_metrics.pth` after every epoch, `checkpoint_la
 the same command resumes from it), and `simsiam_<arch>_epoch_X.pth` every SAVE_EVERY epochs and at the end. All
 writes are atomic. Prints one line per epoch:
     epoch 3/90 loss -0.8123 lr 0.01250 z_std 0.0208 (healthy 0.0221) 61.2 pairs/s 334 s
-On our 2-core CPU machine ResNet-18 at 64 px trains at about 60-80 pairs/s; ResNet-50 at 224 px at about 1.2.
+Measured on our 2-core CPU machine: ResNet-18 at 64 px, batch 128, about 62 pairs/s; ResNet-50 at 224 px, batch 32,
+1.7 pairs/s (a CPU is for checking that things run; pre-train on a GPU).
 """
 import math
 import os
