@@ -347,6 +347,13 @@ def main():
                            num_images=num_images, param_count=param_count, world_size=world_size,
                            global_step=global_step, device=describe_device(device))
             model_state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+            # the epoch file is written before checkpoint_last: a kill in between replays this epoch on resume and
+            # writes the file again, where the other order would resume past an epoch file never written
+            if (epoch + 1) % SAVE_EVERY == 0 or epoch + 1 == NUM_EPOCHS:
+                path = os.path.join(OUTPUT_DIR, f"simsiam_{ARCH}_epoch_{epoch + 1}.pth")
+                print(f"saving checkpoint to {path}")
+                atomic_save({"kind": PRETRAIN_KIND, "arch": ARCH, "config": config, "epoch": epoch + 1,
+                             "model": model_state}, path)
             atomic_save({"kind": "simsiam_pretrain_last", "arch": ARCH, "config": config, "epoch": epoch + 1,
                          "global_step": global_step, "model": model_state, "optimizer": optimizer.state_dict(),
                          "scaler": scaler.state_dict(), "metrics": metrics}, last_path)
@@ -361,11 +368,6 @@ def main():
             if z_std < 0.25 * healthy_std:
                 print(f"warning: z_std {z_std:.4f} is far below the healthy {healthy_std:.4f}: the representation "
                       "may be collapsing. Check the augmentations, or lower --base_lr.", flush=True)
-            if (epoch + 1) % SAVE_EVERY == 0 or epoch + 1 == NUM_EPOCHS:
-                path = os.path.join(OUTPUT_DIR, f"simsiam_{ARCH}_epoch_{epoch + 1}.pth")
-                print(f"saving checkpoint to {path}")
-                atomic_save({"kind": PRETRAIN_KIND, "arch": ARCH, "config": config, "epoch": epoch + 1,
-                             "model": model_state}, path)
     if main_process:
         print(f"done: {NUM_EPOCHS} epochs, final loss {metrics['loss'][-1]:.4f}; outputs in {OUTPUT_DIR}/")
     if distributed:

@@ -10,7 +10,7 @@ import time
 from conftest import ROOT, TINY_PRETRAIN, write_images
 from runtime import load_checkpoint
 
-EPOCHS, IMAGES, BATCH = 6, 24, 8
+EPOCHS, IMAGES, BATCH = 10, 24, 8
 
 
 def _all_files_load(out):
@@ -25,21 +25,28 @@ def test_pretraining_survives_sigkill_at_random_moments(tmp_path):
                f"--cache_dir={tmp_path / 'cache'}", *TINY_PRETRAIN, f"--num_epochs={EPOCHS}", "--save_every=1"]
     rng = random.Random(0)
     kills = 0
-    for attempt in range(12):
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if attempt < 4:
-            # after start-up (imports take a few seconds) an epoch of 3 steps plus its writes takes about a second
-            time.sleep(rng.uniform(3.0, 8.0))
-            if process.poll() is None:
-                process.send_signal(signal.SIGKILL)
-                kills += 1
-        output = process.communicate(timeout=300)[0]
-        if os.path.isdir(out):
-            _all_files_load(str(out))
-        if process.returncode == 0:
-            break
-        assert process.returncode == -signal.SIGKILL, output[-2000:]
-    assert process.returncode == 0 and kills >= 1
+    for attempt in range(4):
+        # kill at a random moment after 1 or 2 more epochs: right after an epoch line the run is writing its
+        # epoch checkpoint, a little later it is inside the next epoch (each attempt moves at most 2 epochs, so
+        # 4 attempts never finish the 10 epochs: every attempt really is killed)
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                   env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        wanted, seen = rng.randint(1, 2), 0
+        for line in process.stdout:
+            if line.startswith("epoch ") and " loss " in line:
+                seen += 1
+                if seen == wanted:
+                    time.sleep(rng.uniform(0.0, 0.5))
+                    process.send_signal(signal.SIGKILL)
+                    break
+        process.stdout.close()
+        process.wait(timeout=300)
+        assert process.returncode == -signal.SIGKILL, f"attempt {attempt} was not killed (exit {process.returncode})"
+        kills += 1
+        _all_files_load(str(out))
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert kills == 4 and "resuming from" in result.stdout
     metrics = load_checkpoint(str(out / "pretrain_metrics.pth"))
     assert metrics["epochs"] == list(range(1, EPOCHS + 1))  # every epoch exactly once
     assert metrics["global_step"] == EPOCHS * (IMAGES // BATCH)  # as many optimiser steps as an uninterrupted run
