@@ -95,9 +95,7 @@ def load_metrics(name, kind, what, how, figures):
         skip(what, f"{path} not found ({how})", figures)
         return None
     try:
-        # torch's TorchVersion is a plain str subclass; metrics written before library_versions() stored str hold it
-        with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
-            return load_checkpoint(path, kinds=(kind,))
+        return load_checkpoint(path, kinds=(kind,))
     except CheckpointError as error:
         skip(what, str(error), figures)
         return None
@@ -156,9 +154,7 @@ def plot_pretraining(m):
 
     base_lr = config["BASE_LR"] * config["BATCH_SIZE"] * m.get("world_size", 1) / 256
     if m.get("step_lr"):
-        # step_lr has one entry per optimiser step (older files sampled it at the loss steps)
-        lr_steps = m["step"] if len(m["step_lr"]) == len(m["step"]) else np.arange(1, len(m["step_lr"]) + 1)
-        ax_lr.plot(lr_steps, m["step_lr"], "-", color=COLOR["train"], label="backbone + projector (per step)")
+        ax_lr.plot(np.arange(1, len(m["step_lr"]) + 1), m["step_lr"], "-", color=COLOR["train"], label="backbone + projector (per step)")
         ax_lr.set_xlabel("step")
         top = ax_lr.secondary_xaxis("top", functions=(lambda s: s / steps_per_epoch, lambda e: e * steps_per_epoch))
         top.set_xlabel("epoch")

@@ -27,6 +27,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2, as PIL and torchvision use
+JITTER = (0.4, 0.4, 0.4, 0.1)  # ColorJitter brightness, contrast, saturation, hue of the write-up and the paper
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -61,7 +62,7 @@ def gaussian_kernel_size(image_size):
 
 def simsiam_transform_v1(image_size=224, crop_scale_min=0.2, jitter_strength=1.0, gray_p=0.2, blur_p=0.5):
     """View 1 as the write-up lists it; the keyword defaults are the write-up's (and the paper's) values."""
-    b, c, s, h = (jitter_strength * v for v in (0.4, 0.4, 0.4, 0.1))
+    b, c, s, h = (jitter_strength * v for v in JITTER)
     return T.Compose([
         T.RandomResizedCrop(image_size, scale=(crop_scale_min, 1.0)),
         T.RandomHorizontalFlip(),
@@ -278,7 +279,7 @@ def sample_crop_boxes(n, height, width, scale, ratio, generator):
 
 def batch_augment_pair(image_size, crop_scale_min=0.2, solarize=True, jitter_strength=1.0, gray_p=0.2, blur_p=0.5):
     """The two views of pre-training as BatchAugments, with the same arguments as simsiam_transform_v1/v2."""
-    common = dict(crop_scale=(crop_scale_min, 1.0), jitter=tuple(jitter_strength * v for v in (0.4, 0.4, 0.4, 0.1)),
+    common = dict(crop_scale=(crop_scale_min, 1.0), jitter=tuple(jitter_strength * v for v in JITTER),
                   gray_p=gray_p, blur_p=blur_p)
     return BatchAugment(image_size, **common), BatchAugment(image_size, solarize_p=0.2 if solarize else 0.0, **common)
 
@@ -293,7 +294,7 @@ class BatchAugment:
     """
 
     def __init__(self, image_size, crop_scale=(0.2, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_p=0.5, vflip_p=0.0,
-                 jitter_p=0.8, jitter=(0.4, 0.4, 0.4, 0.1), gray_p=0.2, blur_p=0.5, blur_sigma=(0.1, 2.0),
+                 jitter_p=0.8, jitter=JITTER, gray_p=0.2, blur_p=0.5, blur_sigma=(0.1, 2.0),
                  solarize_p=0.0, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         self.image_size, self.crop_scale, self.crop_ratio = image_size, crop_scale, crop_ratio
         self.flip_p, self.vflip_p, self.jitter_p, self.jitter = flip_p, vflip_p, jitter_p, jitter

@@ -131,8 +131,8 @@ def select_listed(paths):
     wanted = {os.path.normpath(os.path.join(DATA_DIR, name)) for name in names}
     selected = [p for p in paths if os.path.normpath(p) in wanted]
     if len(selected) < len(wanted):
-        log_missing = len(wanted) - len(selected)
-        print(f"warning: {log_missing} of the {len(wanted)} images in {FILE_LIST} are not under {DATA_DIR}")
+        print(f"warning: {len(wanted) - len(selected)} of the {len(wanted)} images in {FILE_LIST} are not under "
+              f"{DATA_DIR}")
     if not selected:
         fail(f"none of the images listed in {FILE_LIST} is under {DATA_DIR!r}: paths must be relative to DATA_DIR.")
     return selected
@@ -272,7 +272,7 @@ def main():
                 generator=order_gen, persistent_workers=False)
             batches = ((x1, x2, bad) for x1, x2, bad in loader)
         loss_sum = torch.zeros((), device=device)
-        z_std_sum, steps, step_ids, step_losses, step_lrs, epoch_bad = 0.0, 0, [], [], [], []
+        steps, step_ids, step_losses, step_lrs, z_stds, epoch_bad = 0, [], [], [], [], []
         started = time.time()
         bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{NUM_EPOCHS}", disable=not main_process,
                    leave=False)
@@ -303,14 +303,13 @@ def main():
             steps += 1
             global_step += 1
             step_lrs.append(lr)  # every step (a host float, no device sync); the loss only every 20 steps
-            if steps % 20 == 0 or steps == steps_per_epoch:
-                # one host sync every 20 steps: the running sum turns NaN/inf as soon as one step does
+            if steps % 20 == 1 or steps == steps_per_epoch:
+                # a host sync every 20 steps: the running sum turns NaN/inf as soon as one step does
                 running = loss_sum.item() / steps
                 if not math.isfinite(running):
                     fail(f"loss became {running} at epoch {epoch + 1}, step {global_step}. Stopping; the last good "
                          f"state is kept in {last_path}. Lower --base_lr or keep --amp=True with bf16.")
-                z_std = normalized_std(z1)
-                z_std_sum += z_std * 20
+                z_stds.append(normalized_std(z1))
                 step_ids.append(global_step)
                 step_losses.append(loss.item())
                 bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr:.5f}")
@@ -323,7 +322,7 @@ def main():
         if not math.isfinite(epoch_loss):
             fail(f"loss became {epoch_loss} at epoch {epoch + 1}. Stopping; the last good state is kept in "
                  f"{last_path}. Lower --base_lr.")
-        z_std = normalized_std(z1) if not step_losses else z_std_sum / (20 * len(step_losses))
+        z_std = sum(z_stds) / len(z_stds)  # sampled with the loss: every 20 steps and at the end of the epoch
         new_bad = sorted(set(epoch_bad))
         for message in new_bad[:5]:
             log(f"warning: skipped unreadable image {message}")
