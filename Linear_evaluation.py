@@ -39,7 +39,7 @@ from tqdm import tqdm
 import simsiam_data as data
 from runtime import (CheckpointError, amp_dtype_for, atomic_save, autocast_for, configure, describe_device,
                      library_versions, pick_device, seed_everything)
-from simsiam_model import Classifier, backbone_for_evaluation, classifier_checkpoint, knn_predict
+from simsiam_model import Classifier, backbone_for_evaluation, classifier_checkpoint, effective_rank, knn_predict
 
 # ----------------------------------------------------------------------------------------------------------------
 EUROSAT_DIR = "datae/EuroSAT"  # class folders of JPEGs + train.csv, validation.csv, test.csv, label_map.json
@@ -191,6 +191,8 @@ def main():
     print(f"feature extraction: {count} images ({', '.join(features)}) in {feature_time:.1f} s "
           f"({count / feature_time:.0f} img/s)")
     mean, std = features["train"].mean(dim=0), features["train"].std(dim=0).clamp_min(1e-6)
+    rank = effective_rank(features["train"])
+    print(f"feature effective rank {rank:.1f} of {feature_dim} (train; low = dimensional collapse)")
     augment = data.BatchAugment(image_size, crop_scale=(0.8, 1.0), flip_p=0.5, vflip_p=0.5, jitter_p=0.0,
                                 gray_p=0.0, blur_p=0.0) if AUGMENT else None
 
@@ -206,7 +208,7 @@ def main():
                "test_loss": None, "per_class_acc": None, "confusion_matrix": None, "test_predictions": None,
                "test_files": list(splits["test"][2]), "knn": None, "wall_time_s": 0.0, "best_model_path": best_path,
                "device": describe_device(device), "feature_dim": feature_dim,
-               "timings": {"feature_extraction_s": feature_time}}
+               "feature_effective_rank": rank, "timings": {"feature_extraction_s": feature_time}}
     best_head, step = None, 0
     saved = Classifier(model.backbone, feature_dim, num_classes)  # what the best model file holds: the folded head
     print(f"training the linear head: {NUM_EPOCHS} epochs x {steps_per_epoch} steps, "

@@ -229,6 +229,17 @@ def classifier_from_checkpoint(path):
 
 
 @torch.no_grad()
+def effective_rank(features):
+    """exp(entropy of the normalised squared singular values) of the standardised features (Roy and Vetterli 2007):
+    how many directions the features really use. Far below the feature dimension means dimensional collapse, a
+    partial collapse the z-std check does not see; a linear probe can only use what these directions carry."""
+    features = features.float()
+    standardised = (features - features.mean(dim=0)) / features.std(dim=0).clamp_min(1e-6)
+    energy = torch.linalg.svdvals(standardised) ** 2
+    p = energy / energy.sum()
+    return torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()).item()
+
+
 def knn_predict(train_features, train_labels, query_features, num_classes, k=200, temperature=0.2, chunk=1024):
     """Weighted kNN: cosine similarity, the k nearest vote with weight exp(sim / temperature)."""
     train_features = F.normalize(train_features.float(), dim=1)

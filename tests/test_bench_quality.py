@@ -1,0 +1,48 @@
+"""scripts/bench_quality.py end to end on a tiny EuroSAT-shaped folder: pre-training on a subset of train.csv,
+kNN + linear evaluation of the checkpoint and of a random initialisation of the same network and input size, the
+JSON and Markdown it writes, and effective_rank (the dimensional-collapse diagnostic it reports)."""
+import json
+import os
+
+import pandas as pd
+import torch
+
+from conftest import run_script
+from simsiam_model import effective_rank
+from test_evaluation import make_eurosat
+
+
+def test_effective_rank_counts_the_directions_used():
+    torch.manual_seed(0)
+    assert effective_rank(torch.randn(4000, 1) @ torch.randn(1, 64) + 1e-4 * torch.randn(4000, 64)) < 1.5
+    assert 55 < effective_rank(torch.randn(4000, 64)) <= 64
+    three = torch.randn(4000, 3) @ torch.randn(3, 64)
+    assert 2 < effective_rank(three + 1e-4 * torch.randn(4000, 64)) < 3.5
+
+
+def test_bench_quality_quick_run_writes_table(tmp_path):
+    eurosat, out = tmp_path / "EuroSAT", tmp_path / "quality"
+    make_eurosat(str(eurosat))
+    result = run_script("scripts/bench_quality.py", f"--eurosat_dir={eurosat}", f"--output_dir={out}",
+                        f"--cache_dir={tmp_path / 'cache'}", "--pretrain_images=20", "--pretrain_epochs=1",
+                        "--skip_finetune=True",
+                        "--pretrain_args=--image_size=32 --batch_size=8 --proj_dim=64 --pred_dim=16 --small_stem=True",
+                        timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    subset = pd.read_csv(out / "pretrain_images.csv", index_col=0)
+    train = pd.read_csv(eurosat / "train.csv", index_col=0)
+    assert len(subset) == 20 and set(subset["Filename"]) <= set(train["Filename"])  # never validation or test images
+    summary = json.loads((out / "quality.json").read_text())
+    assert summary["pretrain_images"] == 20 and summary["input_size"] == 32
+    assert summary["arch"] == "resnet18 (small stem)"
+    # the random baseline is the same network at the same input size as the pre-trained one
+    assert "--small_stem=True" in summary["commands"]["linear_random"]
+    assert "--image_size=32" in summary["commands"]["linear_random"]
+    random_metrics = torch.load(out / "linear_eval_metrics_random.pth", weights_only=False)
+    assert random_metrics["config"]["SMALL_STEM"] is True and random_metrics["image_size"] == 32
+    protocols = {(row["init"], row["protocol"].split(" (")[0]) for row in summary["rows"]}
+    assert {("SimSiam pre-trained", "linear probe"), ("random init", "linear probe")} <= protocols
+    assert all(0 <= row["test_acc"] <= 100 for row in summary["rows"])
+    assert all(0 < rank <= 512 for rank in summary["feature_effective_rank"].values())
+    table = (out / "quality.md").read_text()
+    assert "| random init | linear probe" in table and "python train_simsiam.py" in table
