@@ -240,6 +240,7 @@ def effective_rank(features):
     return torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()).item()
 
 
+@torch.no_grad()
 def knn_predict(train_features, train_labels, query_features, num_classes, k=200, temperature=0.2, chunk=1024):
     """Weighted kNN: cosine similarity, the k nearest vote with weight exp(sim / temperature)."""
     train_features = F.normalize(train_features.float(), dim=1)

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 
+import pandas as pd
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from runtime import CheckpointError, configure, load_checkpoint  # noqa: E402
@@ -34,7 +35,7 @@ PRETRAIN_ARGS = ""  # extra train_simsiam.py overrides after the preset's, e.g. 
 # ----------------------------------------------------------------------------------------------------------------
 
 # What each preset runs. The CPU preset departs from the write-up's defaults where measurement showed the recipe,
-# shrunk to CPU size, barely learns (README, "Making the CPU preset learn"); the GPU preset is the write-up's
+# shrunk to CPU size, barely learns (README, "What holds the CPU preset back"); the GPU preset is the write-up's
 # recipe at full size with the batch a GPU wants.
 PRESETS = {
     "cpu": {"model": ["--arch=resnet18", "--small_stem=True", "--image_size=32"],
@@ -67,7 +68,6 @@ def run_step(name, script, args, out_dir):
 
 def write_subset(train_csv, count, path):
     """A fixed random `count` rows of train.csv (seed 0) as path; the same rows on every run."""
-    import pandas as pd
     table = pd.read_csv(train_csv, index_col=0)
     if not 0 < count <= len(table):
         sys.exit(f"error: PRETRAIN_IMAGES must be 1 to {len(table)} (the images of {train_csv}), got {count}")
@@ -167,7 +167,7 @@ def main():
         "pretrain_images": pretrain_metrics["num_images"], "pretrain_wall_min": times["pretrain"] / 60,
         "pretrain_final_loss": pretrain_metrics["loss"][-1], "z_std_final": pretrain_metrics["z_std"][-1],
         "z_std_healthy": pretrain_metrics["z_std_healthy"], "collapse_warning": collapsed,
-        "feature_effective_rank": ranks, "pretrain_args": pretrain,
+        "feature_effective_rank": ranks,
         "knn_val_per_epoch": dict(zip(pretrain_metrics["epochs"], pretrain_metrics["knn_top1"])),
         "rows": [{"init": i, "protocol": p, "test_acc": a, "wall_s": w} for i, p, a, w in rows],
         "commands": commands, "config": config}
