@@ -60,7 +60,8 @@ KNN_TEMPERATURE = 0.2  # kNN vote weight exp(cosine / T), used for both k=20 and
 SEED = 0  # seeds the batch order (and augmentation, and the random baseline's initialisation)
 DEVICE = "auto"  # auto | cuda | cpu | mps
 AMP = True  # mixed precision for the backbone on CUDA (bf16 where supported, else fp16); the head stays fp32
-CHANNELS_LAST = True  # channels_last memory format on CUDA
+CHANNELS_LAST = True  # channels_last memory format on CUDA and with CPU_BF16 (faster convolutions)
+CPU_BF16 = False  # bf16 autocast on a CPU with native bf16 (AVX512-BF16/AMX): 2.6x faster on ours; fp32 if absent
 # ----------------------------------------------------------------------------------------------------------------
 
 # Why SGD on standardised features: features are standardised with the train-set mean and std, so one lr fits
@@ -144,8 +145,8 @@ def main():
              "cannot be computed once.")
     device = pick_device(DEVICE)
     seed_everything(SEED)
-    amp_dtype = amp_dtype_for(device, AMP)
-    channels_last = CHANNELS_LAST and device.type == "cuda"
+    amp_dtype = amp_dtype_for(device, AMP, CPU_BF16)
+    channels_last = CHANNELS_LAST and (device.type == "cuda" or amp_dtype is not None)
     lr_peak = BASE_LR * BATCH_SIZE / 256
     suffix = "_random" if PRETRAINED_PATH == "random" else ""
     metrics_path = os.path.join(OUTPUT_DIR, f"linear_eval_metrics{suffix}.pth")

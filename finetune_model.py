@@ -54,7 +54,8 @@ CROP_SCALE_MIN = 0.8  # random resized crop keeps 80-100% of the image area; plu
 SEED = 0  # seeds the head's initialisation, the batch order and the augmentation
 DEVICE = "auto"  # auto | cuda | cpu | mps
 AMP = True  # mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler)
-CHANNELS_LAST = True  # channels_last memory format on CUDA (faster on tensor cores)
+CHANNELS_LAST = True  # channels_last memory format on CUDA and with CPU_BF16 (faster convolutions)
+CPU_BF16 = False  # bf16 autocast on a CPU with native bf16 (AVX512-BF16/AMX): 2.6x faster on ours; fp32 if absent
 # ----------------------------------------------------------------------------------------------------------------
 
 # Why AdamW: it adapts the step per parameter, so one small lr suits both the pre-trained backbone (which must not
@@ -123,8 +124,8 @@ def main():
         fail("NUM_EPOCHS and BATCH_SIZE must be at least 1.")
     device = pick_device(DEVICE)
     seed_everything(SEED)
-    amp_dtype = amp_dtype_for(device, AMP)
-    channels_last = CHANNELS_LAST and device.type == "cuda"
+    amp_dtype = amp_dtype_for(device, AMP, CPU_BF16)
+    channels_last = CHANNELS_LAST and (device.type == "cuda" or amp_dtype is not None)
     memory_format = torch.channels_last if channels_last else torch.preserve_format
     lr_peak = BASE_LR * BATCH_SIZE / 256
     suffix = "_random" if PRETRAINED_PATH == "random" else ""

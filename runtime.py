@@ -134,9 +134,25 @@ def pick_device(requested="auto"):
     return torch.device("cpu")
 
 
-def amp_dtype_for(device, enabled=True):
-    """bf16 on CUDA where supported, else fp16 (needs a grad scaler); None (fp32) elsewhere."""
+def cpu_has_native_bf16():
+    """True where the CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower."""
     import torch
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def amp_dtype_for(device, enabled=True, cpu_bf16=False):
+    """bf16 on CUDA where supported, else fp16 (needs a grad scaler); on a CPU, bf16 only when asked (cpu_bf16) and
+    the CPU has it natively; None (fp32) elsewhere."""
+    import torch
+    if device.type == "cpu" and cpu_bf16:
+        if cpu_has_native_bf16():
+            return torch.bfloat16
+        print("note: CPU_BF16 ignored: this CPU has no native bf16 (AVX512-BF16 or AMX), where bf16 is slower than "
+              "fp32; running in fp32", file=sys.stderr)
+        return None
     if not enabled or device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

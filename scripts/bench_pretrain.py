@@ -7,7 +7,7 @@ All three run the same SimSiam training step (forward, backward, SGD step) on th
 - ceiling:   batches already on the device, normalised; no data work at all
 - reference: PNG decode + per-sample PIL transforms (simsiam_transform_v1/v2) in DataLoader workers, fp32, NCHW
 - default:   train_simsiam.py's PIPELINE="fast": decoded-once uint8 memory map, BatchAugment on the device,
-             mixed precision and channels_last on CUDA
+             mixed precision and channels_last on CUDA (and on a CPU with CPU_BF16)
 Warm-up steps are excluded. Prints a table and writes it as JSON (OUTPUT_JSON).
 """
 import json
@@ -32,13 +32,15 @@ DATA_DIR = ""  # folder of images to read; "" = generate NUM_IMAGES PNGs of SOUR
 NUM_IMAGES = 512  # generated images (when DATA_DIR is "")
 SOURCE_SIZE = 0  # side of generated images in px; 0 = 264 (an SSL4EO-S12 patch) when IMAGE_SIZE > 64, else 64
 ARCH = "resnet18"  # resnet18 | resnet34 | resnet50
+SMALL_STEM = False  # 3x3 stride-1 first conv, no max-pool (train_simsiam.py's option for 32-64 px inputs)
 IMAGE_SIZE = 64  # crop size fed to the network
 BATCH_SIZE = 64  # pairs per step
 STEPS = 10  # timed steps per pipeline
 WARMUP_STEPS = 3  # untimed steps first (allocations, cudnn autotune, worker start-up)
 NUM_WORKERS = 2  # DataLoader workers for the reference pipeline (the write-up's way of feeding the GPU)
 AMP = True  # mixed precision on CUDA for ceiling and default (the reference stays fp32, as written)
-CHANNELS_LAST = True  # channels_last on CUDA for ceiling and default
+CHANNELS_LAST = True  # channels_last on CUDA (and with CPU_BF16) for ceiling and default
+CPU_BF16 = False  # bf16 autocast on a CPU with native bf16 for ceiling and default (train_simsiam.py's option)
 CACHE_DIR = ""  # where the default pipeline keeps its decoded array; "" = a temp folder
 DEVICE = "auto"  # auto | cuda | cpu
 OUTPUT_JSON = "bench_results/bench_pretrain.json"  # the table as JSON
@@ -98,8 +100,8 @@ def timed(name, batches, model, optimizer, device, amp_dtype, channels_last, sca
 def main():
     config, _ = configure(globals())
     device = pick_device(DEVICE)
-    amp_dtype = amp_dtype_for(device, AMP)
-    channels_last = CHANNELS_LAST and device.type == "cuda"
+    amp_dtype = amp_dtype_for(device, AMP, CPU_BF16)
+    channels_last = CHANNELS_LAST and (device.type == "cuda" or amp_dtype is not None)
     torch.manual_seed(0)
     workdir = tempfile.mkdtemp(prefix="bench_pretrain_")
     data_dir = DATA_DIR
@@ -117,8 +119,8 @@ def main():
           f"{STEPS} timed steps after {WARMUP_STEPS} warm-up; precision {amp_dtype or 'fp32'} (reference: fp32)")
 
     def fresh_model(use_channels_last):
-        model = SimSiam(ARCH).to(device, memory_format=torch.channels_last if use_channels_last
-                                 else torch.preserve_format)
+        model = SimSiam(ARCH, small_stem=SMALL_STEM)
+        model = model.to(device, memory_format=torch.channels_last if use_channels_last else torch.preserve_format)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05 * BATCH_SIZE / 256, momentum=0.9, weight_decay=1e-4)
         return model, optimizer
 

@@ -38,13 +38,15 @@ PRETRAIN_ARGS = ""  # extra train_simsiam.py overrides after the preset's, e.g. 
 # shrunk to CPU size, barely learns (README, "What holds the CPU preset back"); the GPU preset is the write-up's
 # recipe at full size with the batch a GPU wants.
 PRESETS = {
-    "cpu": {"model": ["--arch=resnet18", "--small_stem=True", "--image_size=32"],
-            "pretrain": ["--batch_size=128", "--base_lr=0.2", "--warmup_epochs=1", "--num_epochs=2",
+    "cpu": {"every_step": ["--cpu_bf16=True"],
+            "model": ["--arch=resnet18", "--small_stem=True", "--image_size=32"],
+            "pretrain": ["--batch_size=32", "--base_lr=0.2", "--warmup_epochs=1", "--num_epochs=5",
                          "--weight_decay=5e-4", "--jitter_strength=0.5", "--gray_p=0", "--blur_p=0",
                          "--solarize=False", "--crop_scale_min=0.3", "--knn_every=1"],
             "linear": ["--batch_size=256", "--num_epochs=90"],
             "finetune": ["--batch_size=64", "--num_epochs=1", "--warmup_epochs=0"]},
-    "gpu": {"model": ["--arch=resnet50", "--image_size=224"],
+    "gpu": {"every_step": [],
+            "model": ["--arch=resnet50", "--image_size=224"],
             "pretrain": ["--batch_size=256", "--num_epochs=10", "--warmup_epochs=1", "--knn_every=5"],
             "linear": ["--batch_size=256", "--num_epochs=90"],
             "finetune": ["--batch_size=128", "--num_epochs=3", "--warmup_epochs=0"]},
@@ -109,12 +111,12 @@ def main():
     if PRETRAIN_IMAGES:
         file_list = write_subset(file_list, PRETRAIN_IMAGES, os.path.join(out, "pretrain_images.csv"))
     finetune = preset["finetune"] + ([f"--num_epochs={FINETUNE_EPOCHS}"] if FINETUNE_EPOCHS else [])
-    common = [f"--eurosat_dir={eurosat}", f"--output_dir={out}", f"--cache_dir={cache}"]
+    common = [f"--eurosat_dir={eurosat}", f"--output_dir={out}", f"--cache_dir={cache}", *preset["every_step"]]
     times, commands = {}, {}
 
     # ---- pre-training on the unlabeled training images ----
     args = [f"--data_dir={eurosat}", f"--file_list={file_list}", f"--output_dir={out}",
-            f"--cache_dir={cache}", f"--knn_data_dir={eurosat}", *model, *pretrain]
+            f"--cache_dir={cache}", f"--knn_data_dir={eurosat}", *preset["every_step"], *model, *pretrain]
     commands["pretrain"] = "python train_simsiam.py " + " ".join(args)
     times["pretrain"] = run_step("pretrain", "train_simsiam.py", args, out)
     pretrain_metrics = load_checkpoint(os.path.join(out, "pretrain_metrics.pth"))
