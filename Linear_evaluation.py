@@ -39,7 +39,8 @@ from tqdm import tqdm
 import simsiam_data as data
 from runtime import (CheckpointError, amp_dtype_for, atomic_save, autocast_for, configure, describe_device,
                      library_versions, pick_device, seed_everything)
-from simsiam_model import Classifier, backbone_for_evaluation, classifier_checkpoint, effective_rank, knn_predict
+from simsiam_model import (Classifier, backbone_for_evaluation, classifier_checkpoint, effective_rank, knn_predict,
+                           stem_label)
 
 # ----------------------------------------------------------------------------------------------------------------
 EUROSAT_DIR = "datae/EuroSAT"  # class folders of JPEGs + train.csv, validation.csv, test.csv, label_map.json
@@ -48,6 +49,7 @@ CACHE_DIR = "cache"  # decoded-once image arrays; safe to delete
 PRETRAINED_PATH = ""  # "" = newest simsiam_<arch>_epoch_X.pth in OUTPUT_DIR | a checkpoint path | "random"
 ARCH = "resnet50"  # backbone of the random baseline only (a checkpoint names its own): resnet18 | resnet34 | resnet50
 SMALL_STEM = False  # 3x3 stride-1 stem for the random baseline only (a checkpoint names its own)
+STEM_STRIDE = 1  # stride of that small stem's conv, for the random baseline only (a checkpoint names its own)
 IMAGE_SIZE = 0  # input side in px; 0 = the checkpoint's own IMAGE_SIZE (224 for random)
 BATCH_SIZE = 256  # images per head step and per backbone forward pass; lr scales with it
 NUM_EPOCHS = 90  # head epochs (cheap with FEATURE_CACHE; each is a full backbone pass without it)
@@ -61,7 +63,7 @@ SEED = 0  # seeds the batch order (and augmentation, and the random baseline's i
 DEVICE = "auto"  # auto | cuda | cpu | mps
 AMP = True  # mixed precision for the backbone on CUDA (bf16 where supported, else fp16); the head stays fp32
 CHANNELS_LAST = True  # channels_last memory format on CUDA and with CPU_BF16 (faster convolutions)
-CPU_BF16 = False  # bf16 autocast on a CPU with native bf16 (AVX512-BF16/AMX): 2.6x faster on ours; fp32 if absent
+CPU_BF16 = False  # bf16 autocast on a CPU with native bf16 (AVX512-BF16/AMX): 1.8x faster on ours; fp32 if absent
 # ----------------------------------------------------------------------------------------------------------------
 
 # Why SGD on standardised features: features are standardised with the train-set mean and std, so one lr fits
@@ -81,7 +83,7 @@ def load_backbone():
     """(backbone, feature_dim, backbone settings for the saved classifier's config, pretrained path or 'random')."""
     try:
         backbone, feature_dim, settings, source, pretrained_size = backbone_for_evaluation(
-            PRETRAINED_PATH, OUTPUT_DIR, ARCH, SMALL_STEM, IMAGE_SIZE)
+            PRETRAINED_PATH, OUTPUT_DIR, ARCH, SMALL_STEM, IMAGE_SIZE, STEM_STRIDE)
     except CheckpointError as error:
         fail(str(error))
     if IMAGE_SIZE and IMAGE_SIZE != pretrained_size:
@@ -159,7 +161,7 @@ def main():
     print(f"config: {config}")
     print(f"device: {describe_device(device)}, backbone precision: {amp_dtype or 'fp32'}, head lr {lr_peak:.4f} "
           f"(= {BASE_LR} x {BATCH_SIZE} / 256)")
-    print(f"backbone: {config['ARCH']}{' (small stem)' if config['SMALL_STEM'] else ''} from {pretrained}, "
+    print(f"backbone: {config['ARCH']}{stem_label(config['SMALL_STEM'], config['STEM_STRIDE'])} from {pretrained}, "
           f"{feature_dim}-d features, {image_size} px")
     if suffix:
         print(f"random-init baseline: results go to {metrics_path} and {best_path}")

@@ -24,17 +24,21 @@ CLASSIFIER_KIND = "eurosat_classifier"
 KNOWN_PREFIXES = ("module.", "_orig_mod.", "backbone.", "encoder.")
 
 
-def build_backbone(arch="resnet50", in_channels=3, small_stem=False):
+def build_backbone(arch="resnet50", in_channels=3, small_stem=False, stem_stride=1):
     """A torchvision ResNet with `fc` replaced by Identity; returns (backbone, feature_dim).
 
     small_stem=True swaps the 7x7/2 conv + max-pool for a 3x3/1 conv (as for CIFAR): on 32-64 px inputs the
-    standard stem leaves a 2x2 map at the last stage, which throws most of the image away.
+    standard stem leaves a 2x2 map at the last stage, which throws most of the image away. stem_stride=2 makes that
+    conv stride 2: a 64 px input then costs what a 32 px one does with stride 1, yet the first conv sees every pixel.
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    if stem_stride not in (1, 2) or (stem_stride != 1 and not small_stem):
+        raise ValueError(f"stem_stride must be 1, or 2 with the small stem (got {stem_stride} with small_stem="
+                         f"{small_stem})")
     backbone = getattr(torchvision.models, arch)(weights=None)
     if small_stem:
-        backbone.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        backbone.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=stem_stride, padding=1, bias=False)
         backbone.maxpool = nn.Identity()
     elif in_channels != 3:
         backbone.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -44,9 +48,9 @@ def build_backbone(arch="resnet50", in_channels=3, small_stem=False):
 
 
 class SimSiam(nn.Module):
-    def __init__(self, arch="resnet50", dim=2048, pred_dim=512, in_channels=3, small_stem=False):
+    def __init__(self, arch="resnet50", dim=2048, pred_dim=512, in_channels=3, small_stem=False, stem_stride=1):
         super().__init__()
-        self.backbone, feature_dim = build_backbone(arch, in_channels, small_stem)
+        self.backbone, feature_dim = build_backbone(arch, in_channels, small_stem, stem_stride)
         self.projector = nn.Sequential(
             nn.Linear(feature_dim, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(inplace=True),
             nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(inplace=True),
@@ -100,14 +104,22 @@ def backbone_state_dict(model):
             if not k.startswith("fc.")}
 
 
+def stem_label(small_stem, stem_stride=1):
+    """How logs and tables name the stem: "" (ImageNet stem), " (small stem)" or " (small stem, stride 2)"."""
+    if not small_stem:
+        return ""
+    return " (small stem)" if stem_stride == 1 else f" (small stem, stride {stem_stride})"
+
+
 def model_config_from(checkpoint, path):
-    """arch / in_channels / small_stem / image_size as recorded in any checkpoint of this project."""
+    """arch / in_channels / small_stem / stem_stride / image_size as recorded in any checkpoint of this project."""
     config = checkpoint.get("config")
     if not isinstance(config, dict) or "ARCH" not in config:
         raise CheckpointError(f"{path}: the checkpoint records no config with ARCH, so it was not written by this "
                               "project's train_simsiam.py, Linear_evaluation.py or finetune_model.py.")
     return {"arch": config["ARCH"], "in_channels": int(config.get("IN_CHANNELS", 3)),
-            "small_stem": bool(config.get("SMALL_STEM", False)), "image_size": int(config.get("IMAGE_SIZE", 224))}
+            "small_stem": bool(config.get("SMALL_STEM", False)), "stem_stride": int(config.get("STEM_STRIDE", 1)),
+            "image_size": int(config.get("IMAGE_SIZE", 224))}
 
 
 def load_backbone_weights(backbone, state_dict, path):
@@ -135,7 +147,7 @@ def backbone_from_checkpoint(path):
 def _backbone_from(checkpoint, path):
     model_config = model_config_from(checkpoint, path)
     backbone, feature_dim = build_backbone(model_config["arch"], model_config["in_channels"],
-                                           model_config["small_stem"])
+                                           model_config["small_stem"], model_config["stem_stride"])
     if checkpoint["kind"] == PRETRAIN_KIND:
         # keep only the backbone part of the SimSiam state dict (projector and predictor are dropped)
         weights = {}
@@ -161,7 +173,7 @@ def newest_pretrained(output_dir):
     return max(found)[2] if found else None
 
 
-def backbone_for_evaluation(pretrained_path, output_dir, arch, small_stem, image_size):
+def backbone_for_evaluation(pretrained_path, output_dir, arch, small_stem, image_size, stem_stride=1):
     """The backbone that Linear_evaluation.py and finetune_model.py start from.
 
     pretrained_path: a checkpoint, "" for the newest simsiam_<arch>_epoch_X.pth in output_dir, or "random" for a
@@ -171,10 +183,11 @@ def backbone_for_evaluation(pretrained_path, output_dir, arch, small_stem, image
     """
     if pretrained_path == "random":
         try:
-            backbone, feature_dim = build_backbone(arch, 3, small_stem)
+            backbone, feature_dim = build_backbone(arch, 3, small_stem, stem_stride)
         except ValueError as error:
             raise CheckpointError(f"--pretrained_path=random: {error}") from None
-        settings = {"ARCH": arch, "SMALL_STEM": small_stem, "IN_CHANNELS": 3, "IMAGE_SIZE": image_size or 224}
+        settings = {"ARCH": arch, "SMALL_STEM": small_stem, "STEM_STRIDE": stem_stride, "IN_CHANNELS": 3,
+                    "IMAGE_SIZE": image_size or 224}
         return backbone, feature_dim, settings, "random", image_size or 224
     path = pretrained_path or newest_pretrained(output_dir)
     if not path:
@@ -183,8 +196,8 @@ def backbone_for_evaluation(pretrained_path, output_dir, arch, small_stem, image
     backbone, feature_dim, found = backbone_from_checkpoint(path)
     if found["in_channels"] != 3:
         raise CheckpointError(f"{path} was pre-trained on {found['in_channels']} bands; EuroSAT here is RGB.")
-    settings = {"ARCH": found["arch"], "SMALL_STEM": found["small_stem"], "IN_CHANNELS": 3,
-                "IMAGE_SIZE": image_size or found["image_size"]}
+    settings = {"ARCH": found["arch"], "SMALL_STEM": found["small_stem"], "STEM_STRIDE": found["stem_stride"],
+                "IN_CHANNELS": 3, "IMAGE_SIZE": image_size or found["image_size"]}
     return backbone, feature_dim, settings, path, found["image_size"]
 
 

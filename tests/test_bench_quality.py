@@ -23,11 +23,10 @@ def test_effective_rank_counts_the_directions_used():
 def test_bench_quality_quick_run_writes_table(tmp_path):
     eurosat, out = tmp_path / "EuroSAT", tmp_path / "quality"
     make_eurosat(str(eurosat))
-    result = run_script("scripts/bench_quality.py", f"--eurosat_dir={eurosat}", f"--output_dir={out}",
-                        f"--cache_dir={tmp_path / 'cache'}", "--pretrain_images=20", "--pretrain_epochs=1",
-                        "--skip_finetune=True",
-                        "--pretrain_args=--image_size=32 --batch_size=8 --proj_dim=64 --pred_dim=16 --small_stem=True",
-                        timeout=600)
+    args = [f"--eurosat_dir={eurosat}", f"--output_dir={out}", f"--cache_dir={tmp_path / 'cache'}",
+            "--pretrain_images=20", "--pretrain_epochs=1", "--skip_finetune=True",
+            "--pretrain_args=--image_size=32 --batch_size=8 --proj_dim=64 --pred_dim=16 --small_stem=True"]
+    result = run_script("scripts/bench_quality.py", *args, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     subset = pd.read_csv(out / "pretrain_images.csv", index_col=0)
     train = pd.read_csv(eurosat / "train.csv", index_col=0)
@@ -38,6 +37,7 @@ def test_bench_quality_quick_run_writes_table(tmp_path):
     # the random baseline is the same network at the same input size as the pre-trained one
     assert "--small_stem=True" in summary["commands"]["linear_random"]
     assert "--image_size=32" in summary["commands"]["linear_random"]
+    assert "--stem_stride=1" in summary["commands"]["linear_random"]
     random_metrics = torch.load(out / "linear_eval_metrics_random.pth", weights_only=False)
     assert random_metrics["config"]["SMALL_STEM"] is True and random_metrics["image_size"] == 32
     protocols = {(row["init"], row["protocol"].split(" (")[0]) for row in summary["rows"]}
@@ -46,3 +46,11 @@ def test_bench_quality_quick_run_writes_table(tmp_path):
     assert all(0 < rank <= 512 for rank in summary["feature_effective_rank"].values())
     table = (out / "quality.md").read_text()
     assert "| random init | linear probe" in table and "python train_simsiam.py" in table
+
+    # a rerun skips what is done and keeps the pre-training time of the run that did the work
+    rerun = run_script("scripts/bench_quality.py", *args, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "already done" in rerun.stdout and "nothing to do" in (out / "pretrain.log").read_text()
+    again = json.loads((out / "quality.json").read_text())
+    assert again["pretrain_wall_min"] >= summary["pretrain_wall_min"]
+    assert again["rows"] == summary["rows"]

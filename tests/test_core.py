@@ -11,8 +11,8 @@ from PIL import Image
 import simsiam_data as data
 from conftest import TINY_PRETRAIN, run_script, write_images
 from runtime import CheckpointError, configure, load_checkpoint
-from simsiam_model import (SimSiam, backbone_from_checkpoint, backbone_state_dict, negative_cosine_loss,
-                           strip_prefixes)
+from simsiam_model import (SimSiam, backbone_from_checkpoint, backbone_state_dict, build_backbone,
+                           negative_cosine_loss, strip_prefixes)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -80,6 +80,23 @@ def test_backbone_from_checkpoint_is_strict(tmp_path):
     torch.save({"state_dict": state}, foreign)
     with pytest.raises(CheckpointError, match="foreign.pth"):
         backbone_from_checkpoint(str(foreign))
+
+
+def test_small_stem_stride_two_reads_64px_at_the_cost_of_32px(tmp_path):
+    maps = {}
+    for name, size, stride in (("s1_32", 32, 1), ("s2_64", 64, 2)):
+        backbone, _ = build_backbone("resnet18", small_stem=True, stem_stride=stride)
+        maps[name] = backbone.layer1(backbone.maxpool(backbone.conv1(torch.zeros(1, 3, size, size)))).shape
+    assert maps["s1_32"] == maps["s2_64"] == (1, 64, 32, 32)
+    with pytest.raises(ValueError, match="stem_stride"):
+        build_backbone("resnet18", small_stem=False, stem_stride=2)
+    # the stride travels with the checkpoint; files written before STEM_STRIDE existed mean stride 1
+    model = SimSiam("resnet18", dim=64, pred_dim=16, small_stem=True, stem_stride=2)
+    config = {"ARCH": "resnet18", "IMAGE_SIZE": 64, "SMALL_STEM": True, "STEM_STRIDE": 2, "IN_CHANNELS": 3}
+    for name, recorded in (("new", config), ("old", {k: v for k, v in config.items() if k != "STEM_STRIDE"})):
+        torch.save({"kind": "simsiam_pretrain", "config": recorded, "model": model.state_dict()}, tmp_path / name)
+    assert backbone_from_checkpoint(str(tmp_path / "new"))[0].conv1.stride == (2, 2)
+    assert backbone_from_checkpoint(str(tmp_path / "old"))[0].conv1.stride == (1, 1)
 
 
 def test_checkpoint_with_code_is_refused(tmp_path):

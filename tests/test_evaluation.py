@@ -258,7 +258,8 @@ def test_random_baseline_writes_random_files(runs):
     check_metrics(metrics, "linear_eval_metrics", 2, paths["eurosat"])
     assert metrics["pretrained_path"] == "random"
     model, checkpoint, model_config = classifier_from_checkpoint(out / "linear_eval_eurosat_best_model_random.pth")
-    assert model_config == {"arch": "resnet18", "in_channels": 3, "small_stem": False, "image_size": SIZE}
+    assert model_config == {"arch": "resnet18", "in_channels": 3, "small_stem": False, "stem_stride": 1,
+                            "image_size": SIZE}
 
 
 def test_fold_standardisation_is_exact():
