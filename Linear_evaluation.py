@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import simsiam_data as data
-from runtime import (CheckpointError, amp_dtype_for, atomic_save, autocast_for, configure, describe_device,
-                     library_versions, pick_device, seed_everything)
+from runtime import (CheckpointError, amp_dtype_for, atomic_save, autocast_for, channels_last_for, configure,
+                     describe_device, library_versions, pick_device, seed_everything)
 from simsiam_model import (Classifier, backbone_for_evaluation, classifier_checkpoint, effective_rank, knn_predict,
                            stem_label)
 
@@ -148,7 +148,7 @@ def main():
     device = pick_device(DEVICE)
     seed_everything(SEED)
     amp_dtype = amp_dtype_for(device, AMP, CPU_BF16)
-    channels_last = CHANNELS_LAST and (device.type == "cuda" or amp_dtype is not None)
+    channels_last = channels_last_for(device, amp_dtype, CHANNELS_LAST)
     lr_peak = BASE_LR * BATCH_SIZE / 256
     suffix = "_random" if PRETRAINED_PATH == "random" else ""
     metrics_path = os.path.join(OUTPUT_DIR, f"linear_eval_metrics{suffix}.pth")

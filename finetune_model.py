@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import simsiam_data as data
-from runtime import (CheckpointError, amp_dtype_for, atomic_save, autocast_for, configure, describe_device,
-                     library_versions, pick_device, seed_everything)
+from runtime import (CheckpointError, amp_dtype_for, atomic_save, autocast_for, channels_last_for, configure,
+                     describe_device, library_versions, pick_device, seed_everything)
 from simsiam_model import (Classifier, backbone_for_evaluation, classifier_checkpoint,
                            classifier_from_checkpoint, stem_label)
 
@@ -126,7 +126,7 @@ def main():
     device = pick_device(DEVICE)
     seed_everything(SEED)
     amp_dtype = amp_dtype_for(device, AMP, CPU_BF16)
-    channels_last = CHANNELS_LAST and (device.type == "cuda" or amp_dtype is not None)
+    channels_last = channels_last_for(device, amp_dtype, CHANNELS_LAST)
     memory_format = torch.channels_last if channels_last else torch.preserve_format
     lr_peak = BASE_LR * BATCH_SIZE / 256
     suffix = "_random" if PRETRAINED_PATH == "random" else ""

@@ -158,6 +158,11 @@ def amp_dtype_for(device, enabled=True, cpu_bf16=False):
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def channels_last_for(device, amp_dtype, enabled=True):
+    """channels_last pays off on CUDA and under CPU bf16 (oneDNN's fast convolutions); elsewhere it only costs."""
+    return enabled and (device.type == "cuda" or amp_dtype is not None)
+
+
 def autocast_for(device, amp_dtype):
     import torch
     if amp_dtype is None:

@@ -23,8 +23,8 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import simsiam_data as data
-from runtime import (CheckpointError, amp_dtype_for, atomic_save, autocast_for, configure, describe_device,
-                     library_versions, load_checkpoint, pick_device, seed_everything)
+from runtime import (CheckpointError, amp_dtype_for, atomic_save, autocast_for, channels_last_for, configure,
+                     describe_device, library_versions, load_checkpoint, pick_device, seed_everything)
 from simsiam_model import PRETRAIN_KIND, SimSiam, knn_predict, negative_cosine_loss, normalized_std, unwrap
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -159,7 +159,7 @@ def main():
     log = print if main_process else (lambda *args, **kwargs: None)
     seed_everything(SEED + rank)
     amp_dtype = amp_dtype_for(device, AMP, CPU_BF16)
-    channels_last = CHANNELS_LAST and (device.type == "cuda" or amp_dtype is not None)
+    channels_last = channels_last_for(device, amp_dtype, CHANNELS_LAST)
     global_batch = BATCH_SIZE * world_size
     base_lr = BASE_LR * global_batch / 256
     healthy_std = 1 / math.sqrt(PROJ_DIM)

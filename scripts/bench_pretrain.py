@@ -23,8 +23,8 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import simsiam_data as data  # noqa: E402
-from runtime import (amp_dtype_for, autocast_for, configure, describe_device, library_versions,  # noqa: E402
-                     pick_device)
+from runtime import (amp_dtype_for, autocast_for, channels_last_for, configure, describe_device,  # noqa: E402
+                     library_versions, pick_device)
 from simsiam_model import SimSiam, negative_cosine_loss  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -101,7 +101,7 @@ def main():
     config, _ = configure(globals())
     device = pick_device(DEVICE)
     amp_dtype = amp_dtype_for(device, AMP, CPU_BF16)
-    channels_last = CHANNELS_LAST and (device.type == "cuda" or amp_dtype is not None)
+    channels_last = channels_last_for(device, amp_dtype, CHANNELS_LAST)
     torch.manual_seed(0)
     workdir = tempfile.mkdtemp(prefix="bench_pretrain_")
     data_dir = DATA_DIR
