@@ -4,22 +4,66 @@
   at its top can be replaced from the command line as `--batch_size=64` (or `--BATCH_SIZE=64`). An unknown name
   or a value of the wrong type exits with status 2 and lists the valid names; `--help` lists every constant with
   its value and its comment. Returns the resolved `config` dict that goes into every checkpoint and metrics file.
-- `pick_device()`, `autocast_for(device)`: the one device/precision block used by every script.
-- `atomic_save(obj, path)`: torch.save to a temporary file, then rename, so a kill never leaves a half file.
-- `load_checkpoint(path)`: torch.load with weights_only=True and errors that name the file and the fix.
+- `fail(message)`: the one way a script stops on a problem it cannot go past (`error: ...`, exit 1);
+  `UserError` (and its kinds `CheckpointError`, `DataError`, `WriteError`) is what shared code raises for a
+  problem with the user's files or settings, and `run(main)` turns it into `fail`, never a traceback.
+- `check_settings(config, rules)` with `at_least`, `between`, `one_of`: constants checked at start-up, before
+  any data is read, with the constant's name and what it may be.
+- `prepare_output_dir(folder, lock_name)`: writable, enough free space, temporary files of dead runs removed,
+  and locked so that a second run on the same outputs is refused (the lock dies with its process).
+- `pick_device()`, `amp_dtype_for(device)`, `autocast_for(device)`: the one device/precision block.
+- `atomic_write(path)` / `atomic_save(obj, path)`: write a hidden temporary file, then rename, so a kill never
+  leaves a half file; `load_checkpoint(path)`: torch.load with weights_only=True and errors that name the file.
+- `epoch_generator(seed, epoch)` and `warmup_cosine(...)`: the one per-epoch seeding and the one lr schedule.
 
 Importing this module runs nothing and loads no heavy library: torch is imported inside the functions that use it,
 so that data-preparation scripts (and their worker processes) start in a fraction of a second.
 """
 import ast
 import contextlib
+import math
 import os
 import platform
 import random
 import re
+import shutil
 import sys
+import time
 
 _CONSTANT_LINE = re.compile(r"^([A-Z][A-Z0-9_]*)\s*=\s*(.*?)\s*(?:#\s*(.*))?$")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# errors: one way to stop, one family of exceptions for problems the user can fix
+
+class UserError(Exception):
+    """A problem with the user's files or settings; the message names the file or setting and the fix."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, unreadable, of the wrong kind, or that does not match its own config."""
+
+
+class DataError(UserError, ValueError):
+    """A data folder, split file or image list that cannot be used as it is."""
+
+
+class WriteError(UserError, OSError):
+    """A file that could not be written (disk full, folder not writable); its temporary file is already gone."""
+
+
+def fail(message, code=1):
+    """Stop the script: `error: message` on stderr and exit status `code` (1; 2 for a wrong setting)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def run(main):
+    """Run a script's main; a UserError raised anywhere below ends it with `error: ...`, not a traceback."""
+    try:
+        return main()
+    except UserError as error:
+        fail(str(error))
 
 
 def _constant_comments(source_file):
@@ -81,11 +125,9 @@ def configure(namespace, argv=None, allow_positional=0):
     by_lower = {k.lower(): k for k in constants}
     script = os.path.basename(namespace.get("__file__", "script"))
 
-    def fail(message):
-        print(f"{script}: {message}", file=sys.stderr)
-        print(f"valid names: {', '.join('--' + k.lower() for k in constants)}", file=sys.stderr)
-        print(f"see: python {script} --help", file=sys.stderr)
-        sys.exit(2)
+    def reject(message):
+        fail(f"{script}: {message}\nvalid names: {', '.join('--' + k.lower() for k in constants)}\n"
+             f"see: python {script} --help", code=2)
 
     if any(a in ("-h", "--help") for a in argv):
         doc = (namespace.get("__doc__") or "").strip()
@@ -104,34 +146,73 @@ def configure(namespace, argv=None, allow_positional=0):
             positional.append(arg)
             continue
         if "=" not in arg:
-            fail(f"override {arg!r} needs a value: write it as {arg}=VALUE")
+            reject(f"override {arg!r} needs a value: write it as {arg}=VALUE")
         key, text = arg[2:].split("=", 1)
         name = by_lower.get(key.lower())
         if name is None:
-            fail(f"unknown setting {key!r}")
+            reject(f"unknown setting {key!r}")
         try:
             value = _parse_value(name, text, namespace[name])
         except ValueError as error:
-            fail(str(error))
+            reject(str(error))
         print(f"overriding: {name} = {value!r}")
         namespace[name] = value
     if len(positional) > allow_positional:
-        fail(f"unexpected argument(s) {positional[allow_positional:]}: settings are written --name=value")
+        reject(f"unexpected argument(s) {positional[allow_positional:]}: settings are written --name=value")
     return overridable_constants(namespace), positional
+
+
+def at_least(low):
+    return (lambda value: value >= low), f"at least {low}"
+
+
+def between(low, high):
+    return (lambda value: low <= value <= high), f"between {low} and {high}"
+
+
+def one_of(*choices):
+    return (lambda value: value in choices), "one of " + ", ".join(repr(c) for c in choices)
+
+
+def check_settings(config, rules):
+    """Stop at start-up, before any data is read, on the first constant outside what it may be.
+
+    `rules` maps a constant's name to (test, what it may be), e.g. {"BATCH_SIZE": at_least(1)}; the message names
+    the constant, its value and the allowed range, and the exit status is 2, as for a malformed override.
+    """
+    for name, (allowed, description) in rules.items():
+        if not allowed(config[name]):
+            fail(f"{name} = {config[name]!r} is not allowed: it must be {description} "
+                 f"(edit it at the top of the script or pass --{name.lower()}=...)", code=2)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # device and precision: CUDA if available, else MPS, else CPU; autocast only on CUDA.
 
 def pick_device(requested="auto"):
+    """CUDA if available, else MPS, else the CPU; a requested device that is not there stops the script."""
     import torch
-    if requested != "auto":
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        fail(f"DEVICE = {requested!r} is not a device: use auto, cpu, cuda, cuda:N or mps.", code=2)
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        fail(f"DEVICE = {requested!r}, but PyTorch sees {torch.cuda.device_count()} CUDA GPU(s) "
+             f"(CUDA build: {torch.version.cuda or 'none'}). Use --device=auto or --device=cpu.", code=2)
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        fail("DEVICE = 'mps', but this machine has no Apple GPU available to PyTorch. Use --device=auto.", code=2)
+    if device.type not in ("cpu", "cuda", "mps"):
+        fail(f"DEVICE = {requested!r}: only auto, cpu, cuda, cuda:N and mps are supported.", code=2)
+    return device
+
+
+AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
 def cpu_has_native_bf16():
@@ -143,19 +224,59 @@ def cpu_has_native_bf16():
         return False
 
 
-def amp_dtype_for(device, enabled=True, cpu_bf16=False):
-    """bf16 on CUDA where supported, else fp16 (needs a grad scaler); on a CPU, bf16 only when asked (cpu_bf16) and
-    the CPU has it natively; None (fp32) elsewhere."""
+def amp_dtype_for(device, amp="auto"):
+    """(autocast dtype or None for fp32, the reason) for AMP = auto | bf16 | fp16 | off.
+
+    auto: on CUDA, bf16 where the card computes it natively (compute capability 8.0 and up: Ampere, Ada, Hopper),
+    else fp16 with a grad scaler: below 8.0 (Turing, Volta, T4) bf16 is emulated, and cuDNN has no bf16
+    convolutions there, although torch.cuda.is_bf16_supported() says yes. On a CPU or MPS, auto is fp32.
+    bf16 / fp16 force one (on a CPU, bf16 only where it is native, fp16 never); off is fp32 everywhere.
+    """
     import torch
-    if device.type == "cpu" and cpu_bf16:
+    if amp == "off":
+        return None, "AMP = 'off'"
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        native = major >= 8
+        if amp == "fp16":
+            return torch.float16, "AMP = 'fp16' (forced), with a grad scaler"
+        if amp == "bf16":
+            return torch.bfloat16, ("AMP = 'bf16' (forced)" if native else
+                                    f"AMP = 'bf16' forced on compute capability {major}.{minor}, where bf16 is "
+                                    "emulated and slow: 'auto' would use fp16")
+        if native:
+            return torch.bfloat16, f"native bf16 on compute capability {major}.{minor}"
+        return torch.float16, f"compute capability {major}.{minor} has no native bf16: fp16 with a grad scaler"
+    if device.type == "cpu" and amp == "bf16":
         if cpu_has_native_bf16():
-            return torch.bfloat16
-        print("note: CPU_BF16 ignored: this CPU has no native bf16 (AVX512-BF16 or AMX), where bf16 is slower than "
-              "fp32; running in fp32", file=sys.stderr)
-        return None
-    if not enabled or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.bfloat16, "AMP = 'bf16' on a CPU with native bf16 (AVX512-BF16 or AMX)"
+        return None, "AMP = 'bf16' ignored: this CPU has no native bf16 (AVX512-BF16 or AMX), where it is slower"
+    if amp == "fp16":
+        fail(f"AMP = 'fp16' needs a CUDA GPU; this run is on {device.type}. Use --amp=auto (or bf16 on a CPU "
+             "with native bf16).", code=2)
+    return None, f"fp32 on {device.type}" + (" (AMP = 'bf16' is faster on a CPU with native bf16)"
+                                             if device.type == "cpu" and cpu_has_native_bf16() else "")
+
+
+def precision_name(amp_dtype):
+    import torch
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
+
+
+def speed_up_cuda(device):
+    """cuDNN autotuning and TF32 matrix products on CUDA; returns what was turned on ("" elsewhere).
+
+    Safe here: every training batch has the same shape (drop_last), so autotuning runs once per shape, and TF32
+    only touches what is left in fp32 under autocast (the loss, the linear head) with a 10-bit mantissa that
+    SGD does not notice. Results are then not bit-for-bit repeatable on a GPU (they never are with cuDNN).
+    """
+    import torch
+    if device.type != "cuda":
+        return ""
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return "cuDNN benchmark on, TF32 matmul and convolutions on"
 
 
 def channels_last_for(device, amp_dtype, enabled=True):
@@ -168,6 +289,32 @@ def autocast_for(device, amp_dtype):
     if amp_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+def restore_grad_scaler(scaler, state):
+    """Load a saved GradScaler state whatever precision wrote it: a bf16 or fp32 run saves an empty state, which
+    an enabled fp16 scaler cannot load (it starts from its initial scale instead), and a disabled scaler has
+    nothing to restore."""
+    if scaler.is_enabled() and state:
+        scaler.load_state_dict(state)
+        return "restored"
+    return "fresh" if scaler.is_enabled() else "unused"
+
+
+def epoch_generator(seed, epoch, augment_stream=None):
+    """The CPU generator of one epoch: the data order (the same on every rank) or, with augment_stream = rank + 1,
+    that rank's augmentations. Seeding per epoch, not once per run, lets a resumed run replay exactly the epoch
+    it would have had, without saving generator states."""
+    import torch
+    offset = epoch if augment_stream is None else epoch * 7_919 + augment_stream
+    return torch.Generator().manual_seed(seed * 100_003 + offset)
+
+
+def warmup_cosine(step, total_steps, warmup_steps, peak):
+    """The lr of every training script: linear warm-up to `peak` over warmup_steps, then half-cosine to 0."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
 
 
 def seed_everything(seed):
@@ -196,24 +343,124 @@ def describe_device(device):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# files: atomic writes and checked loads
+# files: output folders, locks, atomic writes and checked loads
+
+# Every temporary file of the project is `.<final name>.tmp<pid>` beside its final file: hidden from image
+# listings, and the pid tells whether the process that wrote it is still alive.
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>\d+)$")
+_held_locks = []  # open lock files: kept for the life of the process, released by the kernel when it ends
+
+
+def temp_path_for(path):
+    folder, name = os.path.split(os.path.abspath(str(path)))
+    return os.path.join(folder, f".{name}.tmp{os.getpid()}")
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder):
+    """Delete the temporary files that processes now dead left in `folder` (a kill mid-write); returns their count.
+    A live process's files are left alone, so a run never deletes another live run's work."""
+    removed = 0
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        match = _TEMP_NAME.match(name)
+        if match and int(match.group("pid")) != os.getpid() and not _alive(int(match.group("pid"))):
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(folder, name))
+                removed += 1
+    return removed
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="wb", durable=True):
+    """Open a temporary file beside `path`; when the block ends, flush it (to disk when `durable`) and rename it
+    over `path`, so readers see the old file or the new one, never half of one. On any failure the temporary file
+    is removed; an OSError becomes a WriteError that names the file."""
+    path = str(path)
+    tmp = temp_path_for(path)
+    text = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(tmp, mode, **text) as f:
+            yield f
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(error, OSError) and not isinstance(error, UserError):
+            raise WriteError(f"cannot write {path} (disk full or not writable?): "
+                             f"{error.strerror or error}") from None
+        raise
+
 
 def atomic_save(obj, path):
-    """Write with torch.save to `path.tmp`, flush to disk, then rename: readers see the old file or the new one."""
+    """torch.save through atomic_write: a kill or a full disk never leaves a half checkpoint under `path`."""
     import torch
-    path = str(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as f:
         torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
-class CheckpointError(Exception):
-    """A checkpoint that is missing, unreadable or of the wrong kind; the message names the file and the fix."""
+def prepare_output_dir(folder, lock_name=None, need_bytes=0, setting="OUTPUT_DIR"):
+    """Check at start-up, before any training time is spent, that `folder` can take this run's files.
+
+    Creates it; stops if it is a file, not writable, or has less than `need_bytes` free; removes temporary files
+    of dead runs; with `lock_name`, takes `folder/.<lock_name>.lock` so that a second run writing the same files
+    is refused. The lock is an flock: the kernel drops it when the process ends, so a killed run never leaves
+    it stuck.
+    """
+    import fcntl
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        fail(f"{setting} {folder!r} is a file, not a folder: pass --{setting.lower()}=FOLDER.")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = temp_path_for(os.path.join(folder, "write_test"))
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+        os.remove(probe)
+    except OSError as error:
+        fail(f"cannot write to {setting} {folder!r} ({getattr(error, 'strerror', None) or error}): pass "
+             f"--{setting.lower()}=FOLDER on a writable disk.")
+    free = shutil.disk_usage(folder).free
+    if free < need_bytes:
+        fail(f"{setting} {folder!r} has {free / 2**30:.2f} GiB free, and this run needs about "
+             f"{need_bytes / 2**30:.2f} GiB: free some space or pass --{setting.lower()}=FOLDER on another disk.")
+    removed = remove_stale_temp_files(folder)
+    if removed:
+        print(f"removed {removed} temporary file(s) of an interrupted run from {folder}")
+    if lock_name:
+        handle = open(os.path.join(folder, f".{lock_name}.lock"), "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            fail(f"{folder!r} is in use by another {lock_name} run ({holder}); two runs would overwrite each "
+                 f"other's files. Wait for it to end, stop it, or pass another --{setting.lower()}.")
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {platform.node()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        _held_locks.append(handle)
+
+
+def die_with_parent():
+    """In a worker process: ask Linux to end it when its parent dies, so a killed script leaves no worker
+    writing on (a Pool initializer). Elsewhere a no-op; workers then stop at their next task."""
+    import ctypes
+    import signal
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 def load_checkpoint(path, kinds=None):
