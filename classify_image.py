@@ -18,14 +18,14 @@ and one probability column per class; unreadable images are skipped, named and c
 import csv
 import json
 import os
-import sys
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
 import simsiam_data as data
-from runtime import CheckpointError, configure, pick_device
+from runtime import (CheckpointError, at_least, atomic_write, check_settings, configure, fail, pick_device,
+                     prepare_output_dir, run)
 from simsiam_model import classifier_from_checkpoint
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -42,12 +42,6 @@ MODE_NOTES = {"RGBA": "alpha dropped", "LA": "grayscale with alpha, alpha droppe
               "CMYK": "CMYK", "YCbCr": "YCbCr",
               "I;16": "16-bit, scaled by 65535", "I;16B": "16-bit, scaled by 65535", "I;16L": "16-bit, scaled by 65535",
               "I": "32-bit integer, scaled by its maximum", "F": "floating point, scaled by its maximum"}
-READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(1)
 
 
 def read_image(path):
@@ -67,9 +61,7 @@ def load_model(device):
     except CheckpointError as error:
         hint = ("" if os.path.exists(MODEL_PATH) else " Train a classifier with `python finetune_model.py` or "
                 "`python Linear_evaluation.py`, or pass --model_path=FILE.")
-        fail(f"{error}{hint}")
-    except (ValueError, KeyError, TypeError) as error:
-        fail(f"{MODEL_PATH}: not a usable classifier checkpoint ({type(error).__name__}: {error}).")
+        raise CheckpointError(f"{error}{hint}") from None
     return model.to(device).eval(), checkpoint, model_config
 
 
@@ -99,7 +91,7 @@ def classify_folder(folder, model, transform, class_names, device, run_info):
     for path in tqdm(paths, desc="classifying"):
         try:
             image, mode = read_image(path)
-        except READ_ERRORS as error:
+        except data.IMAGE_READ_ERRORS as error:
             bad.append(path)
             tqdm.write(f"warning: skipping unreadable image {path} ({type(error).__name__}: {error})")
             continue
@@ -116,22 +108,18 @@ def classify_folder(folder, model, transform, class_names, device, run_info):
         print(f"note: {notes} images in all were not RGB and were converted")
     if not rows:
         fail(f"none of the {len(paths)} images under {folder!r} could be read.")
-    os.makedirs(os.path.dirname(os.path.abspath(OUTPUT_CSV)), exist_ok=True)
-    tmp = f"{OUTPUT_CSV}.tmp{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(OUTPUT_CSV, "w") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "predicted_class", "confidence", f"top_{TOP_K}", "original_mode"]
                         + [f"prob_{name}" for name in class_names])
         writer.writerows(rows)
-    os.replace(tmp, OUTPUT_CSV)
     counts = {}
     for row in rows:
         counts[row[1]] = counts.get(row[1], 0) + 1
     # the settings and the model that produced the CSV, and the files that could not be read
     info_path = os.path.splitext(OUTPUT_CSV)[0] + ".json"
-    with open(f"{info_path}.tmp{os.getpid()}", "w") as f:
+    with atomic_write(info_path, "w") as f:
         json.dump(dict(run_info, folder=folder, classified=len(rows), counts=counts, unreadable=bad), f, indent=1)
-    os.replace(f"{info_path}.tmp{os.getpid()}", info_path)
     print(f"classified {len(rows)} of {len(paths)} images ({len(bad)} unreadable, skipped); "
           f"wrote {OUTPUT_CSV} and {info_path}")
     print("predicted classes: " + ", ".join(f"{name} {counts[name]}" for name in class_names if name in counts))
@@ -142,9 +130,12 @@ def main():
     config, positional = configure(globals(), allow_positional=1)
     if positional:
         IMAGE_TO_CLASSIFY_PATH = config["IMAGE_TO_CLASSIFY_PATH"] = positional[0]
+    check_settings(config, {"TOP_K": at_least(1), "BATCH_SIZE": at_least(1)})
     target = IMAGE_TO_CLASSIFY_PATH
     if not os.path.exists(target):
         fail(f"{target}: no such image or folder. Pass an image or a folder: python classify_image.py PATH")
+    if os.path.isdir(target):  # folder mode writes OUTPUT_CSV: find out now, not after classifying everything
+        prepare_output_dir(os.path.dirname(os.path.abspath(OUTPUT_CSV)), setting="OUTPUT_CSV")
     device = pick_device(DEVICE)
     model, checkpoint, model_config = load_model(device)
     class_names = checkpoint["class_names"]
@@ -161,7 +152,7 @@ def main():
         return
     try:
         image, mode = read_image(target)
-    except READ_ERRORS as error:
+    except data.IMAGE_READ_ERRORS as error:
         fail(f"cannot read image {target} ({type(error).__name__}: {error}). Is it an image file PIL can open?")
     if mode != "RGB":
         print(conversion_note(target, mode))
@@ -172,4 +163,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -15,14 +15,9 @@ Writes into OUTPUT_DIR (every write atomic; a `_random` suffix for the from-scra
 Prints one line per epoch, then a summary:
     epoch 3/30 train loss 0.2100 acc 93.2% val loss 0.1800 acc 94.1% lr 0.000097 (best 94.1% @3) 171 img/s 110 s
     test accuracy 94.0% (loss 0.1900) with the model of epoch 27 (val 94.4%)
-Measured on our 2-core CPU (shared with other jobs), ResNet-18 at 64 px from scratch (--pretrained_path=random
---arch=resnet18 --image_size=64 --num_epochs=2): 65-72 img/s, about 5 min per epoch, test 75.1% after 2 epochs.
-With 2 threads while other jobs ran, steps were several times slower: on a busy CPU try OMP_NUM_THREADS=1.
-ResNet-50 at 224 px needs a GPU.
 """
 import math
 import os
-import sys
 import time
 
 import numpy as np
@@ -32,10 +27,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import simsiam_data as data
-from runtime import (CheckpointError, amp_dtype_for, atomic_save, autocast_for, channels_last_for, configure,
-                     describe_device, library_versions, pick_device, seed_everything)
-from simsiam_model import (Classifier, backbone_for_evaluation, classifier_checkpoint,
-                           classifier_from_checkpoint, stem_label)
+from runtime import (AMP_MODES, above, amp_dtype_for, at_least, atomic_save, autocast_for, between,
+                     channels_last_for, check_settings, configure, describe_device, epoch_generator, fail, one_of,
+                     pick_device, precision_name, prepare_output_dir, run, seed_everything, speed_up_cuda,
+                     warmup_cosine)
+from simsiam_model import (ARCHS, FINETUNE_METRICS_KIND, Classifier, backbone_for_evaluation,
+                           classifier_checkpoint, classifier_from_checkpoint, evaluation_metrics,
+                           record_evaluation_epoch, stem_label, test_results)
 
 # ----------------------------------------------------------------------------------------------------------------
 EUROSAT_DIR = "datae/EuroSAT"  # class folders of JPEGs + train.csv, validation.csv, test.csv, label_map.json
@@ -54,9 +52,8 @@ WARMUP_EPOCHS = 1  # linear lr warm-up, then half-cosine to 0, per step
 CROP_SCALE_MIN = 0.8  # random resized crop keeps 80-100% of the image area; plus h/v flips, no colour changes
 SEED = 0  # seeds the head's initialisation, the batch order and the augmentation
 DEVICE = "auto"  # auto | cuda | cpu | mps
-AMP = True  # mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler)
-CHANNELS_LAST = True  # channels_last memory format on CUDA and with CPU_BF16 (faster convolutions)
-CPU_BF16 = False  # bf16 autocast on a CPU with native bf16 (AVX512-BF16/AMX): 1.8x faster on ours; fp32 if absent
+AMP = "auto"  # auto: bf16 on GPUs with native bf16 (compute capability 8.0+), fp16 + grad scaler below, fp32 on a CPU | bf16 | fp16 | off
+CHANNELS_LAST = True  # channels_last memory format on CUDA and under bf16 on a CPU (faster convolutions)
 # ----------------------------------------------------------------------------------------------------------------
 
 # Why AdamW: it adapts the step per parameter, so one small lr suits both the pre-trained backbone (which must not
@@ -66,47 +63,30 @@ CPU_BF16 = False  # bf16 autocast on a CPU with native bf16 (AVX512-BF16/AMX): 1
 SPLITS = ("train", "validation", "test")
 
 
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(1)
-
-
-def load_backbone():
-    """(backbone, feature_dim, backbone settings for the saved classifier's config, pretrained path or 'random')."""
-    try:
-        backbone, feature_dim, settings, source, pretrained_size = backbone_for_evaluation(
-            PRETRAINED_PATH, OUTPUT_DIR, ARCH, SMALL_STEM, IMAGE_SIZE, STEM_STRIDE)
-    except CheckpointError as error:
-        fail(str(error))
-    if IMAGE_SIZE and IMAGE_SIZE != pretrained_size:
-        print(f"note: fine-tuning at {IMAGE_SIZE} px; the checkpoint was pre-trained at {pretrained_size} px")
-    return backbone, feature_dim, settings, source
-
-
-def load_split(split):
-    """(uint8 NHWC image array, labels, paths, class names) of one split, decoded once into CACHE_DIR."""
-    try:
-        return data.load_eurosat_cached(EUROSAT_DIR, split, CACHE_DIR,
-                                        progress=lambda it: tqdm(it, desc=f"decoding {split}"))
-    except ValueError as error:
-        fail(str(error))
+def settings_rules():
+    return {"ARCH": one_of(*ARCHS), "STEM_STRIDE": one_of(1, 2),
+            "IMAGE_SIZE": ((lambda v: v == 0 or v >= 8), "0 (the checkpoint's own size) or at least 8"),
+            "BATCH_SIZE": at_least(2),  # BatchNorm trains on more than one image
+            "NUM_EPOCHS": at_least(1), "BASE_LR": above(0), "WEIGHT_DECAY": at_least(0),
+            "WARMUP_EPOCHS": between(0, NUM_EPOCHS), "CROP_SCALE_MIN": between(0.01, 1.0), "SEED": at_least(0),
+            "AMP": one_of(*AMP_MODES)}
 
 
 def out_of_memory():
-    fail(f"out of GPU memory at batch {BATCH_SIZE}. Try a smaller --batch_size (e.g. {max(1, BATCH_SIZE // 2)}; "
-         "the lr scales with it), a smaller --image_size, or --amp=True.")
+    fail(f"out of GPU memory at batch {BATCH_SIZE}. Try a smaller --batch_size (e.g. {max(2, BATCH_SIZE // 2)}; "
+         "the lr scales with it), a smaller --image_size, or --amp=auto.")
 
 
 @torch.no_grad()
-def evaluate(model, array, labels, image_size, device, amp_dtype, channels_last, desc):
-    """(mean loss, accuracy in %, predictions) of `model` in eval mode over every image of `array`, in order."""
+def evaluate(model, images, labels, image_size, device, amp_dtype, channels_last, desc):
+    """(mean loss, accuracy in %, predictions) of `model` in eval mode over every image of `images`, in order."""
     model.eval()
     logits = []
     batch_size = 2 * BATCH_SIZE  # no gradients: twice the training batch fits
-    batches = data.iterate_batches(array, np.arange(len(array)), batch_size, device, drop_last=False)
+    batches = data.iterate_batches(images, np.arange(len(images)), batch_size, device, drop_last=False)
     try:
-        for images in tqdm(batches, total=math.ceil(len(array) / batch_size), desc=desc, leave=False):
-            x = data.eval_batch(images, image_size)
+        for _, batch in tqdm(batches, total=math.ceil(len(images) / batch_size), desc=desc, leave=False):
+            x = data.eval_batch(batch, image_size)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast_for(device, amp_dtype):
@@ -120,41 +100,45 @@ def evaluate(model, array, labels, image_size, device, amp_dtype, channels_last,
 
 def main():
     config, _ = configure(globals())
+    check_settings(config, settings_rules())
     started = time.time()
-    if NUM_EPOCHS < 1 or BATCH_SIZE < 1:
-        fail("NUM_EPOCHS and BATCH_SIZE must be at least 1.")
     device = pick_device(DEVICE)
-    seed_everything(SEED)
-    amp_dtype = amp_dtype_for(device, AMP, CPU_BF16)
+    amp_dtype, precision_reason = amp_dtype_for(device, AMP)
     channels_last = channels_last_for(device, amp_dtype, CHANNELS_LAST)
     memory_format = torch.channels_last if channels_last else torch.preserve_format
-    lr_peak = BASE_LR * BATCH_SIZE / 256
+    seed_everything(SEED)
     suffix = "_random" if PRETRAINED_PATH == "random" else ""
     metrics_path = os.path.join(OUTPUT_DIR, f"finetune_metrics{suffix}.pth")
     best_path = os.path.join(OUTPUT_DIR, f"finetuned_eurosat_best_model{suffix}.pth")
+    prepare_output_dir(OUTPUT_DIR, f"finetune{suffix}")
 
-    # ---- model ----
-    backbone, feature_dim, backbone_config, pretrained = load_backbone()
+    # ---- model: the backbone rebuilt from the checkpoint's own config, and a new head ----
+    backbone, feature_dim, backbone_config, pretrained, pretrained_size = backbone_for_evaluation(
+        PRETRAINED_PATH, OUTPUT_DIR, ARCH, SMALL_STEM, IMAGE_SIZE, STEM_STRIDE)
     image_size = backbone_config["IMAGE_SIZE"]
     config = dict(config, **backbone_config, PRETRAINED_PATH=pretrained)  # resolved: what was actually used
+    lr_peak = BASE_LR * BATCH_SIZE / 256
     print(f"config: {config}")
-    print(f"device: {describe_device(device)}, precision: {amp_dtype or 'fp32'}, lr {lr_peak:.6f} "
+    print(f"device: {describe_device(device)}, precision: {precision_name(amp_dtype)} ({precision_reason})"
+          f"{', ' + speed_up_cuda(device) if device.type == 'cuda' else ''}; lr {lr_peak:.6f} "
           f"(= {BASE_LR} x {BATCH_SIZE} / 256)")
     print(f"backbone: {config['ARCH']}{stem_label(config['SMALL_STEM'], config['STEM_STRIDE'])} from {pretrained}, "
           f"{feature_dim}-d features, {image_size} px")
+    if image_size != pretrained_size:
+        print(f"note: fine-tuning at {image_size} px; the checkpoint was pre-trained at {pretrained_size} px")
     if suffix:
         print(f"from-scratch baseline: results go to {metrics_path} and {best_path}")
 
     # ---- data ----
-    splits = {split: load_split(split) for split in SPLITS}
-    class_names = splits["train"][3]
+    splits = {split: data.load_eurosat_cached(EUROSAT_DIR, split, CACHE_DIR) for split in SPLITS}
+    class_names = splits["train"].class_names
     num_classes = len(class_names)
-    labels = {split: torch.tensor(splits[split][1], device=device) for split in SPLITS}
-    num_train = len(splits["train"][0])
+    labels = {split: torch.tensor(splits[split].labels, device=device) for split in SPLITS}
+    num_train = len(splits["train"].labels)
     steps_per_epoch = num_train // BATCH_SIZE  # drop the last partial batch: BatchNorm needs more than 1 image
     if steps_per_epoch == 0:
         fail(f"only {num_train} training images, fewer than one batch of {BATCH_SIZE}. Lower --batch_size.")
-    print("images: " + ", ".join(f"{split} {len(splits[split][0])}" for split in SPLITS) + f"; {num_classes} classes")
+    print("images: " + ", ".join(f"{s} {len(splits[s].labels)}" for s in SPLITS) + f"; {num_classes} classes")
     augment = data.BatchAugment(image_size, crop_scale=(CROP_SCALE_MIN, 1.0), flip_p=0.5, vflip_p=0.5,
                                 jitter_p=0.0, gray_p=0.0, blur_p=0.0)
 
@@ -162,7 +146,7 @@ def main():
     nn.init.normal_(model.head.weight, std=0.01)
     nn.init.zeros_(model.head.bias)
     model = model.to(device, memory_format=memory_format)
-    decay = [p for p in model.parameters() if p.ndim > 1]
+    decay = [p for p in model.parameters() if p.ndim > 1]  # conv and linear weights; not BatchNorm or biases
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=lr_peak)
@@ -170,36 +154,27 @@ def main():
     param_count = sum(p.numel() for p in model.parameters())
     print(f"model: {param_count / 1e6:.2f} M parameters, all trainable; {steps_per_epoch} steps per epoch")
 
-    # ---- training ----
-    metrics = {"kind": "finetune_metrics", "config": config, "versions": library_versions(), "seed": SEED,
-               "pretrained_path": pretrained, "arch": config["ARCH"], "image_size": image_size,
-               "class_names": class_names, "epochs": [], "train_loss": [], "train_acc": [], "val_loss": [],
-               "val_acc": [], "lr": [], "epoch_time_s": [], "best_epoch": 0, "best_val_acc": 0.0, "test_acc": None,
-               "test_loss": None, "per_class_acc": None, "confusion_matrix": None, "test_predictions": None,
-               "test_files": list(splits["test"][2]), "knn": None, "wall_time_s": 0.0, "best_model_path": best_path,
-               "device": describe_device(device), "images_per_s": []}
-    warmup, total = WARMUP_EPOCHS * steps_per_epoch, NUM_EPOCHS * steps_per_epoch
+    # ---- training, best epoch on validation.csv ----
+    metrics = evaluation_metrics(FINETUNE_METRICS_KIND, config, pretrained, image_size, class_names,
+                                 splits["test"].paths, best_path, describe_device(device), images_per_s=[])
     step = 0
     for epoch in range(NUM_EPOCHS):
         model.train()
         epoch_started = time.time()
-        order = torch.randperm(num_train, generator=torch.Generator().manual_seed(SEED * 100_003 + epoch)).numpy()
-        order = order[:steps_per_epoch * BATCH_SIZE]
-        aug_gen = torch.Generator().manual_seed(SEED * 100_003 + epoch * 7_919 + 1)
-        batches = data.iterate_batches(splits["train"][0], order, BATCH_SIZE, device, drop_last=True)
+        order = torch.randperm(num_train, generator=epoch_generator(SEED, epoch)).numpy()
+        augment_generator = epoch_generator(SEED, epoch, augment_stream=1)
+        batches = data.iterate_batches(splits["train"].images, order, BATCH_SIZE, device, drop_last=True)
         loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
         bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{NUM_EPOCHS}", leave=False)
-        for start, images in zip(range(0, len(order), BATCH_SIZE), bar):
-            lr = lr_peak * (step + 1) / warmup if step < warmup else \
-                lr_peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            # iterate_batches reads each batch's rows sorted; take the labels in the same order
-            batch_labels = labels["train"][torch.from_numpy(np.sort(order[start:start + BATCH_SIZE])).to(device)]
-            x = augment(images, aug_gen)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            try:
+        try:
+            for rows, images in bar:
+                lr = warmup_cosine(step, NUM_EPOCHS * steps_per_epoch, WARMUP_EPOCHS * steps_per_epoch, lr_peak)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                batch_labels = labels["train"][torch.from_numpy(rows).to(device)]
+                x = augment(images, augment_generator)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 with autocast_for(device, amp_dtype):
                     logits = model(x).float()
                     loss = F.cross_entropy(logits, batch_labels)
@@ -207,19 +182,19 @@ def main():
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-            except torch.cuda.OutOfMemoryError:
-                out_of_memory()
-            loss_sum += loss.detach() * len(batch_labels)
-            correct += (logits.argmax(dim=1) == batch_labels).sum()
-            step += 1
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.6f}")
+                loss_sum += loss.detach() * len(batch_labels)
+                correct += (logits.argmax(dim=1) == batch_labels).sum()
+                step += 1
+                if step % 20 == 0:
+                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.6f}")
+        except torch.cuda.OutOfMemoryError:
+            out_of_memory()
         seen = steps_per_epoch * BATCH_SIZE
         train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen * 100
         train_time = time.time() - epoch_started
         if not math.isfinite(train_loss):
             fail(f"the loss became {train_loss} at epoch {epoch + 1}. Lower --base_lr.")
-        val_loss, val_acc, _ = evaluate(model, splits["validation"][0], labels["validation"], image_size, device,
+        val_loss, val_acc, _ = evaluate(model, splits["validation"].images, labels["validation"], image_size, device,
                                         amp_dtype, channels_last, "validation")
         if val_acc > metrics["best_val_acc"] or metrics["best_epoch"] == 0:
             metrics.update(best_epoch=epoch + 1, best_val_acc=val_acc)
@@ -227,39 +202,29 @@ def main():
             atomic_save(classifier_checkpoint(model, config, class_names, data.IMAGENET_MEAN, data.IMAGENET_STD,
                                               extra={"epoch": epoch + 1, "val_acc": val_acc, "source": "finetune",
                                                      "pretrained_path": pretrained}), best_path)
-        elapsed = time.time() - epoch_started
-        for key, value in (("epochs", epoch + 1), ("train_loss", train_loss), ("train_acc", train_acc),
-                           ("val_loss", val_loss), ("val_acc", val_acc), ("lr", lr), ("epoch_time_s", elapsed),
-                           ("images_per_s", seen / train_time)):
-            metrics[key].append(value)
+        line = record_evaluation_epoch(metrics, epoch, NUM_EPOCHS, {
+            "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
+            "epoch_time_s": time.time() - epoch_started, "images_per_s": seen / train_time}, lr_format=".6f",
+            note=f"{seen / train_time:.0f} img/s")
         metrics["wall_time_s"] = time.time() - started
         atomic_save(metrics, metrics_path)
-        print(f"epoch {epoch + 1}/{NUM_EPOCHS} train loss {train_loss:.4f} acc {train_acc:.1f}% val loss "
-              f"{val_loss:.4f} acc {val_acc:.1f}% lr {lr:.6f} (best {metrics['best_val_acc']:.1f}% "
-              f"@{metrics['best_epoch']}) {seen / train_time:.0f} img/s {elapsed:.0f} s", flush=True)
+        print(line, flush=True)
 
     # ---- test: the best epoch's weights, reloaded from the file that was saved ----
     print(f"reloading the best model (epoch {metrics['best_epoch']}) from {best_path}")
-    try:
-        model, _, _ = classifier_from_checkpoint(best_path)
-    except CheckpointError as error:
-        fail(str(error))
+    model, _, _ = classifier_from_checkpoint(best_path)
     model = model.to(device, memory_format=memory_format)
-    test_loss, test_acc, predictions = evaluate(model, splits["test"][0], labels["test"], image_size, device,
-                                                amp_dtype, channels_last, "test")
-    confusion = torch.bincount(labels["test"] * num_classes + predictions, minlength=num_classes ** 2)
-    confusion = confusion.view(num_classes, num_classes).cpu()
-    per_class = {name: (confusion[i, i] / confusion[i].sum() * 100).item() if confusion[i].sum() else float("nan")
-                 for i, name in enumerate(class_names)}
-    metrics.update(test_acc=test_acc, test_loss=test_loss, per_class_acc=per_class, confusion_matrix=confusion.tolist(),
-                   test_predictions=predictions.cpu().tolist(), wall_time_s=time.time() - started)
+    test_loss, _, predictions = evaluate(model, splits["test"].images, labels["test"], image_size, device,
+                                         amp_dtype, channels_last, "test")
+    metrics.update(test_results(labels["test"], predictions, test_loss, class_names),
+                   wall_time_s=time.time() - started)
     atomic_save(metrics, metrics_path)
-    print(f"test accuracy {test_acc:.2f}% (loss {test_loss:.4f}) with the model of epoch {metrics['best_epoch']} "
-          f"(val {metrics['best_val_acc']:.2f}%)")
-    print("per-class test accuracy: " + ", ".join(f"{name} {acc:.1f}%" for name, acc in per_class.items()))
+    print(f"test accuracy {metrics['test_acc']:.2f}% (loss {test_loss:.4f}) with the model of epoch "
+          f"{metrics['best_epoch']} (val {metrics['best_val_acc']:.2f}%)")
+    print("per-class test accuracy: " + ", ".join(f"{n} {a:.1f}%" for n, a in metrics["per_class_acc"].items()))
     print(f"wall time {metrics['wall_time_s']:.0f} s ({sum(metrics['epoch_time_s']) / NUM_EPOCHS:.0f} s/epoch)")
     print(f"saving metrics to {metrics_path}")
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

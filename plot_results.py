@@ -31,8 +31,10 @@ import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 import simsiam_data as data  # noqa: E402
-from runtime import CheckpointError, configure, load_checkpoint, pick_device  # noqa: E402
-from simsiam_model import classifier_from_checkpoint  # noqa: E402
+from runtime import (CheckpointError, at_least, atomic_write, check_settings, configure, load_checkpoint,  # noqa: E402
+                     pick_device, prepare_output_dir, run)
+from simsiam_model import (COLLAPSE_RATIO, FINETUNE_METRICS_KIND, LINEAR_METRICS_KIND,  # noqa: E402
+                           PRETRAIN_METRICS_KIND, classifier_from_checkpoint)
 
 # ----------------------------------------------------------------------------------------------------------------
 OUTPUT_DIR = "outputs"  # where train_simsiam.py, Linear_evaluation.py and finetune_model.py wrote their metrics
@@ -116,8 +118,8 @@ def draw(name, build, *args):
     if fig is None:  # the builder printed why
         return
     path = os.path.join(FIGURES_DIR, f"{name}.png")
-    os.makedirs(FIGURES_DIR, exist_ok=True)
-    fig.savefig(path)
+    with atomic_write(path, durable=False) as f:
+        fig.savefig(f, format="png")
     plt.close(fig)
     print(f"saving figure to {path}")
     written.append(path)
@@ -171,7 +173,8 @@ def plot_pretraining(m):
     ax_std.plot(epochs, m["z_std"], "-o", color=COLOR["train"], label="measured")
     ax_std.axhline(healthy, color=COLOR["pretrained"], ls="--",
                    label=f"healthy: 1/sqrt({config['PROJ_DIM']}) = {healthy:.4f}")
-    ax_std.axhspan(0, 0.25 * healthy, color=COLOR["wrong"], alpha=0.12, label="collapse warning (< 1/4 healthy)")
+    ax_std.axhspan(0, COLLAPSE_RATIO * healthy, color=COLOR["wrong"], alpha=0.12,
+                   label=f"collapse warning (< {COLLAPSE_RATIO:g} x healthy)")
     ax_std.set(title="collapse signal", xlabel="epoch", ylabel="std of l2-normalised z, per dimension",
                ylim=(0, 1.3 * max(max(m["z_std"]), healthy)))
     ax_std.legend(loc="best")
@@ -374,7 +377,8 @@ def plot_predictions(m):
     folder = eurosat_dir_of(m)
     try:
         paths, labels, csv_names = data.read_eurosat_split(folder, os.path.join(folder, "test.csv"),
-                                                          os.path.join(folder, "label_map.json"))
+                                                          os.path.join(folder, "label_map.json"),
+                                                          require_files=False)
     except ValueError as error:
         skip("prediction grid", f"{error} (pass --eurosat_dir=FOLDER)", [name])
         return None
@@ -424,18 +428,21 @@ def plot_predictions(m):
 # ----------------------------------------------------------------------------------------------------------------
 
 def main():
-    configure(globals())
+    config, _ = configure(globals())
+    check_settings(config, {"AUGMENT_IMAGES": at_least(1), "GRID_IMAGES": at_least(1), "GRID_COLUMNS": at_least(1),
+                            "DPI": at_least(10), "SEED": at_least(0)})
+    prepare_output_dir(FIGURES_DIR, setting="FIGURES_DIR")
     set_style()
-    pretrain = load_metrics(PRETRAIN_METRICS, "simsiam_pretrain_metrics", "pre-training figures",
+    pretrain = load_metrics(PRETRAIN_METRICS, PRETRAIN_METRICS_KIND, "pre-training figures",
                             "run python train_simsiam.py", ["pretrain_curves", "augmentations"])
-    linear = load_metrics(LINEAR_METRICS, "linear_eval_metrics", "linear evaluation figures",
+    linear = load_metrics(LINEAR_METRICS, LINEAR_METRICS_KIND, "linear evaluation figures",
                           "run python Linear_evaluation.py", ["linear_eval_curves", "confusion_linear_eval"])
-    finetune = load_metrics(FINETUNE_METRICS, "finetune_metrics", "fine-tuning figures",
+    finetune = load_metrics(FINETUNE_METRICS, FINETUNE_METRICS_KIND, "fine-tuning figures",
                             "run python finetune_model.py",
                             ["finetune_curves", "confusion_finetune", "predictions_finetune"])
-    linear_random = load_metrics(LINEAR_RANDOM_METRICS, "linear_eval_metrics", "random-init linear evaluation baseline",
+    linear_random = load_metrics(LINEAR_RANDOM_METRICS, LINEAR_METRICS_KIND, "random-init linear evaluation baseline",
                                  "run python Linear_evaluation.py --pretrained_path=random", [])
-    finetune_random = load_metrics(FINETUNE_RANDOM_METRICS, "finetune_metrics", "random-init fine-tuning baseline",
+    finetune_random = load_metrics(FINETUNE_RANDOM_METRICS, FINETUNE_METRICS_KIND, "random-init fine-tuning baseline",
                                    "run python finetune_model.py --pretrained_path=random", [])
 
     if pretrain is not None:
@@ -459,4 +466,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

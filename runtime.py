@@ -166,6 +166,10 @@ def at_least(low):
     return (lambda value: value >= low), f"at least {low}"
 
 
+def above(low):
+    return (lambda value: value > low), f"greater than {low}"
+
+
 def between(low, high):
     return (lambda value: low <= value <= high), f"between {low} and {high}"
 
@@ -225,11 +229,11 @@ def cpu_has_native_bf16():
 
 
 def amp_dtype_for(device, amp="auto"):
-    """(autocast dtype or None for fp32, the reason) for AMP = auto | bf16 | fp16 | off.
+    """(autocast dtype, or None for fp32; the reason, for the log) for AMP = auto | bf16 | fp16 | off.
 
     auto: on CUDA, bf16 where the card computes it natively (compute capability 8.0 and up: Ampere, Ada, Hopper),
-    else fp16 with a grad scaler: below 8.0 (Turing, Volta, T4) bf16 is emulated, and cuDNN has no bf16
-    convolutions there, although torch.cuda.is_bf16_supported() says yes. On a CPU or MPS, auto is fp32.
+    else fp16 with a grad scaler: below 8.0 (Turing, Volta, T4) bf16 is emulated and cuDNN has no bf16
+    convolutions, although torch.cuda.is_bf16_supported() says yes. On a CPU or MPS, auto is fp32.
     bf16 / fp16 force one (on a CPU, bf16 only where it is native, fp16 never); off is fp32 everywhere.
     """
     import torch
@@ -237,25 +241,27 @@ def amp_dtype_for(device, amp="auto"):
         return None, "AMP = 'off'"
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
-        native = major >= 8
+        capability = f"compute capability {major}.{minor}"
         if amp == "fp16":
-            return torch.float16, "AMP = 'fp16' (forced), with a grad scaler"
+            return torch.float16, "forced by AMP = 'fp16', with a grad scaler"
         if amp == "bf16":
-            return torch.bfloat16, ("AMP = 'bf16' (forced)" if native else
-                                    f"AMP = 'bf16' forced on compute capability {major}.{minor}, where bf16 is "
-                                    "emulated and slow: 'auto' would use fp16")
-        if native:
-            return torch.bfloat16, f"native bf16 on compute capability {major}.{minor}"
-        return torch.float16, f"compute capability {major}.{minor} has no native bf16: fp16 with a grad scaler"
-    if device.type == "cpu" and amp == "bf16":
-        if cpu_has_native_bf16():
-            return torch.bfloat16, "AMP = 'bf16' on a CPU with native bf16 (AVX512-BF16 or AMX)"
-        return None, "AMP = 'bf16' ignored: this CPU has no native bf16 (AVX512-BF16 or AMX), where it is slower"
+            return torch.bfloat16, ("forced by AMP = 'bf16'" if major >= 8 else
+                                    f"forced by AMP = 'bf16' on {capability}, where bf16 is emulated and slow; "
+                                    "'auto' would use fp16")
+        if major >= 8:
+            return torch.bfloat16, f"{capability} computes bf16 natively"
+        return torch.float16, f"{capability} has no native bf16: fp16 with a grad scaler"
     if amp == "fp16":
         fail(f"AMP = 'fp16' needs a CUDA GPU; this run is on {device.type}. Use --amp=auto (or bf16 on a CPU "
              "with native bf16).", code=2)
-    return None, f"fp32 on {device.type}" + (" (AMP = 'bf16' is faster on a CPU with native bf16)"
-                                             if device.type == "cpu" and cpu_has_native_bf16() else "")
+    native = device.type == "cpu" and cpu_has_native_bf16()
+    if amp == "bf16" and native:
+        return torch.bfloat16, "AMP = 'bf16' on a CPU with native bf16 (AVX512-BF16 or AMX)"
+    if amp == "bf16":
+        return None, (f"AMP = 'bf16' ignored on {device.type}: no native bf16 (AVX512-BF16 or AMX), where bf16 "
+                      "is slower than fp32")
+    return None, f"AMP = 'auto' keeps {device.type} in fp32" + (
+        "; --amp=bf16 is faster on this CPU, which has native bf16" if native else "")
 
 
 def precision_name(amp_dtype):
@@ -421,7 +427,7 @@ def prepare_output_dir(folder, lock_name=None, need_bytes=0, setting="OUTPUT_DIR
     """
     import fcntl
     if os.path.exists(folder) and not os.path.isdir(folder):
-        fail(f"{setting} {folder!r} is a file, not a folder: pass --{setting.lower()}=FOLDER.")
+        fail(f"{setting} {folder!r} is a file, not a folder: choose another --{setting.lower()}.")
     try:
         os.makedirs(folder, exist_ok=True)
         probe = temp_path_for(os.path.join(folder, "write_test"))
@@ -429,12 +435,12 @@ def prepare_output_dir(folder, lock_name=None, need_bytes=0, setting="OUTPUT_DIR
             f.write(b"ok")
         os.remove(probe)
     except OSError as error:
-        fail(f"cannot write to {setting} {folder!r} ({getattr(error, 'strerror', None) or error}): pass "
-             f"--{setting.lower()}=FOLDER on a writable disk.")
+        fail(f"cannot write to {setting} {folder!r} ({getattr(error, 'strerror', None) or error}): choose "
+             f"another --{setting.lower()} on a writable disk.")
     free = shutil.disk_usage(folder).free
     if free < need_bytes:
         fail(f"{setting} {folder!r} has {free / 2**30:.2f} GiB free, and this run needs about "
-             f"{need_bytes / 2**30:.2f} GiB: free some space or pass --{setting.lower()}=FOLDER on another disk.")
+             f"{need_bytes / 2**30:.2f} GiB: free some space or choose another --{setting.lower()}.")
     removed = remove_stale_temp_files(folder)
     if removed:
         print(f"removed {removed} temporary file(s) of an interrupted run from {folder}")

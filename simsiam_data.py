@@ -6,14 +6,22 @@ Two pre-training pipelines give the same augmentation distribution:
 - fast (the default): `build_image_cache` decodes every image once into a uint8 memory map, then `BatchAugment`
   augments whole batches as tensors on the training device, with per-sample random parameters.
 
-EuroSAT: `read_eurosat_split` reads train.csv / validation.csv / test.csv through label_map.json and checks them.
+EuroSAT: `read_eurosat_split` reads train.csv / validation.csv / test.csv through label_map.json and checks them;
+`load_eurosat_cached` returns a split as a named record (images, labels, paths, class_names).
+
+Problems with the user's files are raised as runtime.DataError, whose message names the file and the fix.
 """
+import contextlib
+import functools
 import hashlib
 import json
 import math
+import multiprocessing as mp
 import os
 import queue
+import shutil
 import threading
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -22,12 +30,18 @@ import torch.nn.functional as F
 import torchvision.transforms as T
 from PIL import Image, UnidentifiedImageError
 from torchvision.ops import roi_align
+from tqdm import tqdm
+
+from runtime import DataError, atomic_write, die_with_parent, remove_stale_temp_files, temp_path_for
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2, as PIL and torchvision use
 JITTER = (0.4, 0.4, 0.4, 0.1)  # ColorJitter brightness, contrast, saturation, hue of the write-up and the paper
+# what reading one image can raise: broken or foreign files, and images over PIL's decompression-bomb limit
+IMAGE_READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+PARALLEL_CACHE_MIN = 4096  # below this many images the cache is decoded in-process: starting workers costs more
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -94,7 +108,7 @@ class PretrainImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, index):
         try:
             image = open_rgb(self.paths[index])
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+        except IMAGE_READ_ERRORS as error:
             return None, f"{self.paths[index]}: {type(error).__name__}: {error}"
         return (self.transform1(image), self.transform2(image)), None
 
@@ -114,85 +128,193 @@ def collate_skipping(items):
 def _cache_key(paths, size):
     digest = hashlib.sha1(str(size).encode())
     for path in paths:
-        stat = os.stat(path)
+        try:
+            stat = os.stat(path)
+        except OSError as error:
+            raise DataError(f"{path}: cannot read it ({error.strerror}); was it moved or deleted while the run "
+                            "started? Fix the file or the list that names it.") from None
         digest.update(f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
 
-def build_image_cache(paths, cache_dir, size=0, progress=None, log=print):
-    """Decode every image once into `cache_dir/images_<key>.npy` (N, H, W, 3) uint8; returns (array, kept, bad).
+def _common_size(paths):
+    """The side of the cached images when none is asked for: the images' own when all share one square size (a
+    sample of headers decides: EuroSAT 64 px, SSL4EO 264 px), otherwise 256 px."""
+    sizes = set()
+    for path in paths[:: max(1, len(paths) // 200)]:
+        with contextlib.suppress(*IMAGE_READ_ERRORS), Image.open(path) as image:
+            sizes.add(image.size)
+    only = sizes.pop() if len(sizes) == 1 else (256, 256)
+    return only[0] if only[0] == only[1] else 256
 
-    size=0 keeps the native size when all images share one (EuroSAT 64 px, SSL4EO 264 px) and otherwise resizes
-    to 256 px; size>0 resizes every image to size x size. Unreadable images are left out and listed in `bad`.
-    The key covers the file list, sizes, modification times and `size`, so changed data builds a new cache; a
-    kill while building leaves only a temp file, which the next run replaces.
-    """
-    paths = list(paths)
-    if not paths:
-        raise ValueError("no images to cache")
-    if size == 0:
-        sizes = set()
-        for path in paths[:: max(1, len(paths) // 200)]:  # a sample of headers is enough to decide
-            try:
-                with Image.open(path) as image:
-                    sizes.add(image.size)
-            except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
-                pass
-        only = sizes.pop() if len(sizes) == 1 else (256, 256)
-        size = only[0] if only[0] == only[1] else 256
-    os.makedirs(cache_dir, exist_ok=True)
-    stem = os.path.join(cache_dir, f"images_{_cache_key(paths, size)}")
-    if os.path.exists(stem + ".npy") and os.path.exists(stem + ".json"):
-        with open(stem + ".json") as f:
-            index = json.load(f)
-        return np.load(stem + ".npy", mmap_mode="r"), index["kept"], index["bad"]
 
-    log(f"decoding {len(paths)} images once into {stem}.npy ({size}x{size} px, "
-        f"{len(paths) * size * size * 3 / 2**30:.2f} GiB)")
-    tmp = f"{stem}.tmp{os.getpid()}.npy"
-    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
-    kept, bad = [], []
-    iterator = progress(paths) if progress else paths
-    for path in iterator:
+def _decode_into(task):
+    """Decode paths into rows start.. of the .npy at npy_path; returns [(row, message)] of unreadable ones.
+    Runs in worker processes, each opening the shared file itself."""
+    npy_path, start, paths, size = task
+    array = np.load(npy_path, mmap_mode="r+")
+    bad = []
+    for row, path in enumerate(paths, start):
         try:
             image = open_rgb(path)
             if image.size != (size, size):
                 image = image.resize((size, size), Image.BILINEAR)
-            array[len(kept)] = np.asarray(image)
-            kept.append(path)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
-            bad.append(f"{path}: {type(error).__name__}: {error}")
+            array[row] = np.asarray(image)
+        except IMAGE_READ_ERRORS as error:
+            bad.append((row, f"{path}: {type(error).__name__}: {error}"))
     array.flush()
-    del array
-    if len(kept) < len(paths):  # shrink the file to the readable images
-        full = np.load(tmp, mmap_mode="r")
-        shrunk = f"{stem}.tmp{os.getpid()}b.npy"
-        np.save(shrunk, full[:len(kept)])
-        del full
-        os.replace(shrunk, tmp)
-    with open(f"{stem}.json.tmp{os.getpid()}", "w") as f:
-        json.dump({"kept": kept, "bad": bad, "size": size}, f)
-    os.replace(tmp, stem + ".npy")
-    os.replace(f"{stem}.json.tmp{os.getpid()}", stem + ".json")
-    return np.load(stem + ".npy", mmap_mode="r"), kept, bad
+    return bad
+
+
+def build_image_cache(paths, cache_dir, size=0, workers=0, desc=None, log=print):
+    """Decode every image once into `cache_dir/images_<key>.npy` (N, H, W, 3) uint8; returns (array, kept, bad).
+
+    size=0 keeps the native size when all images share one, else 256 px; size>0 resizes to size x size.
+    Unreadable images are left out and listed in `bad`. The key covers the file list, sizes, modification times
+    and `size`, so changed data builds a new cache. workers=0 decodes with one process per core (in-process
+    below PARALLEL_CACHE_MIN images). One process builds a given cache; any other (another rank under torchrun,
+    another run) waits for it, then opens the result. The free disk space is checked first; a killed build
+    leaves only a temporary file, which the next build removes.
+    """
+    paths = list(paths)
+    if not paths:
+        raise DataError("no images to cache")
+    size = size or _common_size(paths)
+    stem = os.path.join(cache_dir, f"images_{_cache_key(paths, size)}")
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        lock = open(os.path.join(cache_dir, f".{os.path.basename(stem)}.lock"), "a")
+    except OSError as error:
+        raise DataError(f"cannot write the image cache in CACHE_DIR {cache_dir!r} ({error.strerror}): pass "
+                        "--cache_dir=FOLDER on a writable disk.") from None
+    with lock:
+        import fcntl
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            log(f"waiting for another process that is building {stem}.npy")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (os.path.exists(stem + ".npy") and os.path.exists(stem + ".json")):
+            _build(paths, stem, size, workers, desc, log)
+    with open(stem + ".json") as f:
+        index = json.load(f)
+    return np.load(stem + ".npy", mmap_mode="r"), index["kept"], index["bad"]
+
+
+def _build(paths, stem, size, workers, desc, log):
+    cache_dir = os.path.dirname(stem)
+    remove_stale_temp_files(cache_dir)
+    need = len(paths) * size * size * 3
+    free = shutil.disk_usage(cache_dir).free
+    if free < need * 1.02:
+        raise DataError(f"the decoded-once image cache needs {need / 2**30:.2f} GiB in CACHE_DIR {cache_dir!r} "
+                        f"({len(paths)} images x {size} x {size} x 3 bytes), but only {free / 2**30:.2f} GiB is "
+                        "free. Pass --cache_dir=FOLDER on a bigger disk (or, for pre-training, "
+                        "--pipeline=reference, which needs no cache).")
+    if workers == 0:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = cores if len(paths) >= PARALLEL_CACHE_MIN else 1
+    log(f"decoding {len(paths)} images once into {stem}.npy ({size}x{size} px, {need / 2**30:.2f} GiB, "
+        f"{workers} process(es))")
+    tmp = temp_path_for(stem + ".npy")
+    pool = None
+    try:
+        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3)).flush()
+        chunk = 256
+        tasks = [(tmp, start, paths[start:start + chunk], size) for start in range(0, len(paths), chunk)]
+        if workers > 1:
+            # spawn, not fork: the caller may hold CUDA or OpenMP state that a forked child must not inherit
+            pool = mp.get_context("spawn").Pool(workers, initializer=die_with_parent)
+            results = pool.imap(_decode_into, tasks)
+        else:
+            results = map(_decode_into, tasks)
+        bad = []
+        with tqdm(total=len(paths), desc=desc or "decoding images once", disable=desc is False) as bar:
+            for task, chunk_bad in zip(tasks, results):
+                bad += chunk_bad
+                bar.update(len(task[2]))
+        bad_rows = {row for row, _ in bad}
+        kept = [path for row, path in enumerate(paths) if row not in bad_rows]
+        if bad_rows:
+            _drop_rows(tmp, bad_rows, len(kept))
+        os.replace(tmp, stem + ".npy")
+    finally:
+        if pool is not None:
+            pool.terminate()
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+    # the .json is written last: its presence says the .npy beside it is complete
+    with atomic_write(stem + ".json", "w") as f:
+        json.dump({"kept": kept, "bad": [message for _, message in sorted(bad)], "size": size}, f)
+
+
+def _drop_rows(npy_path, bad_rows, kept_count, block=1024):
+    """Rewrite the .npy without the unreadable rows, a block at a time (the cache may not fit in memory)."""
+    full = np.load(npy_path, mmap_mode="r")
+    compact_path = temp_path_for(npy_path + ".compact")
+    try:
+        compact = np.lib.format.open_memmap(compact_path, mode="w+", dtype=np.uint8,
+                                            shape=(kept_count,) + full.shape[1:])
+        good = np.array([row for row in range(len(full)) if row not in bad_rows], dtype=np.int64)
+        for start in range(0, len(good), block):
+            compact[start:start + block] = full[good[start:start + block]]
+        compact.flush()
+        del compact, full
+        os.replace(compact_path, npy_path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(compact_path)
+
+
+def batch_rows(order, batch_size, drop_last=True):
+    """The rows of each batch of `order`, sorted within a batch (a memory map reads sorted rows faster): the one
+    definition of the batches, for iterate_batches and for whatever walks them over another array."""
+    stop = len(order) - len(order) % batch_size if drop_last else len(order)
+    return [np.sort(np.asarray(order[start:start + batch_size])) for start in range(0, stop, batch_size)]
 
 
 def iterate_batches(array, order, batch_size, device, drop_last=True, prefetch=2):
-    """Yield uint8 NHWC batches of `array[order]` on `device`, read by a background thread (pinned on CUDA)."""
-    stop = len(order) - len(order) % batch_size if drop_last else len(order)
+    """Yield (rows, batch) for each batch of `order` (see batch_rows): the array rows and those images as a uint8
+    NHWC tensor on `device`. Labels of the batch are labels[rows].
+
+    A background thread reads ahead (into pinned memory on CUDA). An error there is raised here, in the loop
+    that consumes the batches, instead of leaving it waiting forever.
+    """
     pin = device.type == "cuda"
     ready = queue.Queue(maxsize=prefetch)
+    done = threading.Event()  # set when the consumer stops early: the reader then ends too
 
-    def produce():
-        for start in range(0, stop, batch_size):
-            index = np.sort(np.asarray(order[start:start + batch_size]))  # sorted reads are faster on a memmap
-            batch = torch.from_numpy(np.ascontiguousarray(array[index]))
-            ready.put(batch.pin_memory() if pin else batch)
-        ready.put(None)
+    def hand_over(item):
+        while not done.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
-    threading.Thread(target=produce, daemon=True).start()
-    while (batch := ready.get()) is not None:
-        yield batch.to(device, non_blocking=True)
+    def read_ahead():
+        try:
+            for rows in batch_rows(order, batch_size, drop_last):
+                batch = torch.from_numpy(np.ascontiguousarray(array[rows]))
+                if not hand_over((rows, batch.pin_memory() if pin else batch)):
+                    return
+            hand_over(None)
+        except BaseException as error:  # noqa: B036 - handed to the consumer, which raises it
+            hand_over(error)
+
+    threading.Thread(target=read_ahead, daemon=True).start()
+    try:
+        while (item := ready.get()) is not None:
+            if isinstance(item, BaseException):
+                if isinstance(item, OSError):
+                    raise DataError(f"reading a batch of cached images failed ({type(item).__name__}: {item}). "
+                                    "If CACHE_DIR is damaged, delete it; it is rebuilt on the next run.") from item
+                raise item
+            rows, batch = item
+            yield rows, batch.to(device, non_blocking=True)
+    finally:
+        done.set()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -289,9 +411,15 @@ class BatchAugment:
 
     Same distribution as `simsiam_transform_v1/v2`: random resized crop (bilinear, area-averaged when shrinking),
     horizontal flip, colour jitter in a random order per sample, grayscale, Gaussian blur, optional solarisation,
-    normalisation. Random numbers come from a CPU generator, so results do not depend on the device.
+    normalisation. Random numbers come from a CPU generator, so results do not depend on the device; they reach
+    the device in one non-blocking copy, and every per-sample choice is a mask, so a training step on CUDA never
+    waits for the GPU here. Autocast is off inside: the same fp32 result whatever context calls it.
     Set jitter_p = gray_p = blur_p = 0 for the light augmentation of fine-tuning.
     """
+
+    # columns of the packed parameter tensor that travels to the device
+    COLUMNS = ("x0", "y0", "x1", "y1", "flip", "vflip", "jitter", "brightness", "contrast", "saturation", "hue",
+               "order0", "order1", "order2", "order3", "gray", "blur", "sigma", "solarize")
 
     def __init__(self, image_size, crop_scale=(0.2, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_p=0.5, vflip_p=0.0,
                  jitter_p=0.8, jitter=JITTER, gray_p=0.2, blur_p=0.5, blur_sigma=(0.1, 2.0),
@@ -300,7 +428,7 @@ class BatchAugment:
         self.flip_p, self.vflip_p, self.jitter_p, self.jitter = flip_p, vflip_p, jitter_p, jitter
         self.gray_p, self.blur_p, self.blur_sigma, self.solarize_p = gray_p, blur_p, blur_sigma, solarize_p
         self.kernel_size = gaussian_kernel_size(image_size)
-        self.mean, self.std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+        self.mean, self.std = tuple(mean), tuple(std)
 
     def sample_params(self, n, height, width, generator):
         b, c, s, h = self.jitter
@@ -316,33 +444,40 @@ class BatchAugment:
 
     def __call__(self, images, generator=None, return_params=False):
         n, height, width, _ = images.shape
-        device = images.device
         params = self.sample_params(n, height, width, generator)
-        x = images.permute(0, 3, 1, 2).float().div_(255)
-        # crop + resize in one batched op; aligned=True puts box edges on pixel borders like PIL
-        boxes = torch.cat([torch.arange(n).view(-1, 1).float(), params["boxes"]], 1).to(device)
-        x = roi_align(x, boxes, output_size=self.image_size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
-        x = torch.where(params["flip"].to(device).view(-1, 1, 1, 1), x.flip(3), x)
-        x = torch.where(params["vflip"].to(device).view(-1, 1, 1, 1), x.flip(2), x)
-        if self.jitter_p > 0:
-            jittered = params["jitter"].nonzero().flatten()
-            for position in range(4):
-                for op in range(4):
-                    rows = jittered[params["order"][jittered, position] == op]
-                    if len(rows):
-                        rows_dev = rows.to(device)
-                        x[rows_dev] = _adjust(x[rows_dev], op, params["factors"][rows, op].to(device))
-        if self.gray_p > 0:
-            x = torch.where(params["gray"].to(device).view(-1, 1, 1, 1), _to_gray(x).expand_as(x), x)
-        if self.blur_p > 0 and params["blur"].any():
-            rows = params["blur"].nonzero().flatten()
-            x[rows.to(device)] = self._blur(x[rows.to(device)], params["sigma"][rows].to(device))
-        if self.solarize_p > 0:
-            # PIL solarize inverts pixels >= 128 of 255
-            solarized = torch.where(x >= 128 / 255, 1.0 - x, x)
-            x = torch.where(params["solarize"].to(device).view(-1, 1, 1, 1), solarized, x)
-        x = (x - self.mean.to(device)) / self.std.to(device)
+        packed = torch.cat([params["boxes"], torch.stack([params[k].float() for k in ("flip", "vflip", "jitter")], 1),
+                            params["factors"], params["order"].float(),
+                            torch.stack([params[k].float() for k in ("gray", "blur", "sigma", "solarize")], 1)], 1)
+        if images.device.type == "cuda":  # from pinned memory a copy is asynchronous: no stream synchronisation
+            packed = packed.pin_memory()
+        x = self.apply(images, packed.to(images.device, non_blocking=True))
         return (x, params) if return_params else x
+
+    def apply(self, images, packed):
+        """The augmentation itself, on the device, given the packed parameters (one row per sample, COLUMNS)."""
+        p = dict(zip(self.COLUMNS, packed.unbind(1)))
+        guard = (torch.autocast(images.device.type, enabled=False) if images.device.type in ("cuda", "cpu")
+                 else contextlib.nullcontext())
+        with guard:
+            n = images.shape[0]
+            x = images.permute(0, 3, 1, 2).float().div_(255)
+            # crop + resize in one batched op; aligned=True puts box edges on pixel borders like PIL
+            index = torch.arange(n, device=x.device, dtype=x.dtype).view(-1, 1)
+            boxes = torch.cat([index, packed[:, 0:4]], 1)
+            x = roi_align(x, boxes, output_size=self.image_size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+            x = torch.where(_per_sample(p["flip"]), x.flip(3), x)
+            x = torch.where(_per_sample(p["vflip"]), x.flip(2), x)
+            if self.jitter_p > 0:
+                x = _color_jitter(x, p["jitter"] > 0, packed[:, 7:11], packed[:, 11:15].long())
+            if self.gray_p > 0:
+                x = torch.where(_per_sample(p["gray"]), _to_gray(x).expand_as(x), x)
+            if self.blur_p > 0:
+                x = torch.where(_per_sample(p["blur"]), self._blur(x, p["sigma"]), x)
+            if self.solarize_p > 0:
+                # PIL solarize inverts pixels >= 128 of 255
+                x = torch.where(_per_sample(p["solarize"]) & (x >= 128 / 255), 1.0 - x, x)
+            mean, std = _normalisation(x.device, self.mean, self.std)
+            return (x - mean) / std
 
     def _blur(self, x, sigma):
         """Separable Gaussian blur with one sigma per image (grouped convolution), reflect padding."""
@@ -358,13 +493,50 @@ class BatchAugment:
         return flat.view(n, c, h, w)
 
 
+def _per_sample(flag):
+    """A per-sample 0/1 column as a boolean mask that broadcasts over NCHW images."""
+    return (flag > 0).view(-1, 1, 1, 1)
+
+
+def _color_jitter(x, jitter, factors, order):
+    """ColorJitter with a random order of its four operations per sample, by masks alone.
+
+    Brightness, contrast and saturation are each a blend with something (black, the mean grey, the grey image),
+    so the three of one position are one masked blend, and a blend with factor 1 is exactly the identity. Hue,
+    the costly one, is applied once to the whole batch; each sample gets the blends ordered before its hue, then
+    hue, then the blends after: the same sequence, per sample, as torchvision's ColorJitter.
+    """
+    hue_position = (order == 3).int().argmax(1)
+    for before_hue in (True, False):
+        for position in range(4):
+            op = order[:, position]
+            in_turn = position < hue_position if before_hue else position > hue_position
+            active = jitter & (op != 3) & in_turn
+            factor = torch.where(active, factors.gather(1, op.clamp(max=2).view(-1, 1)).squeeze(1), 1.0)
+            gray = _to_gray(x)
+            other = torch.where(_per_sample(op == 0), 0.0,
+                                torch.where(_per_sample(op == 1), gray.mean(dim=(1, 2, 3), keepdim=True), gray))
+            x = _blend(x, other, factor)
+        if before_hue:
+            hue, saturation, value = _rgb_to_hsv(x)
+            shifted = _hsv_to_rgb(torch.remainder(hue + factors[:, 3].view(-1, 1, 1), 1.0), saturation, value)
+            x = torch.where(_per_sample(jitter), shifted, x)
+    return x
+
+
+@functools.lru_cache(maxsize=16)
+def _normalisation(device, mean, std):
+    """Mean and std as (1, 3, 1, 1) tensors on `device`, made once: a new copy at every batch would wait for the
+    GPU each time."""
+    return (torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1))
+
+
 def eval_batch(images, image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """The evaluation transform on a uint8 NHWC batch: resize to image_size (antialiased bilinear), normalise."""
     x = images.permute(0, 3, 1, 2).float().div_(255)
     if x.shape[-1] != image_size or x.shape[-2] != image_size:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
-    mean = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    mean, std = _normalisation(x.device, tuple(mean), tuple(std))
     return (x - mean) / std
 
 
@@ -376,102 +548,111 @@ def eval_transform(image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD):
 # ----------------------------------------------------------------------------------------------------------------
 # EuroSAT splits
 
+class SplitFiles(NamedTuple):
+    """One EuroSAT split as its CSV lists it."""
+    paths: list  # absolute image paths
+    labels: list  # integer labels, label_map.json's numbering
+    class_names: list  # class names in label order
+
+
+class EuroSATSplit(NamedTuple):
+    """One EuroSAT split, decoded once."""
+    images: np.ndarray  # (N, H, W, 3) uint8 memory map, rows in CSV order
+    labels: list
+    paths: list
+    class_names: list
+
+
 def read_label_map(label_map_path):
     try:
         with open(label_map_path) as f:
             label_map = json.load(f)
     except FileNotFoundError:
-        raise ValueError(f"{label_map_path}: missing. Run `python make_dataset.py --mode=eurosat_splits` to "
-                         "write the EuroSAT split files.") from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{label_map_path}: not valid JSON ({error}).") from None
+        raise DataError(f"{label_map_path}: missing. Run `python make_dataset.py --mode=eurosat_splits` to "
+                        "write the EuroSAT split files.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"{label_map_path}: not valid JSON ({error}).") from None
+    except OSError as error:
+        raise DataError(f"{label_map_path}: cannot read it ({error.strerror}).") from None
     if (not isinstance(label_map, dict) or not label_map
             or not all(isinstance(v, int) and not isinstance(v, bool) for v in label_map.values())):
-        raise ValueError(f"{label_map_path}: must be a JSON mapping of class name to integer label, "
-                         'e.g. {"AnnualCrop": 0, "Forest": 1}.')
+        raise DataError(f"{label_map_path}: must be a JSON mapping of class name to integer label, "
+                        'e.g. {"AnnualCrop": 0, "Forest": 1}.')
     if sorted(label_map.values()) != list(range(len(label_map))):
-        raise ValueError(f"{label_map_path}: labels must be 0..{len(label_map) - 1}, each once; "
-                         f"found {sorted(label_map.values())}.")
+        raise DataError(f"{label_map_path}: labels must be 0..{len(label_map) - 1}, each once; "
+                        f"found {sorted(label_map.values())}.")
     return label_map
 
 
-def read_eurosat_split(root, csv_path, label_map_path):
-    """Rows of a split CSV as (absolute image paths, integer labels, class names in label order).
+def read_eurosat_split(root, csv_path, label_map_path, require_files=True):
+    """A split CSV as SplitFiles (absolute image paths, integer labels, class names in label order).
 
-    Uses the `Filename` and `ClassName` columns (a leading unnamed index column is fine). Every problem is a
-    ValueError naming the file, the row and the fix.
+    Uses the `Filename` and `ClassName` columns (a leading unnamed index column is fine). Every problem, including
+    an image that does not exist (unless require_files=False), is a DataError naming the file, the line and the
+    fix.
     """
     label_map = read_label_map(label_map_path)
     class_names = [name for name, _ in sorted(label_map.items(), key=lambda item: item[1])]
     try:
-        table = pd.read_csv(csv_path)
+        # as text: a numeric file name must not turn into a number
+        table = pd.read_csv(csv_path, dtype={"Filename": str, "ClassName": str})
     except FileNotFoundError:
-        raise ValueError(f"{csv_path}: missing. Run `python make_dataset.py --mode=eurosat_splits` to write "
-                         "the EuroSAT split files.") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise ValueError(f"{csv_path}: not a readable CSV ({error}).") from None
+        raise DataError(f"{csv_path}: missing. Run `python make_dataset.py --mode=eurosat_splits` to write "
+                        "the EuroSAT split files.") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as error:
+        raise DataError(f"{csv_path}: not a readable CSV ({error}).") from None
+    except OSError as error:
+        raise DataError(f"{csv_path}: cannot read it ({error.strerror}).") from None
     missing = [c for c in ("Filename", "ClassName") if c not in table.columns]
     if missing:
-        raise ValueError(f"{csv_path}: missing column(s) {missing}; found {list(table.columns)}. "
-                         "Expected the header ,Filename,Label,ClassName.")
+        raise DataError(f"{csv_path}: missing column(s) {missing}; found {list(table.columns)}. "
+                        "Expected the header ,Filename,Label,ClassName.")
     if table.empty:
-        raise ValueError(f"{csv_path}: has a header but no rows.")
+        raise DataError(f"{csv_path}: has a header but no rows.")
     duplicated = table["Filename"].duplicated()
     if duplicated.any():
         row = int(duplicated.idxmax())
-        raise ValueError(f"{csv_path}: row {row + 2} repeats {table['Filename'][row]!r}; each image may appear "
-                         "once. Remove the duplicate rows.")
+        raise DataError(f"{csv_path}: line {row + 2} repeats {table['Filename'][row]!r}; each image may appear "
+                        "once. Remove the duplicate rows.")
     root_abs = os.path.abspath(root)  # abspath, not realpath: symlinked class folders are fine, ".." is not
     paths, labels = [], []
     for row, (filename, class_name) in enumerate(zip(table["Filename"], table["ClassName"])):
         line = row + 2  # 1-based, after the header
-        if not isinstance(filename, str) or not filename:
-            raise ValueError(f"{csv_path}: line {line} has an empty Filename.")
+        if not isinstance(filename, str) or not filename.strip():
+            raise DataError(f"{csv_path}: line {line} has an empty Filename.")
         path = os.path.normpath(os.path.join(root_abs, filename))
         if os.path.isabs(filename) or not path.startswith(root_abs + os.sep):
-            raise ValueError(f"{csv_path}: line {line}: Filename {filename!r} points outside the data folder "
-                             f"{root}. Filenames must be relative paths inside it.")
+            raise DataError(f"{csv_path}: line {line}: Filename {filename!r} points outside the data folder "
+                            f"{root}. Filenames must be relative paths inside it.")
         if class_name not in label_map:
-            raise ValueError(f"{csv_path}: line {line}: class {class_name!r} is not in {label_map_path} "
-                             f"(known: {', '.join(class_names)}).")
+            raise DataError(f"{csv_path}: line {line}: class {class_name!r} is not in {label_map_path} "
+                            f"(known: {', '.join(class_names)}).")
         if "Label" in table.columns and table["Label"][row] != label_map[class_name]:
-            raise ValueError(f"{csv_path}: line {line}: Label {table['Label'][row]} disagrees with "
-                             f"{label_map_path}, which maps {class_name!r} to {label_map[class_name]}.")
+            raise DataError(f"{csv_path}: line {line}: Label {table['Label'][row]} disagrees with "
+                            f"{label_map_path}, which maps {class_name!r} to {label_map[class_name]}.")
+        if require_files and not os.path.isfile(path):
+            raise DataError(f"{csv_path}: line {line}: image {filename!r} does not exist in {root}. Restore it, "
+                            "or remove the line (make_dataset.py --mode=eurosat_splits writes the split files "
+                            "afresh when all three are deleted).")
         paths.append(path)
         labels.append(label_map[class_name])
-    return paths, labels, class_names
+    return SplitFiles(paths, labels, class_names)
 
 
-def load_eurosat_cached(eurosat_dir, split, cache_dir, progress=None):
-    """(uint8 NHWC array, labels, paths, class names) of one split, decoded once into cache_dir.
+def load_eurosat_cached(eurosat_dir, split, cache_dir):
+    """One split as a EuroSATSplit, decoded once into cache_dir.
 
-    Raises ValueError naming the problem and the fix; an unreadable image is an error here, since an evaluation set
+    Raises DataError naming the problem and the fix; an unreadable image is an error here, since an evaluation set
     with holes would give a silently different accuracy.
     """
     if not os.path.isdir(eurosat_dir):
-        raise ValueError(f"EuroSAT folder {eurosat_dir!r} does not exist. Download it with `bash scripts/data.sh`, "
-                         "write the split files with `python make_dataset.py --mode=eurosat_splits`, or pass "
-                         "--eurosat_dir=FOLDER.")
-    try:
-        paths, labels, class_names = read_eurosat_split(
-            eurosat_dir, os.path.join(eurosat_dir, f"{split}.csv"), os.path.join(eurosat_dir, "label_map.json"))
-    except ValueError as error:
-        raise ValueError(f"{error} (or `bash scripts/data.sh` to download EuroSAT)") from None
-    array, _, bad = build_image_cache(paths, cache_dir, progress=progress)
+        raise DataError(f"EuroSAT folder {eurosat_dir!r} does not exist. Download it with `bash scripts/data.sh`, "
+                        "write the split files with `python make_dataset.py --mode=eurosat_splits`, or pass "
+                        "--eurosat_dir=FOLDER.")
+    files = read_eurosat_split(eurosat_dir, os.path.join(eurosat_dir, f"{split}.csv"),
+                               os.path.join(eurosat_dir, "label_map.json"))
+    images, _, bad = build_image_cache(files.paths, cache_dir, desc=f"decoding {split}")
     if bad:
-        raise ValueError(f"{len(bad)} unreadable image(s) in {split}.csv, first: {bad[0]}. Evaluation sets must "
-                         "be complete: re-download EuroSAT or remove the rows.")
-    return array, labels, paths, class_names
-
-
-class EuroSATDataset(torch.utils.data.Dataset):
-    """(image tensor, label) pairs for on-the-fly evaluation with a PIL transform."""
-
-    def __init__(self, paths, labels, transform):
-        self.paths, self.labels, self.transform = paths, labels, transform
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, index):
-        return self.transform(open_rgb(self.paths[index])), self.labels[index]
+        raise DataError(f"{len(bad)} unreadable image(s) in {split}.csv, first: {bad[0]}. Evaluation sets must "
+                        "be complete: re-download EuroSAT or remove the rows.")
+    return EuroSATSplit(images, files.labels, files.paths, files.class_names)

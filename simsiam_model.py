@@ -7,7 +7,10 @@
 - `backbone_from_checkpoint`, `classifier_from_checkpoint`: rebuild models from any checkpoint of this project,
   strictly, from the checkpoint's own config.
 - `knn_predict`: the weighted kNN monitor (Wu et al. 2018) on l2-normalised features.
+- `evaluation_metrics`, `record_evaluation_epoch`, `test_results`: the metrics file of Linear_evaluation.py and
+  finetune_model.py (one schema), its per-epoch line and its test report.
 """
+import math
 import os
 import re
 
@@ -16,11 +19,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from runtime import CheckpointError, load_checkpoint
+from runtime import CheckpointError, library_versions, load_checkpoint
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
-PRETRAIN_KIND = "simsiam_pretrain"
-CLASSIFIER_KIND = "eurosat_classifier"
+# the "kind" entry of every file the project writes: a script loading a file checks it is the kind it needs
+PRETRAIN_KIND = "simsiam_pretrain"  # simsiam_<arch>_epoch_X.pth: the model, for evaluation
+PRETRAIN_LAST_KIND = "simsiam_pretrain_last"  # checkpoint_last.pth: model, optimiser, scaler, metrics, for resuming
+PRETRAIN_METRICS_KIND = "simsiam_pretrain_metrics"  # pretrain_metrics.pth
+CLASSIFIER_KIND = "eurosat_classifier"  # linear_eval_eurosat_best_model.pth, finetuned_eurosat_best_model.pth
+LINEAR_METRICS_KIND = "linear_eval_metrics"  # linear_eval_metrics.pth
+FINETUNE_METRICS_KIND = "finetune_metrics"  # finetune_metrics.pth
+# collapse warning: the std of l2-normalised z below this fraction of the healthy 1/sqrt(dim)
+COLLAPSE_RATIO = 0.25
 KNOWN_PREFIXES = ("module.", "_orig_mod.", "backbone.", "encoder.")
 
 
@@ -112,54 +122,84 @@ def stem_label(small_stem, stem_stride=1):
 
 
 def model_config_from(checkpoint, path):
-    """arch / in_channels / small_stem / stem_stride / image_size as recorded in any checkpoint of this project."""
+    """arch / in_channels / small_stem / stem_stride / image_size as recorded in any checkpoint of this project,
+    checked: an edited or foreign config is a CheckpointError naming what is wrong."""
     config = checkpoint.get("config")
     if not isinstance(config, dict) or "ARCH" not in config:
         raise CheckpointError(f"{path}: the checkpoint records no config with ARCH, so it was not written by this "
                               "project's train_simsiam.py, Linear_evaluation.py or finetune_model.py.")
-    return {"arch": config["ARCH"], "in_channels": int(config.get("IN_CHANNELS", 3)),
-            "small_stem": bool(config.get("SMALL_STEM", False)), "stem_stride": int(config.get("STEM_STRIDE", 1)),
-            "image_size": int(config.get("IMAGE_SIZE", 224))}
+    try:
+        found = {"arch": config["ARCH"], "in_channels": int(config.get("IN_CHANNELS", 3)),
+                 "small_stem": bool(config.get("SMALL_STEM", False)),
+                 "stem_stride": int(config.get("STEM_STRIDE", 1)), "image_size": int(config.get("IMAGE_SIZE", 224))}
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: its config holds a value of the wrong type ({error}).") from None
+    problems = []
+    if found["arch"] not in ARCHS:
+        problems.append(f"ARCH {found['arch']!r} (known: {', '.join(ARCHS)})")
+    if found["in_channels"] < 1:
+        problems.append(f"IN_CHANNELS {found['in_channels']}")
+    if found["stem_stride"] not in (1, 2) or (found["stem_stride"] == 2 and not found["small_stem"]):
+        problems.append(f"STEM_STRIDE {found['stem_stride']} with SMALL_STEM {found['small_stem']}")
+    if found["image_size"] < 8:
+        problems.append(f"IMAGE_SIZE {found['image_size']} (at least 8)")
+    if problems:
+        raise CheckpointError(f"{path}: its config is not usable: {'; '.join(problems)}. Was the file edited? "
+                              "Rerun the step that writes it.")
+    return found
 
 
-def load_backbone_weights(backbone, state_dict, path):
-    """Strict load after stripping known prefixes; the error names the file and the mismatching keys."""
+def load_backbone_weights(backbone, state_dict, path, model_config):
+    """Strict load after stripping known prefixes: every key present, no other, every shape as the config's
+    architecture has it; otherwise a CheckpointError that names the file and what does not match."""
     state_dict = {k: v for k, v in strip_prefixes(state_dict).items() if not k.startswith("fc.")}
-    result = backbone.load_state_dict(state_dict, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(
-            f"{path}: backbone weights do not match the architecture the checkpoint's config names "
-            f"(missing {result.missing_keys[:4]}{'...' if len(result.missing_keys) > 4 else ''}, unexpected "
-            f"{result.unexpected_keys[:4]}{'...' if len(result.unexpected_keys) > 4 else ''}). "
-            "Was the file edited, or written by another project?")
+    expected = backbone.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    reshaped = [f"{k} is {tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__}, "
+                f"{tuple(expected[k].shape)} expected"
+                for k, v in state_dict.items()
+                if k in expected and (not isinstance(v, torch.Tensor) or v.shape != expected[k].shape)]
+    if missing or unexpected or reshaped:
+        found = []
+        for name, keys in (("missing", missing), ("unexpected", unexpected), ("mismatched", reshaped)):
+            if keys:
+                found.append(f"{len(keys)} {name}: {', '.join(keys[:3])}{'...' if len(keys) > 3 else ''}")
+        described = ", ".join(f"{k}={v}" for k, v in model_config.items() if k != "image_size")
+        raise CheckpointError(f"{path}: the backbone weights do not match the architecture its config names "
+                              f"({described}): {'; '.join(found)}. Was the file edited, its config changed, or "
+                              "was it written by another project?")
+    backbone.load_state_dict(state_dict)
 
 
 def backbone_from_checkpoint(path):
     """Rebuild the backbone of any checkpoint of this project; returns (backbone, feature_dim, model_config)."""
-    checkpoint = load_checkpoint(path, kinds=(PRETRAIN_KIND, CLASSIFIER_KIND))
-    try:
-        return _backbone_from(checkpoint, path)
-    except (ValueError, KeyError, TypeError) as error:
-        raise CheckpointError(f"{path}: not a usable checkpoint of this project ({type(error).__name__}: "
-                              f"{error}).") from None
+    return _backbone_from(load_checkpoint(path, kinds=(PRETRAIN_KIND, CLASSIFIER_KIND)), path)
 
 
 def _backbone_from(checkpoint, path):
     model_config = model_config_from(checkpoint, path)
     backbone, feature_dim = build_backbone(model_config["arch"], model_config["in_channels"],
                                            model_config["small_stem"], model_config["stem_stride"])
+    weights = checkpoint.get("model" if checkpoint["kind"] == PRETRAIN_KIND else "backbone")
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{path}: holds no weights (no {'model' if checkpoint['kind'] == PRETRAIN_KIND else 'backbone'} "
+                              "state dict). Rerun the step that writes it.")
     if checkpoint["kind"] == PRETRAIN_KIND:
         # keep only the backbone part of the SimSiam state dict (projector and predictor are dropped)
-        weights = {}
-        for key, value in checkpoint["model"].items():
-            for wrapper in ("module.", "_orig_mod."):
-                key = key[len(wrapper):] if key.startswith(wrapper) else key
-            if key.startswith("backbone."):
-                weights[key] = value
-    else:
-        weights = checkpoint["backbone"]
-    load_backbone_weights(backbone, weights, path)
+        weights = {k: v for k, v in strip_wrappers(weights).items() if k.startswith("backbone.")}
+    load_backbone_weights(backbone, weights, path, model_config)
     return backbone, feature_dim, model_config
+
+
+def strip_wrappers(state_dict):
+    """Keys without the prefixes that DistributedDataParallel and torch.compile add."""
+    cleaned = {}
+    for key, value in state_dict.items():
+        for wrapper in ("module.", "_orig_mod."):
+            key = key[len(wrapper):] if key.startswith(wrapper) else key
+        cleaned[key] = value
+    return cleaned
 
 
 def newest_pretrained(output_dir):
@@ -225,19 +265,31 @@ def classifier_checkpoint(model, config, class_names, mean, std, extra=None):
 
 
 def classifier_from_checkpoint(path):
-    """Rebuild a Classifier from linear_eval_eurosat_best_model.pth or finetuned_eurosat_best_model.pth."""
+    """Rebuild a Classifier from linear_eval_eurosat_best_model.pth or finetuned_eurosat_best_model.pth;
+    returns (model, checkpoint, model_config). Anything that does not fit is a CheckpointError naming it."""
     checkpoint = load_checkpoint(path)
     if checkpoint.get("kind") != CLASSIFIER_KIND:
         hint = (" It is a pre-training checkpoint: run Linear_evaluation.py or finetune_model.py on it first."
                 if checkpoint.get("kind") == PRETRAIN_KIND else "")
         raise CheckpointError(f"{path}: not a classifier checkpoint (kind {checkpoint.get('kind', 'unknown')!r})."
                               + hint)
-    backbone, feature_dim, model_config = backbone_from_checkpoint(path)
-    model = Classifier(backbone, feature_dim, len(checkpoint["class_names"]))
+    names, mean, std = checkpoint.get("class_names"), checkpoint.get("mean"), checkpoint.get("std")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(f"{path}: class_names must be a list of class names, found {type(names).__name__} "
+                              f"{str(names)[:60]!r}. Was the file edited? Rerun the step that writes it.")
+    for name, values in (("mean", mean), ("std", std)):
+        if (not isinstance(values, list) or len(values) != 3
+                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+                or (name == "std" and min(values) <= 0)):
+            raise CheckpointError(f"{path}: {name} must be 3 numbers (one per RGB channel"
+                                  f"{', all positive' if name == 'std' else ''}), found {values!r}.")
+    backbone, feature_dim, model_config = _backbone_from(checkpoint, path)
+    model = Classifier(backbone, feature_dim, len(names))
     try:
         model.head.load_state_dict(checkpoint["head"])
-    except (RuntimeError, KeyError) as error:
-        raise CheckpointError(f"{path}: the classifier head does not match its class list ({error}).") from None
+    except (RuntimeError, KeyError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"{path}: the classifier head does not fit {len(names)} classes of "
+                              f"{feature_dim}-d features ({str(error).splitlines()[0][:160]}).") from None
     return model, checkpoint, model_config
 
 
@@ -267,3 +319,41 @@ def knn_predict(train_features, train_labels, query_features, num_classes, k=200
         votes.scatter_add_(1, train_labels[index], weights)
         predictions.append(votes.argmax(dim=1))
     return torch.cat(predictions)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# evaluation scaffolding shared by Linear_evaluation.py and finetune_model.py: one metrics schema
+
+def evaluation_metrics(kind, config, pretrained, image_size, class_names, test_files, best_path, device, **extra):
+    """A new metrics dict; lists grow by one entry per epoch, the test entries are filled at the end."""
+    return {"kind": kind, "config": config, "versions": library_versions(), "seed": config["SEED"],
+            "pretrained_path": pretrained, "arch": config["ARCH"], "image_size": image_size,
+            "class_names": list(class_names), "epochs": [], "train_loss": [], "train_acc": [], "val_loss": [],
+            "val_acc": [], "lr": [], "epoch_time_s": [], "best_epoch": 0, "best_val_acc": 0.0, "test_acc": None,
+            "test_loss": None, "per_class_acc": None, "confusion_matrix": None, "test_predictions": None,
+            "test_files": list(test_files), "knn": None, "wall_time_s": 0.0, "best_model_path": best_path,
+            "device": device, **extra}
+
+
+def record_evaluation_epoch(metrics, epoch, num_epochs, row, lr_format=".4f", note=""):
+    """Append one epoch (row: train_loss, train_acc, val_loss, val_acc, lr, epoch_time_s, and any other list the
+    metrics hold); return its log line, with `note` before the time."""
+    metrics["epochs"].append(epoch + 1)
+    for key, value in row.items():
+        metrics[key].append(value)
+    return (f"epoch {epoch + 1}/{num_epochs} train loss {row['train_loss']:.4f} acc {row['train_acc']:.1f}% val "
+            f"loss {row['val_loss']:.4f} acc {row['val_acc']:.1f}% lr {row['lr']:{lr_format}} (best "
+            f"{metrics['best_val_acc']:.1f}% @{metrics['best_epoch']}) {note + ' ' if note else ''}"
+            f"{row['epoch_time_s']:.1f} s")
+
+
+def test_results(labels, predictions, loss, class_names):
+    """The test entries of the metrics: accuracy, loss, per-class accuracy, confusion matrix, predictions."""
+    num_classes = len(class_names)
+    confusion = torch.bincount(labels * num_classes + predictions, minlength=num_classes ** 2)
+    confusion = confusion.view(num_classes, num_classes).cpu()
+    per_class = {name: (confusion[i, i] / confusion[i].sum() * 100).item() if confusion[i].sum() else float("nan")
+                 for i, name in enumerate(class_names)}
+    return {"test_acc": (predictions == labels).float().mean().item() * 100, "test_loss": loss,
+            "per_class_acc": per_class, "confusion_matrix": confusion.tolist(),
+            "test_predictions": predictions.cpu().tolist()}

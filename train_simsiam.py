@@ -1,19 +1,18 @@
 """SimSiam pre-training on a folder of unlabeled RGB images (default: the SSL4EO-S12 PNGs in barlow_data/train).
 
-    python train_simsiam.py                              # the write-up's recipe: ResNet-50, 224 px, batch 32, 90 epochs
+    python train_simsiam.py                        # the write-up's recipe: ResNet-50, 224 px, batch 32, 90 epochs
     python train_simsiam.py --arch=resnet18 --image_size=64 --batch_size=128
-    torchrun --nproc_per_node=4 train_simsiam.py         # several GPUs: DDP + SyncBatchNorm, lr scaled by global batch
+    torchrun --nproc_per_node=4 train_simsiam.py   # several GPUs: DDP + SyncBatchNorm, lr scaled by global batch
 
-Writes into OUTPUT_DIR: `pretrain_metrics.pth` after every epoch, `checkpoint_last.pth` after every epoch (rerunning
-the same command resumes from it), and `simsiam_<arch>_epoch_X.pth` every SAVE_EVERY epochs and at the end. All
-writes are atomic. Prints one line per epoch:
+Writes into OUTPUT_DIR: `pretrain_metrics.pth` and `checkpoint_last.pth` after every epoch (rerunning the same
+command resumes from it), and `simsiam_<arch>_epoch_X.pth` every SAVE_EVERY epochs and at the end. Every write is
+atomic, and a second run on the same OUTPUT_DIR is refused while this one runs. Prints one line per epoch:
     epoch 3/90 loss -0.8123 lr 0.01250 z_std 0.0208 (healthy 0.0221) 61.2 pairs/s 334 s
-Measured on our 2-core CPU machine: ResNet-18 at 64 px, batch 128, about 62 pairs/s; ResNet-50 at 224 px, batch 32,
-1.7 pairs/s (a CPU is for checking that things run; pre-train on a GPU).
+What it reaches, and how fast, on named machines: see the README's results.
 """
+import hashlib
 import math
 import os
-import sys
 import time
 
 import numpy as np
@@ -23,9 +22,13 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import simsiam_data as data
-from runtime import (CheckpointError, amp_dtype_for, atomic_save, autocast_for, channels_last_for, configure,
-                     describe_device, library_versions, load_checkpoint, pick_device, seed_everything)
-from simsiam_model import PRETRAIN_KIND, SimSiam, knn_predict, negative_cosine_loss, normalized_std, unwrap
+from runtime import (AMP_MODES, CheckpointError, DataError, above, amp_dtype_for, at_least, atomic_save,
+                     autocast_for, between, channels_last_for, check_settings, configure, describe_device,
+                     epoch_generator, fail, library_versions, load_checkpoint, one_of, pick_device,
+                     precision_name, prepare_output_dir, restore_grad_scaler, run, seed_everything, speed_up_cuda,
+                     warmup_cosine)
+from simsiam_model import (ARCHS, COLLAPSE_RATIO, PRETRAIN_KIND, PRETRAIN_LAST_KIND, PRETRAIN_METRICS_KIND,
+                           SimSiam, knn_predict, negative_cosine_loss, normalized_std, unwrap)
 
 # ----------------------------------------------------------------------------------------------------------------
 DATA_DIR = "barlow_data/train"  # unlabeled images (png/jpg/tif, searched recursively)
@@ -53,331 +56,434 @@ GRAY_P = 0.2  # probability of random grayscale (write-up and paper: 0.2)
 BLUR_P = 0.5  # probability of Gaussian blur, sigma 0.1-2 (write-up and paper: 0.5)
 PIPELINE = "fast"  # fast: decode once + batched augmentation on the device | reference: PIL per sample in workers
 NUM_WORKERS = 4  # DataLoader workers (reference pipeline only)
-AMP = True  # mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler)
-CHANNELS_LAST = True  # channels_last memory format on CUDA and with CPU_BF16 (faster convolutions)
-CPU_BF16 = False  # bf16 autocast on a CPU with native bf16 (AVX512-BF16/AMX): 1.8x faster on ours; fp32 if absent
-COMPILE = False  # torch.compile the model (CUDA; slower start, faster steps)
+DECODE_PROCESSES = 0  # processes that decode the fast pipeline's image cache; 0 = one per core
+AMP = "auto"  # auto: bf16 on GPUs that have it natively (compute capability 8.0+), fp16 below, fp32 on a CPU | bf16 | fp16 | off
+CHANNELS_LAST = True  # channels_last memory format on CUDA and under bf16 on a CPU (faster convolutions)
+COMPILE = False  # torch.compile the model (CUDA; slower start, faster steps; compile time reported apart)
 SYNC_BN = True  # SyncBatchNorm when running under torchrun with several processes (paper)
 SAVE_EVERY = 10  # write simsiam_<arch>_epoch_X.pth every this many epochs (and at the end)
 RESUME = True  # continue from OUTPUT_DIR/checkpoint_last.pth when it exists
 KNN_DATA_DIR = ""  # labelled EuroSAT folder (train.csv, validation.csv) for a kNN monitor; "" = off
 KNN_EVERY = 5  # epochs between kNN monitor runs (when KNN_DATA_DIR is set)
 KNN_K = 200  # neighbours for the kNN monitor (paper: 200, cosine, temperature 0.2)
+SAMPLE_EVERY = 20  # steps between samples of the loss and z std (each sample waits for the GPU once)
 SEED = 0  # seeds data order, augmentation and initialisation
 DEVICE = "auto"  # auto | cuda | cpu | mps
 # ----------------------------------------------------------------------------------------------------------------
 
 # settings that change the model's shape or wiring: a checkpoint_last.pth written with others cannot be resumed
 SHAPE_KEYS = ("ARCH", "IN_CHANNELS", "SMALL_STEM", "STEM_STRIDE", "PROJ_DIM", "PRED_DIM")
+LAST_KEYS = ("config", "epoch", "global_step", "model", "optimizer", "scaler", "metrics")
 
 
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(1)
+def settings_rules():
+    return {"ARCH": one_of(*ARCHS), "IN_CHANNELS": at_least(1), "STEM_STRIDE": one_of(1, 2),
+            "IMAGE_SIZE": at_least(8), "PROJ_DIM": at_least(1), "PRED_DIM": at_least(1),
+            "BATCH_SIZE": at_least(2),  # BatchNorm needs two samples
+            "NUM_EPOCHS": at_least(1), "BASE_LR": above(0), "MOMENTUM": between(0.0, 1.0),
+            "WEIGHT_DECAY": at_least(0), "WARMUP_EPOCHS": between(0, NUM_EPOCHS),
+            "CROP_SCALE_MIN": between(0.01, 1.0),
+            "JITTER_STRENGTH": between(0.0, 2.5),  # above 2.5 the brightness range would go below 0
+            "GRAY_P": between(0.0, 1.0), "BLUR_P": between(0.0, 1.0), "PIPELINE": one_of("fast", "reference"),
+            "NUM_WORKERS": at_least(0), "DECODE_PROCESSES": at_least(0), "AMP": one_of(*AMP_MODES),
+            "SAVE_EVERY": at_least(1), "SAMPLE_EVERY": at_least(1), "KNN_EVERY": at_least(1), "KNN_K": at_least(1), "SEED": at_least(0)}
 
 
-def lr_at(step, steps_per_epoch, base_lr):
-    """Linear warm-up over WARMUP_EPOCHS, then half-cosine to 0, per step."""
-    warmup = WARMUP_EPOCHS * steps_per_epoch
-    total = NUM_EPOCHS * steps_per_epoch
-    if step < warmup:
-        return base_lr * (step + 1) / warmup
-    return base_lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+# ----------------------------------------------------------------------------------------------------------------
+# processes and devices
+
+def process_layout():
+    """(rank, local rank, world size) as torchrun sets them; (0, 0, 1) for a plain run."""
+    return (int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")),
+            int(os.environ.get("WORLD_SIZE", "1")))
+
+
+def training_device(local_rank, world_size):
+    device = pick_device(DEVICE)
+    if world_size > 1 and device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            fail(f"LOCAL_RANK {local_rank}, but this node has {torch.cuda.device_count()} GPU(s): start torchrun "
+                 "with --nproc_per_node at most the number of GPUs.")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def ranks_agree(value, what):
+    """Stop every rank with the same message unless all hold the same `value`: replicas that start from different
+    data or different checkpoints would silently diverge, then hang in a collective."""
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    if any(v != values[0] for v in values):
+        fail(f"the {len(values)} processes disagree on {what}: "
+             + "; ".join(f"rank {rank}: {v}" for rank, v in enumerate(values))
+             + ". A multi-node run needs DATA_DIR, CACHE_DIR and OUTPUT_DIR on a file system that every node "
+               "shares (see the README).")
+
+
+def batch_usable_on_every_rank(x1, device):
+    """False on every rank when any rank's batch is wholly unreadable (reference pipeline): all then skip the step
+    together, where one skipping alone would leave the others waiting in the gradient all-reduce."""
+    usable = torch.tensor([0 if x1 is None else 1], device=device)
+    dist.all_reduce(usable, op=dist.ReduceOp.MIN)
+    return bool(usable.item())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# data
+
+def list_pretraining_images():
+    if not os.path.isdir(DATA_DIR):
+        raise DataError(f"data folder {DATA_DIR!r} does not exist. Prepare it with `python make_dataset.py` "
+                        "(or pass --data_dir=FOLDER of images).")
+    paths = data.list_images(DATA_DIR)
+    if not paths:
+        raise DataError(f"no images (png/jpg/jpeg/tif) under {DATA_DIR!r}. Run `python make_dataset.py` first, or "
+                        "point --data_dir at a folder of images.")
+    return select_listed(paths) if FILE_LIST else paths
+
+
+def select_listed(paths):
+    """The images of DATA_DIR named in FILE_LIST (e.g. EuroSAT's train.csv, so pre-training never sees test
+    images)."""
+    if not os.path.isfile(FILE_LIST):
+        raise DataError(f"FILE_LIST {FILE_LIST!r} does not exist.")
+    try:
+        if FILE_LIST.endswith(".csv"):
+            table = pd.read_csv(FILE_LIST, dtype=str)
+            if "Filename" not in table.columns:
+                raise DataError(f"{FILE_LIST}: needs a Filename column; found {list(table.columns)}.")
+            names = table["Filename"].dropna().tolist()
+        else:
+            with open(FILE_LIST, encoding="utf-8") as f:
+                names = [line.strip() for line in f if line.strip()]
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise DataError(f"FILE_LIST {FILE_LIST}: not a readable list ({type(error).__name__}: {error}).") from None
+    if not names:
+        raise DataError(f"FILE_LIST {FILE_LIST} names no image: list paths relative to DATA_DIR, or pass "
+                        "--file_list= to use every image of DATA_DIR.")
+    wanted = {os.path.normpath(os.path.join(DATA_DIR, name)) for name in names}
+    selected = [p for p in paths if os.path.normpath(p) in wanted]
+    if not selected:
+        raise DataError(f"none of the images listed in {FILE_LIST} is under {DATA_DIR!r}: paths must be relative "
+                        "to DATA_DIR.")
+    if len(selected) < len(wanted):
+        print(f"warning: {len(wanted) - len(selected)} of the {len(wanted)} images in {FILE_LIST} are not under "
+              f"{DATA_DIR}")
+    return selected
+
+
+def decode_once(paths, main_process, log):
+    """(images, usable paths, unreadable) of the fast pipeline: every image decoded once into CACHE_DIR (one process
+    builds it, the other ranks wait for it). The reference pipeline reads the files as it goes: (None, paths, [])."""
+    if PIPELINE == "reference":
+        return None, paths, []
+    return data.build_image_cache(paths, CACHE_DIR, workers=DECODE_PROCESSES,
+                                  desc="decoding images once" if main_process else False,
+                                  log=log if main_process else (lambda *args: None))
+
+
+def epoch_batches(epoch, images, paths, steps, rank, world_size, device, augment_pair):
+    """The (x1, x2, unreadable) of one epoch on this rank; x1 None marks a step that every rank skips.
+
+    Per-epoch seeds: a resumed epoch replays exactly the data order and augmentations it would have had."""
+    order_generator = epoch_generator(SEED, epoch)
+    augment_generator = epoch_generator(SEED, epoch, augment_stream=rank + 1)
+    if PIPELINE == "fast":
+        order = torch.randperm(len(paths), generator=order_generator).numpy()[:steps * BATCH_SIZE * world_size]
+        augment1, augment2 = augment_pair
+        for _, batch in data.iterate_batches(images, order[rank::world_size], BATCH_SIZE, device):
+            yield augment1(batch, augment_generator), augment2(batch, augment_generator), []
+        return
+    strengths = dict(jitter_strength=JITTER_STRENGTH, gray_p=GRAY_P, blur_p=BLUR_P)
+    dataset = data.PretrainImageDataset(
+        paths, data.simsiam_transform_v1(IMAGE_SIZE, CROP_SCALE_MIN, **strengths),
+        data.simsiam_transform_v2(IMAGE_SIZE, CROP_SCALE_MIN, solarize=SOLARIZE, **strengths))
+    sampler = None
+    if world_size > 1:
+        sampler = torch.utils.data.DistributedSampler(dataset, world_size, rank, shuffle=True, seed=SEED,
+                                                      drop_last=True)
+        sampler.set_epoch(epoch)
+    torch.manual_seed(augment_generator.initial_seed())  # the DataLoader's worker seeds derive from this
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=BATCH_SIZE, shuffle=sampler is None, sampler=sampler, drop_last=True,
+        num_workers=NUM_WORKERS, pin_memory=device.type == "cuda", collate_fn=data.collate_skipping,
+        generator=order_generator)
+    for x1, x2, unreadable in loader:
+        if world_size > 1 and not batch_usable_on_every_rank(x1, device):
+            x1 = x2 = None
+        yield x1, x2, unreadable
+
+
+def load_knn_data(log):
+    """{split: (images, labels)} of KNN_DATA_DIR's train.csv (the bank) and validation.csv (the queries)."""
+    knn_data = {}
+    for split in ("train", "validation"):
+        files = data.read_eurosat_split(KNN_DATA_DIR, os.path.join(KNN_DATA_DIR, f"{split}.csv"),
+                                        os.path.join(KNN_DATA_DIR, "label_map.json"))
+        images, _, bad = data.build_image_cache(files.paths, CACHE_DIR, desc=f"decoding kNN {split}", log=log)
+        if bad:
+            raise DataError(f"{len(bad)} unreadable image(s) in {KNN_DATA_DIR}/{split}.csv, first: {bad[0]}")
+        knn_data[split] = (images, torch.tensor(files.labels))
+    return knn_data
 
 
 def knn_monitor(model, knn_data, device, amp_dtype):
     """Top-1 of a weighted kNN on validation.csv with train.csv as the bank (l2-normalised backbone features)."""
     backbone = unwrap(model).backbone
-    was_training = backbone.training
     backbone.eval()
     features = {}
     with torch.no_grad():
-        for split, (array, _) in knn_data.items():
+        for split, (images, _) in knn_data.items():
             chunks = []
-            for batch in data.iterate_batches(array, np.arange(len(array)), 256, device, drop_last=False):
-                x = data.eval_batch(batch, IMAGE_SIZE)
+            for _, batch in data.iterate_batches(images, np.arange(len(images)), 256, device, drop_last=False):
                 with autocast_for(device, amp_dtype):
-                    chunks.append(backbone(x).float())
+                    chunks.append(backbone(data.eval_batch(batch, IMAGE_SIZE)).float())
             features[split] = torch.cat(chunks)
-    backbone.train(was_training)
-    train_labels = knn_data["train"][1].to(device)
-    predicted = knn_predict(features["train"], train_labels, features["validation"], int(train_labels.max()) + 1,
+    backbone.train()
+    bank_labels = knn_data["train"][1].to(device)
+    predicted = knn_predict(features["train"], bank_labels, features["validation"], int(bank_labels.max()) + 1,
                             k=KNN_K, temperature=0.2)
     return (predicted.cpu() == knn_data["validation"][1]).float().mean().item() * 100
 
 
-def load_knn_data(log):
-    knn_data = {}
-    for split in ("train", "validation"):
-        paths, labels, _ = data.read_eurosat_split(KNN_DATA_DIR, os.path.join(KNN_DATA_DIR, f"{split}.csv"),
-                                                   os.path.join(KNN_DATA_DIR, "label_map.json"))
-        array, kept, bad = data.build_image_cache(paths, CACHE_DIR, log=log)
-        if bad:
-            fail(f"{len(bad)} unreadable image(s) in {KNN_DATA_DIR}, first: {bad[0]}")
-        knn_data[split] = (array, torch.tensor(labels))
-    return knn_data
+# ----------------------------------------------------------------------------------------------------------------
+# resuming and saving
+
+def new_metrics():
+    return {"kind": PRETRAIN_METRICS_KIND, "epochs": [], "loss": [], "lr": [], "z_std": [], "epoch_time_s": [],
+            "pairs_per_s": [], "knn_top1": [], "skipped_images": [], "step": [], "step_lr": [], "step_loss": []}
 
 
-def select_listed(paths):
-    """The images of DATA_DIR named in FILE_LIST (e.g. EuroSAT's train.csv, so pre-training never sees test images)."""
-    if not os.path.isfile(FILE_LIST):
-        fail(f"FILE_LIST {FILE_LIST!r} does not exist.")
-    if FILE_LIST.endswith(".csv"):
-        table = pd.read_csv(FILE_LIST)
-        if "Filename" not in table.columns:
-            fail(f"{FILE_LIST}: needs a Filename column; found {list(table.columns)}.")
-        names = table["Filename"].astype(str).tolist()
-    else:
-        with open(FILE_LIST) as f:
-            names = [line.strip() for line in f if line.strip()]
-    wanted = {os.path.normpath(os.path.join(DATA_DIR, name)) for name in names}
-    selected = [p for p in paths if os.path.normpath(p) in wanted]
-    if len(selected) < len(wanted):
-        print(f"warning: {len(wanted) - len(selected)} of the {len(wanted)} images in {FILE_LIST} are not under "
-              f"{DATA_DIR}")
-    if not selected:
-        fail(f"none of the images listed in {FILE_LIST} is under {DATA_DIR!r}: paths must be relative to DATA_DIR.")
-    return selected
+def resume_or_start(model, optimizer, scaler, config, world_size, log):
+    """(metrics, epochs done, optimiser steps done), from OUTPUT_DIR/checkpoint_last.pth when RESUME and it exists.
 
+    Under torchrun every rank decides from its own file system, so the ranks must agree on the file and on what
+    it holds; otherwise every rank stops with the same message."""
+    last_path = os.path.join(OUTPUT_DIR, "checkpoint_last.pth")
+    found = RESUME and os.path.exists(last_path)
+    if world_size > 1:
+        ranks_agree(found, f"whether {last_path} exists")
+    if not found:
+        return new_metrics(), 0, 0
+    fix = "To start afresh, delete it or pass --resume=False (it is then overwritten)."
+    try:
+        last = load_checkpoint(last_path, kinds=(PRETRAIN_LAST_KIND,))
+    except CheckpointError as error:
+        raise CheckpointError(f"{error} {fix}") from None
+    missing = [key for key in LAST_KEYS if key not in last]
+    if missing:
+        raise CheckpointError(f"{last_path}: lacks {missing}, so it cannot be resumed. {fix}")
+    recorded = {"STEM_STRIDE": 1, **last["config"]}  # checkpoints from before STEM_STRIDE existed used 1
+    changed = [f"{k}={recorded.get(k)!r}" for k in SHAPE_KEYS if recorded.get(k) != config[k]]
+    if changed:
+        raise CheckpointError(f"{last_path} was written with different model settings ({', '.join(changed)}). "
+                              f"Use the same settings, another --output_dir, or --resume=False. {fix}")
+    try:
+        unwrap(model).load_state_dict(last["model"])
+        optimizer.load_state_dict(last["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise CheckpointError(f"{last_path}: its weights do not match the model its config describes "
+                              f"({str(error).splitlines()[0][:200]}). {fix}") from None
+    scaler_state = restore_grad_scaler(scaler, last["scaler"])
+    if scaler_state == "fresh":
+        log(f"note: {last_path} was written without fp16; the grad scaler starts from its initial scale")
+    if world_size > 1:
+        ranks_agree((last["epoch"], last["global_step"]), f"the epoch that {last_path} holds")
+    log(f"resuming from {last_path}: {last['epoch']} of {NUM_EPOCHS} epochs done, step {last['global_step']}")
+    return last["metrics"], last["epoch"], last["global_step"]
+
+
+def checkpoint_bytes(param_count):
+    """Disk the run's checkpoints need: the epoch files, and checkpoint_last.pth (weights and SGD momentum)
+    twice while it is rewritten."""
+    return 4 * param_count * (NUM_EPOCHS // SAVE_EVERY + 1 + 4)
+
+
+def record_epoch(metrics, epoch, config, summary, samples, **run_facts):
+    """Append one epoch to the metrics (epoch lists, and the per-step samples) and refresh the run's facts."""
+    for key, value in summary.items():
+        metrics[key].append(value)
+    metrics["epochs"].append(epoch + 1)
+    for key in ("step", "step_loss", "step_lr"):  # step_lr: every step; step, step_loss: every SAMPLE_EVERY
+        metrics[key] += samples[key]
+    metrics.update(config=config, versions=library_versions(), seed=SEED, **run_facts)
+
+
+def save_epoch(model, optimizer, scaler, metrics, config, epoch, global_step):
+    """This epoch's files. The epoch file goes first: a kill before checkpoint_last.pth is rewritten replays this
+    epoch on resume and writes the file again, where the other order could resume past a file never written."""
+    model_state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    if (epoch + 1) % SAVE_EVERY == 0 or epoch + 1 == NUM_EPOCHS:
+        path = os.path.join(OUTPUT_DIR, f"simsiam_{ARCH}_epoch_{epoch + 1}.pth")
+        print(f"saving checkpoint to {path}")
+        atomic_save({"kind": PRETRAIN_KIND, "arch": ARCH, "config": config, "epoch": epoch + 1,
+                     "model": model_state}, path)
+    atomic_save({"kind": PRETRAIN_LAST_KIND, "arch": ARCH, "config": config, "epoch": epoch + 1,
+                 "global_step": global_step, "model": model_state, "optimizer": optimizer.state_dict(),
+                 "scaler": scaler.state_dict(), "metrics": metrics}, os.path.join(OUTPUT_DIR, "checkpoint_last.pth"))
+    atomic_save(metrics, os.path.join(OUTPUT_DIR, "pretrain_metrics.pth"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
 
 def main():
     config, _ = configure(globals())
-    # ---- distributed set-up (torchrun sets WORLD_SIZE, RANK, LOCAL_RANK) ----
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    rank, world_size = 0, 1
-    if distributed:
-        local_rank = int(os.environ["LOCAL_RANK"])
-        use_cuda = torch.cuda.is_available() and DEVICE in ("auto", "cuda")
-        if use_cuda:
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        rank, world_size = dist.get_rank(), dist.get_world_size()
-        device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    else:
-        device = pick_device(DEVICE)
+    check_settings(config, settings_rules())
+    rank, local_rank, world_size = process_layout()
     main_process = rank == 0
     log = print if main_process else (lambda *args, **kwargs: None)
-    seed_everything(SEED + rank)
-    amp_dtype = amp_dtype_for(device, AMP, CPU_BF16)
+    device = training_device(local_rank, world_size)
+    amp_dtype, precision_reason = amp_dtype_for(device, AMP)
     channels_last = channels_last_for(device, amp_dtype, CHANNELS_LAST)
-    global_batch = BATCH_SIZE * world_size
-    base_lr = BASE_LR * global_batch / 256
-    healthy_std = 1 / math.sqrt(PROJ_DIM)
-    log(f"config: {config}")
-    log(f"device: {describe_device(device)}, processes: {world_size}, precision: {amp_dtype or 'fp32'}, "
-        f"global batch {global_batch}, lr {base_lr:.5f} (= {BASE_LR} x {global_batch} / 256)")
-
-    # ---- data ----
-    if not os.path.isdir(DATA_DIR):
-        fail(f"data folder {DATA_DIR!r} does not exist. Prepare it with `python make_dataset.py` "
-             "(or pass --data_dir=FOLDER of images).")
-    paths = data.list_images(DATA_DIR)
-    if not paths:
-        fail(f"no images (png/jpg/jpeg/tif) under {DATA_DIR!r}. Run `python make_dataset.py` first, or point "
-             "--data_dir at a folder of images.")
-    if FILE_LIST:
-        paths = select_listed(paths)
-    bad_images = []
-    strengths = dict(jitter_strength=JITTER_STRENGTH, gray_p=GRAY_P, blur_p=BLUR_P)
-    if PIPELINE == "fast":
-        if main_process:
-            array, paths, bad_images = data.build_image_cache(
-                paths, CACHE_DIR, progress=lambda it: tqdm(it, desc="decoding images once"), log=log)
-        if distributed:
-            dist.barrier()  # rank 0 built the cache; the others open the same file
-            if not main_process:
-                array, paths, bad_images = data.build_image_cache(paths, CACHE_DIR)
-        augment1, augment2 = data.batch_augment_pair(IMAGE_SIZE, CROP_SCALE_MIN, SOLARIZE, **strengths)
-        num_images = len(paths)
-    elif PIPELINE == "reference":
-        dataset = data.PretrainImageDataset(
-            paths, data.simsiam_transform_v1(IMAGE_SIZE, CROP_SCALE_MIN, **strengths),
-            data.simsiam_transform_v2(IMAGE_SIZE, CROP_SCALE_MIN, solarize=SOLARIZE, **strengths))
-        sampler = (torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=SEED, drop_last=True)
-                   if distributed else None)
-        num_images = len(dataset)
-    else:
-        fail(f"PIPELINE must be 'fast' or 'reference', got {PIPELINE!r}")
-    if bad_images:
-        log(f"warning: skipping {len(bad_images)} unreadable image(s), e.g. {bad_images[0]}")
-    steps_per_epoch = num_images // global_batch
-    if steps_per_epoch == 0:
-        fail(f"only {num_images} usable images in {DATA_DIR!r}, fewer than one global batch of {global_batch} "
-             f"pairs. Lower --batch_size (at most {max(1, num_images // world_size)}) or add images.")
-    knn_data = load_knn_data(log) if KNN_DATA_DIR and main_process else None
-
-    # ---- model and optimiser ----
+    seed_everything(SEED + rank)
     try:
         model = SimSiam(ARCH, PROJ_DIM, PRED_DIM, IN_CHANNELS, SMALL_STEM, STEM_STRIDE)
     except ValueError as error:
-        fail(f"{error}. Fix --arch / --stem_stride.")
-    if distributed and SYNC_BN and device.type == "cuda":
+        fail(f"{error}. Fix --arch / --small_stem / --stem_stride.", code=2)
+    param_count = sum(p.numel() for p in model.parameters())
+    if main_process:
+        prepare_output_dir(OUTPUT_DIR, "train_simsiam", need_bytes=checkpoint_bytes(param_count))
+
+    # ---- data, decoded once before the process group exists: a long decode cannot time out a collective ----
+    images, paths, unreadable = decode_once(list_pretraining_images(), main_process, log)
+    if unreadable:
+        log(f"warning: skipping {len(unreadable)} unreadable image(s), e.g. {unreadable[0]}")
+    if world_size > 1:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        listing = hashlib.sha1("\n".join(os.path.relpath(p, DATA_DIR) for p in paths).encode()).hexdigest()[:12]
+        ranks_agree((len(paths), listing), "the images of DATA_DIR (count, hash of the list)")
+    global_batch = BATCH_SIZE * world_size
+    steps_per_epoch = len(paths) // global_batch
+    if steps_per_epoch == 0:
+        raise DataError(f"only {len(paths)} usable images in {DATA_DIR!r}, fewer than one global batch of "
+                        f"{global_batch} pairs. Lower --batch_size (at most {max(2, len(paths) // world_size)}) "
+                        "or add images.")
+    knn_data = load_knn_data(log) if KNN_DATA_DIR and main_process else None
+    augment_pair = data.batch_augment_pair(IMAGE_SIZE, CROP_SCALE_MIN, SOLARIZE, JITTER_STRENGTH, GRAY_P, BLUR_P)
+
+    # ---- model, optimiser, resume ----
+    if world_size > 1 and SYNC_BN and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    elif distributed and SYNC_BN:
+    elif world_size > 1 and SYNC_BN:
         log("note: SyncBatchNorm needs GPUs; on the CPU each process normalises over its own batch")
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    param_count = sum(p.numel() for p in model.parameters())
-    predictor_params = list(model.predictor.parameters())
-    other_params = [p for n, p in model.named_parameters() if not n.startswith("predictor.")]
-    optimizer = torch.optim.SGD([{"params": other_params, "fix_lr": False},
-                                 {"params": predictor_params, "fix_lr": FIX_PRED_LR}],
+    base_lr = BASE_LR * global_batch / 256
+    predictor = list(model.predictor.parameters())
+    others = [p for name, p in model.named_parameters() if not name.startswith("predictor.")]
+    optimizer = torch.optim.SGD([{"params": others, "fix_lr": False}, {"params": predictor, "fix_lr": FIX_PRED_LR}],
                                 lr=base_lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-
-    # ---- resume ----
-    last_path = os.path.join(OUTPUT_DIR, "checkpoint_last.pth")
-    metrics = {"kind": "simsiam_pretrain_metrics", "epochs": [], "loss": [], "lr": [], "z_std": [],
-               "epoch_time_s": [], "pairs_per_s": [], "knn_top1": [], "skipped_images": [], "step": [],
-               "step_lr": [], "step_loss": []}
-    start_epoch, global_step = 0, 0
-    if RESUME and os.path.exists(last_path):
-        try:
-            last = load_checkpoint(last_path, kinds=("simsiam_pretrain_last",))
-        except CheckpointError as error:
-            fail(f"{error} To start afresh, delete it or pass --resume=False.")
-        recorded = {"STEM_STRIDE": 1, **last["config"]}  # checkpoints from before STEM_STRIDE existed used 1
-        changed = [f"{k}={recorded.get(k)!r}" for k in SHAPE_KEYS if recorded.get(k) != config[k]]
-        if changed:
-            fail(f"{last_path} was written with different model settings ({', '.join(changed)}). Use the same settings, another "
-                 "--output_dir, or --resume=False to start afresh (the old checkpoint is then overwritten).")
-        unwrap(model).load_state_dict(last["model"])
-        optimizer.load_state_dict(last["optimizer"])
-        scaler.load_state_dict(last["scaler"])
-        metrics, start_epoch, global_step = last["metrics"], last["epoch"], last["global_step"]
-        log(f"resuming from {last_path}: {start_epoch} of {NUM_EPOCHS} epochs done, step {global_step}")
-    if start_epoch >= NUM_EPOCHS:
-        log(f"nothing to do: {last_path} already holds all {NUM_EPOCHS} epochs (pass --resume=False to retrain)")
-        return
+    metrics, start_epoch, global_step = resume_or_start(model, optimizer, scaler, config, world_size, log)
     train_model = model
-    if distributed:
+    if world_size > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if COMPILE:
         train_model = torch.compile(train_model)
-    log(f"model: SimSiam {ARCH}, {param_count / 1e6:.2f} M parameters; {num_images} images, "
-        f"{steps_per_epoch} steps per epoch, epochs {start_epoch + 1}..{NUM_EPOCHS}")
+    healthy_std = 1 / math.sqrt(PROJ_DIM)
+    log(f"config: {config}")
+    log(f"device: {describe_device(device)}, processes: {world_size}, precision: {precision_name(amp_dtype)} "
+        f"({precision_reason}){', ' + speed_up_cuda(device) if device.type == 'cuda' else ''}")
+    log(f"model: SimSiam {ARCH}, {param_count / 1e6:.2f} M parameters; {len(paths)} images, global batch "
+        f"{global_batch}, {steps_per_epoch} steps per epoch, lr {base_lr:.5f} (= {BASE_LR} x {global_batch} / 256), "
+        f"epochs {start_epoch + 1}..{NUM_EPOCHS}")
 
     # ---- training loop ----
+    compile_time = None  # the first step under COMPILE: compilation, reported apart from the pairs/s
     for epoch in range(start_epoch, NUM_EPOCHS):
         model.train()
-        # per-epoch seeds: a resumed epoch replays exactly the data order and augmentations it would have had
-        order_gen = torch.Generator().manual_seed(SEED * 100_003 + epoch)
-        aug_gen = torch.Generator().manual_seed(SEED * 100_003 + epoch * 7_919 + rank + 1)
-        if PIPELINE == "fast":
-            order = torch.randperm(num_images, generator=order_gen).numpy()[:steps_per_epoch * global_batch]
-            order = order[rank::world_size]  # same permutation on every rank, a disjoint share each
-            batches = ((augment1(b, aug_gen), augment2(b, aug_gen), [])
-                       for b in data.iterate_batches(array, order, BATCH_SIZE, device))
-        else:
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            torch.manual_seed(SEED * 100_003 + epoch * 7_919 + rank + 1)  # worker seeds derive from this
-            loader = torch.utils.data.DataLoader(
-                dataset, batch_size=BATCH_SIZE, shuffle=sampler is None, sampler=sampler, drop_last=True,
-                num_workers=NUM_WORKERS, pin_memory=device.type == "cuda", collate_fn=data.collate_skipping,
-                generator=order_gen, persistent_workers=False)
-            batches = ((x1, x2, bad) for x1, x2, bad in loader)
         loss_sum = torch.zeros((), device=device)
-        steps, step_ids, step_losses, step_lrs, z_stds, epoch_bad = 0, [], [], [], [], []
-        started = time.time()
-        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{NUM_EPOCHS}", disable=not main_process,
-                   leave=False)
-        for x1, x2, bad in bar:
-            epoch_bad += bad
-            if x1 is None:
-                continue
-            lr = lr_at(global_step, steps_per_epoch, base_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = base_lr if group["fix_lr"] else lr
-            x1 = x1.to(device, non_blocking=True)
-            x2 = x2.to(device, non_blocking=True)
-            if channels_last:
-                x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
-            try:
+        steps, skipped, samples, z_stds = 0, [], {"step": [], "step_loss": [], "step_lr": []}, []
+        started, excluded = time.time(), 0.0
+        batches = epoch_batches(epoch, images, paths, steps_per_epoch, rank, world_size, device, augment_pair)
+        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{NUM_EPOCHS}", leave=False,
+                   disable=not main_process)
+        try:
+            for x1, x2, bad in bar:
+                skipped += bad
+                if x1 is None:  # the reference pipeline found no readable image in some rank's batch
+                    continue
+                step_started = time.time()
+                lr = warmup_cosine(global_step, NUM_EPOCHS * steps_per_epoch, WARMUP_EPOCHS * steps_per_epoch,
+                                   base_lr)
+                for group in optimizer.param_groups:
+                    group["lr"] = base_lr if group["fix_lr"] else lr
+                memory_format = torch.channels_last if channels_last else torch.contiguous_format
+                x1 = x1.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+                x2 = x2.to(device, non_blocking=True).contiguous(memory_format=memory_format)
                 with autocast_for(device, amp_dtype):
-                    p1, p2, z1, z2 = train_model(x1, x2)
+                    p1, p2, z1, z2 = train_model(x1, x2)  # z1, z2 come back detached: the stop-gradient
                     loss = negative_cosine_loss(p1.float(), p2.float(), z1.float(), z2.float())
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-            except torch.cuda.OutOfMemoryError:
-                fail(f"out of GPU memory at batch {BATCH_SIZE} x {IMAGE_SIZE} px with {ARCH}. Try a smaller "
-                     f"--batch_size (e.g. {max(1, BATCH_SIZE // 2)}; the lr scales with it), a smaller "
-                     "--image_size, or --arch=resnet18.")
-            loss_sum += loss.detach()
-            steps += 1
-            global_step += 1
-            step_lrs.append(lr)  # every step (a host float, no device sync); the loss only every 20 steps
-            if steps % 20 == 1 or steps == steps_per_epoch:
-                # a host sync every 20 steps: the running sum turns NaN/inf as soon as one step does
-                running = loss_sum.item() / steps
-                if not math.isfinite(running):
-                    fail(f"loss became {running} at epoch {epoch + 1}, step {global_step}. Stopping; the last good "
-                         f"state is kept in {last_path}. Lower --base_lr or keep --amp=True with bf16.")
-                z_stds.append(normalized_std(z1))
-                step_ids.append(global_step)
-                step_losses.append(loss.item())
-                bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr:.5f}")
+                if COMPILE and compile_time is None:
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    compile_time = excluded = time.time() - step_started
+                    log(f"torch.compile: the first step took {compile_time:.1f} s (compilation; not in pairs/s)")
+                loss_sum += loss.detach()
+                steps += 1
+                global_step += 1
+                samples["step_lr"].append(lr)  # a host float: no wait for the GPU
+                if (steps - 1) % SAMPLE_EVERY == 0 or steps == steps_per_epoch:
+                    running = loss_sum.clone()  # the running sum turns NaN as soon as one step does
+                    if world_size > 1:
+                        dist.all_reduce(running)  # every rank sees the same value, so all stop together
+                    running = running.item() / steps / world_size
+                    if not math.isfinite(running):
+                        fail(f"loss became {running} at epoch {epoch + 1}, step {global_step}. Stopping; the last "
+                             f"good state is kept in {OUTPUT_DIR}/checkpoint_last.pth. Lower --base_lr.")
+                    z_stds.append(normalized_std(z1))
+                    samples["step"].append(global_step)
+                    samples["step_loss"].append(loss.item())
+                    bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr:.5f}")
+        except torch.cuda.OutOfMemoryError:
+            fail(f"out of GPU memory at batch {BATCH_SIZE} x {IMAGE_SIZE} px with {ARCH}. Try a smaller "
+                 f"--batch_size (e.g. {max(2, BATCH_SIZE // 2)}; the lr scales with it), a smaller --image_size, "
+                 "or --arch=resnet18.")
         elapsed = time.time() - started
         if steps == 0:
-            fail(f"epoch {epoch + 1} produced no batch: every image was unreadable?")
-        if distributed:
+            raise DataError(f"epoch {epoch + 1} produced no batch: every image of {DATA_DIR} was unreadable?")
+        if world_size > 1:
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
         epoch_loss = loss_sum.item() / steps
-        if not math.isfinite(epoch_loss):
-            fail(f"loss became {epoch_loss} at epoch {epoch + 1}. Stopping; the last good state is kept in "
-                 f"{last_path}. Lower --base_lr.")
-        z_std = sum(z_stds) / len(z_stds)  # sampled with the loss: every 20 steps and at the end of the epoch
-        new_bad = sorted(set(epoch_bad))
-        for message in new_bad[:5]:
+        z_std = sum(z_stds) / len(z_stds)  # sampled with the loss
+        pairs_per_s = (steps - (excluded > 0)) * global_batch / max(elapsed - excluded, 1e-9)
+        new_unreadable = sorted(set(skipped))
+        for message in new_unreadable[:5]:
             log(f"warning: skipped unreadable image {message}")
+        knn = (knn_monitor(model, knn_data, device, amp_dtype)
+               if knn_data and ((epoch + 1) % KNN_EVERY == 0 or epoch + 1 == NUM_EPOCHS) else None)
 
         # ---- metrics and checkpoints (rank 0 only; every write atomic) ----
-        knn = knn_monitor(model, knn_data, device, amp_dtype) if knn_data and (
-            (epoch + 1) % KNN_EVERY == 0 or epoch + 1 == NUM_EPOCHS) else None
         if main_process:
-            metrics["epochs"].append(epoch + 1)
-            metrics["loss"].append(epoch_loss)
-            metrics["lr"].append(lr)
-            metrics["z_std"].append(z_std)
-            metrics["epoch_time_s"].append(elapsed)
-            metrics["pairs_per_s"].append(steps * global_batch / elapsed)
-            metrics["knn_top1"].append(knn)
-            metrics["skipped_images"].append(len(bad_images) + len(new_bad))
-            metrics["step"] += step_ids  # the steps at which step_loss was sampled
-            metrics["step_loss"] += step_losses
-            metrics["step_lr"] += step_lrs  # one entry per optimiser step
-            metrics.update(config=config, versions=library_versions(), seed=SEED, z_std_healthy=healthy_std,
-                           num_images=num_images, param_count=param_count, world_size=world_size,
-                           global_step=global_step, device=describe_device(device))
-            model_state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
-            # the epoch file is written before checkpoint_last: a kill in between replays this epoch on resume and
-            # writes the file again, where the other order would resume past an epoch file never written
-            if (epoch + 1) % SAVE_EVERY == 0 or epoch + 1 == NUM_EPOCHS:
-                path = os.path.join(OUTPUT_DIR, f"simsiam_{ARCH}_epoch_{epoch + 1}.pth")
-                print(f"saving checkpoint to {path}")
-                atomic_save({"kind": PRETRAIN_KIND, "arch": ARCH, "config": config, "epoch": epoch + 1,
-                             "model": model_state}, path)
-            atomic_save({"kind": "simsiam_pretrain_last", "arch": ARCH, "config": config, "epoch": epoch + 1,
-                         "global_step": global_step, "model": model_state, "optimizer": optimizer.state_dict(),
-                         "scaler": scaler.state_dict(), "metrics": metrics}, last_path)
-            atomic_save(metrics, os.path.join(OUTPUT_DIR, "pretrain_metrics.pth"))
+            skipped_count = len(unreadable) + len(new_unreadable)
+            record_epoch(metrics, epoch, config,
+                         {"loss": epoch_loss, "lr": lr, "z_std": z_std, "epoch_time_s": elapsed,
+                          "pairs_per_s": pairs_per_s, "knn_top1": knn, "skipped_images": skipped_count},
+                         samples, z_std_healthy=healthy_std, num_images=len(paths), param_count=param_count,
+                         world_size=world_size, global_step=global_step, device=describe_device(device),
+                         precision=precision_name(amp_dtype), compile_time_s=compile_time)
+            save_epoch(model, optimizer, scaler, metrics, config, epoch, global_step)
             line = (f"epoch {epoch + 1}/{NUM_EPOCHS} loss {epoch_loss:.4f} lr {lr:.5f} z_std {z_std:.4f} "
-                    f"(healthy {healthy_std:.4f}) {steps * global_batch / elapsed:.1f} pairs/s {elapsed:.0f} s")
-            if knn is not None:
-                line += f" knn {knn:.1f}%"
-            if bad_images or new_bad:
-                line += f" skipped {len(bad_images) + len(new_bad)} unreadable"
+                    f"(healthy {healthy_std:.4f}) {pairs_per_s:.1f} pairs/s {elapsed:.0f} s")
+            line += f" knn {knn:.1f}%" if knn is not None else ""
+            line += f" skipped {skipped_count} unreadable" if skipped_count else ""
             print(line, flush=True)
-            if z_std < 0.25 * healthy_std:
+            if z_std < COLLAPSE_RATIO * healthy_std:
                 print(f"warning: z_std {z_std:.4f} is far below the healthy {healthy_std:.4f}: the representation "
                       "may be collapsing. Check the augmentations, or lower --base_lr.", flush=True)
-    if main_process:
+    if main_process and start_epoch < NUM_EPOCHS:
         print(f"done: {NUM_EPOCHS} epochs, final loss {metrics['loss'][-1]:.4f}; outputs in {OUTPUT_DIR}/")
-    if distributed:
+    elif main_process:
+        print(f"nothing to do: {OUTPUT_DIR}/checkpoint_last.pth already holds all {NUM_EPOCHS} epochs (pass "
+              "--resume=False to train again, or a larger --num_epochs to go on)")
+    if world_size > 1:
         dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -3,12 +3,15 @@
     python scripts/bench_pretrain.py --arch=resnet18 --image_size=64 --batch_size=64      # CPU
     python scripts/bench_pretrain.py --arch=resnet50 --image_size=224 --batch_size=256    # GPU (bf16)
 
-All three run the same SimSiam training step (forward, backward, SGD step) on the same images:
-- ceiling:   batches already on the device, normalised; no data work at all
-- reference: PNG decode + per-sample PIL transforms (simsiam_transform_v1/v2) in DataLoader workers, fp32, NCHW
-- default:   train_simsiam.py's PIPELINE="fast": decoded-once uint8 memory map, BatchAugment on the device,
-             mixed precision and channels_last on CUDA (and on a CPU with CPU_BF16)
-Warm-up steps are excluded. Prints a table and writes it as JSON (OUTPUT_JSON).
+All four run the same SimSiam training step (forward, backward, SGD step) on the same images:
+- ceiling:       batches already on the device, normalised; no data work at all
+- reference:     PNG decode + per-sample PIL transforms (simsiam_transform_v1/v2) in DataLoader workers, fp32, NCHW
+                 (the write-up's pipeline as written)
+- reference_amp: the same pipeline with the default's precision and memory format: what precision alone gains
+- default:       train_simsiam.py's PIPELINE="fast": decoded-once uint8 memory map, BatchAugment on the device,
+                 AMP as train_simsiam.py chooses it, channels_last on CUDA (and under bf16 on a CPU)
+Warm-up steps are excluded. Prints a table; OUTPUT_JSON is rewritten after each pipeline, so a late failure (out of
+memory at a large batch, a killed run) keeps the rows already measured.
 """
 import json
 import os
@@ -23,8 +26,9 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import simsiam_data as data  # noqa: E402
-from runtime import (amp_dtype_for, autocast_for, channels_last_for, configure, describe_device,  # noqa: E402
-                     library_versions, pick_device)
+from runtime import (AMP_MODES, amp_dtype_for, at_least, atomic_write, autocast_for,  # noqa: E402
+                     channels_last_for, check_settings, configure, describe_device, fail, library_versions,
+                     one_of, pick_device, precision_name, run, speed_up_cuda)
 from simsiam_model import SimSiam, negative_cosine_loss  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -38,9 +42,8 @@ BATCH_SIZE = 64  # pairs per step
 STEPS = 10  # timed steps per pipeline
 WARMUP_STEPS = 3  # untimed steps first (allocations, cudnn autotune, worker start-up)
 NUM_WORKERS = 2  # DataLoader workers for the reference pipeline (the write-up's way of feeding the GPU)
-AMP = True  # mixed precision on CUDA for ceiling and default (the reference stays fp32, as written)
-CHANNELS_LAST = True  # channels_last on CUDA (and with CPU_BF16) for ceiling and default
-CPU_BF16 = False  # bf16 autocast on a CPU with native bf16 for ceiling and default (train_simsiam.py's option)
+AMP = "auto"  # precision of ceiling, reference_amp and default, as train_simsiam.py's AMP (reference: fp32)
+CHANNELS_LAST = True  # channels_last on CUDA (and under bf16 on a CPU) for ceiling, reference_amp and default
 CACHE_DIR = ""  # where the default pipeline keeps its decoded array; "" = a temp folder
 DEVICE = "auto"  # auto | cuda | cpu
 OUTPUT_JSON = "bench_results/bench_pretrain.json"  # the table as JSON
@@ -89,7 +92,7 @@ def timed(name, batches, model, optimizer, device, amp_dtype, channels_last, sca
             break
     loss.item()  # waits for the device
     if count < WARMUP_STEPS + STEPS:
-        sys.exit(f"error: only {count} batches for {name}; use more images or fewer --steps")
+        fail(f"only {count} batches for {name}; use more images or fewer --steps")
     elapsed = time.perf_counter() - started
     pairs_per_s = STEPS * BATCH_SIZE / elapsed
     print(f"{name:<10} {pairs_per_s:8.1f} pairs/s  ({elapsed / STEPS * 1000:.0f} ms/step, "
@@ -97,11 +100,20 @@ def timed(name, batches, model, optimizer, device, amp_dtype, channels_last, sca
     return {"pairs_per_s": pairs_per_s, "ms_per_step": elapsed / STEPS * 1000, "peak_mib": peak_memory_mib(device)}
 
 
+def write_json(summary):
+    with atomic_write(OUTPUT_JSON, "w") as f:
+        json.dump(summary, f, indent=2)
+
+
 def main():
     config, _ = configure(globals())
+    check_settings(config, {"ARCH": one_of("resnet18", "resnet34", "resnet50"), "IMAGE_SIZE": at_least(8),
+                            "BATCH_SIZE": at_least(2), "STEPS": at_least(1), "WARMUP_STEPS": at_least(1),
+                            "NUM_IMAGES": at_least(1), "NUM_WORKERS": at_least(0), "AMP": one_of(*AMP_MODES)})
     device = pick_device(DEVICE)
-    amp_dtype = amp_dtype_for(device, AMP, CPU_BF16)
+    amp_dtype, precision_reason = amp_dtype_for(device, AMP)
     channels_last = channels_last_for(device, amp_dtype, CHANNELS_LAST)
+    tuned = speed_up_cuda(device)
     torch.manual_seed(0)
     workdir = tempfile.mkdtemp(prefix="bench_pretrain_")
     data_dir = DATA_DIR
@@ -116,68 +128,72 @@ def main():
     if len(paths) < needed:
         paths = (paths * (needed // max(1, len(paths)) + 1))[:needed]  # repeat files: same work per image
     print(f"device: {describe_device(device)}; {ARCH} at {IMAGE_SIZE} px, batch {BATCH_SIZE} pairs, "
-          f"{STEPS} timed steps after {WARMUP_STEPS} warm-up; precision {amp_dtype or 'fp32'} (reference: fp32)")
+          f"{STEPS} timed steps after {WARMUP_STEPS} warm-up; precision {precision_name(amp_dtype)} "
+          f"({precision_reason}; reference: fp32){'; ' + tuned if tuned else ''}")
 
-    def fresh_model(use_channels_last):
+    def fresh_model(use_channels_last, precision):
         model = SimSiam(ARCH, small_stem=SMALL_STEM)
         model = model.to(device, memory_format=torch.channels_last if use_channels_last else torch.preserve_format)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05 * BATCH_SIZE / 256, momentum=0.9, weight_decay=1e-4)
-        return model, optimizer
+        scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
+        return model, optimizer, scaler
 
     results = {}
+    summary = {"config": config, "device": describe_device(device), "versions": library_versions(),
+               "precision": precision_name(amp_dtype), "precision_reason": precision_reason, "results": results}
     # ---- ceiling: the model step on tensors already on the device ----
-    model, optimizer = fresh_model(channels_last)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    model, optimizer, scaler = fresh_model(channels_last, amp_dtype)
     fixed = [torch.randn(BATCH_SIZE, 3, IMAGE_SIZE, IMAGE_SIZE, device=device) for _ in range(2)]
     results["ceiling"] = timed("ceiling", iter(lambda: fixed, None), model, optimizer, device, amp_dtype,
                                channels_last, scaler)
+    write_json(summary)
 
-    # ---- reference: the write-up's pipeline as written ----
-    model, optimizer = fresh_model(False)
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
-    dataset = data.PretrainImageDataset(paths, data.simsiam_transform_v1(IMAGE_SIZE), data.simsiam_transform_v2(IMAGE_SIZE))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=True, drop_last=True,
-                                         num_workers=NUM_WORKERS, pin_memory=device.type == "cuda",
-                                         collate_fn=data.collate_skipping, persistent_workers=False)
-    results["reference"] = timed("reference", ((x1, x2) for x1, x2, _ in loader), model, optimizer, device, None,
-                                 False, scaler)
-    del loader
+    # ---- reference: the write-up's pipeline as written (fp32), then with the default's precision ----
+    dataset = data.PretrainImageDataset(paths, data.simsiam_transform_v1(IMAGE_SIZE),
+                                        data.simsiam_transform_v2(IMAGE_SIZE))
+    for name, precision, memory_format in (("reference", None, False), ("reference_amp", amp_dtype, channels_last)):
+        model, optimizer, scaler = fresh_model(memory_format, precision)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=True, drop_last=True,
+                                             num_workers=NUM_WORKERS, pin_memory=device.type == "cuda",
+                                             collate_fn=data.collate_skipping, persistent_workers=False)
+        results[name] = timed(name, ((x1, x2) for x1, x2, _ in loader), model, optimizer, device, precision,
+                              memory_format, scaler)
+        del loader
+        write_json(summary)
 
     # ---- default: decode once, batched augmentation on the device ----
-    model, optimizer = fresh_model(channels_last)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    model, optimizer, scaler = fresh_model(channels_last, amp_dtype)
     started = time.perf_counter()
-    array, kept, _ = data.build_image_cache(sorted(set(paths)), CACHE_DIR or os.path.join(workdir, "cache"), log=print)
+    array, kept, _ = data.build_image_cache(sorted(set(paths)), CACHE_DIR or os.path.join(workdir, "cache"),
+                                            log=print)
     decode_s = time.perf_counter() - started
-    index = [kept.index(p) for p in paths]  # the same (possibly repeated) file list as the reference
-    augment1 = data.BatchAugment(IMAGE_SIZE)
-    augment2 = data.BatchAugment(IMAGE_SIZE, solarize_p=0.2)
+    position = {p: i for i, p in enumerate(kept)}
+    index = [position[p] for p in paths]  # the same (possibly repeated) file list as the reference
+    augment1, augment2 = data.batch_augment_pair(IMAGE_SIZE)
     generator = torch.Generator().manual_seed(0)
     order = np.random.default_rng(0).permutation(index)
     batches = ((augment1(b, generator), augment2(b, generator))
-               for b in data.iterate_batches(array, order, BATCH_SIZE, device))
+               for _, b in data.iterate_batches(array, order, BATCH_SIZE, device))
     results["default"] = timed("default", batches, model, optimizer, device, amp_dtype, channels_last, scaler)
     results["default"]["one_time_decode_s"] = decode_s
 
     ratio_reference = results["default"]["pairs_per_s"] / results["reference"]["pairs_per_s"]
     ratio_ceiling = results["default"]["pairs_per_s"] / results["ceiling"]["pairs_per_s"]
+    summary.update(default_over_reference=ratio_reference, default_over_ceiling=ratio_ceiling,
+                   reference_amp_over_reference=results["reference_amp"]["pairs_per_s"]
+                   / results["reference"]["pairs_per_s"])
+    write_json(summary)
     print()
     print("| pipeline | pairs/s | ms/step | peak memory (MiB) |")
     print("| --- | --- | --- | --- |")
-    for name in ("ceiling", "reference", "default"):
+    for name in ("ceiling", "reference", "reference_amp", "default"):
         r = results[name]
         print(f"| {name} | {r['pairs_per_s']:.1f} | {r['ms_per_step']:.0f} | {r['peak_mib']:.0f} |")
-    print(f"\ndefault / reference = {ratio_reference:.2f}x, default / ceiling = {ratio_ceiling:.2f} "
+    print(f"\ndefault / reference = {ratio_reference:.2f}x, default / ceiling = {ratio_ceiling:.2f}, "
+          f"reference_amp / reference = {summary['reference_amp_over_reference']:.2f}x "
           f"(one-time decode of {len(kept)} images: {decode_s:.1f} s, not in the rates)")
-    summary = {"config": config, "device": describe_device(device), "versions": library_versions(),
-               "precision": str(amp_dtype or "fp32"), "results": results,
-               "default_over_reference": ratio_reference, "default_over_ceiling": ratio_ceiling}
-    os.makedirs(os.path.dirname(os.path.abspath(OUTPUT_JSON)), exist_ok=True)
-    with open(OUTPUT_JSON + ".tmp", "w") as f:
-        json.dump(summary, f, indent=2)
-    os.replace(OUTPUT_JSON + ".tmp", OUTPUT_JSON)
     print(f"wrote {OUTPUT_JSON}")
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

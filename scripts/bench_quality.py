@@ -1,14 +1,15 @@
 """Real-data quality: does the pre-training learn? SimSiam on the unlabeled EuroSAT training images, then kNN,
 linear evaluation and fine-tuning on test.csv, beside the same evaluations from a random initialisation.
 
-    python scripts/bench_quality.py                 # PRESET="cpu": ResNet-18, small stem, 32 px, 5 epochs, bf16 (our
-                                                    # 2 cores: pre-training 40 min, kNN + linear 3, fine-tuning 7)
-    python scripts/bench_quality.py --preset=gpu    # ResNet-50 at 224 px, about 8 minutes on one H100
+    python scripts/bench_quality.py                 # PRESET="cpu": ResNet-18, small stem, 32 px, 5 epochs, bf16
+    python scripts/bench_quality.py --preset=gpu    # ResNet-50 at 224 px
+    python scripts/bench_quality.py --eurosat_dir=../shared/data/EuroSAT    # another copy of EuroSAT
 
 Pre-training sees only the images listed in train.csv (FILE_LIST), without labels; validation.csv picks the best
 linear/fine-tuned epoch; test.csv gives every reported accuracy. Each step is a plain run of the project's scripts
 (its command is printed and recorded), logged to OUTPUT_DIR/<step>.log. A rerun skips the steps that finished.
-Writes OUTPUT_DIR/quality.json and OUTPUT_DIR/quality.md (the table the README shows).
+Writes OUTPUT_DIR/quality.json and OUTPUT_DIR/quality.md (the table the README shows); how long each preset
+takes on named machines is in the README.
 """
 import json
 import os
@@ -20,12 +21,13 @@ import time
 import pandas as pd
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from runtime import CheckpointError, configure, load_checkpoint  # noqa: E402
-from simsiam_model import stem_label  # noqa: E402
+from runtime import (AMP_MODES, CheckpointError, at_least, atomic_write, check_settings, configure,  # noqa: E402
+                     fail, load_checkpoint, one_of, run)
+from simsiam_model import COLLAPSE_RATIO, stem_label  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------------------------
 PRESET = "cpu"  # cpu | gpu (see PRESETS below)
-EUROSAT_DIR = "../shared/data/EuroSAT"  # real EuroSAT RGB with train/validation/test CSVs and label_map.json
+EUROSAT_DIR = "datae/EuroSAT"  # real EuroSAT RGB with train/validation/test CSVs and label_map.json
 OUTPUT_DIR = ""  # "" = bench_results/quality_<PRESET>
 CACHE_DIR = "cache"  # decoded-once image arrays, shared by all steps
 PRETRAIN_EPOCHS = 0  # 0 = the preset's
@@ -33,7 +35,7 @@ FINETUNE_EPOCHS = 0  # 0 = the preset's
 SKIP_FINETUNE = False  # only kNN and linear evaluation (fine-tuning is the slow part on a CPU)
 PRETRAIN_IMAGES = 0  # 0 = all of train.csv; N = a fixed random N of them (seed 0), for quick comparisons of settings
 PRETRAIN_ARGS = ""  # extra train_simsiam.py overrides after the preset's, e.g. "--weight_decay=5e-4 --small_stem=True"
-CPU_BF16 = True  # every step in bf16 on a CPU that has it natively (1.8x faster pre-training here); no effect on a GPU
+AMP = ""  # every step's AMP; "" = the preset's (cpu: bf16, used where the CPU has it natively; gpu: auto)
 # ----------------------------------------------------------------------------------------------------------------
 
 # What each preset runs. The CPU preset departs from the write-up's defaults where measurement showed the recipe,
@@ -45,11 +47,11 @@ PRESETS = {
                          "--weight_decay=5e-4", "--jitter_strength=0.5", "--gray_p=0", "--blur_p=0",
                          "--solarize=False", "--crop_scale_min=0.3", "--knn_every=1"],
             "linear": ["--batch_size=256", "--num_epochs=90"],
-            "finetune": ["--batch_size=64", "--num_epochs=1", "--warmup_epochs=0"]},
+            "finetune": ["--batch_size=64", "--num_epochs=1", "--warmup_epochs=0"], "amp": "bf16"},
     "gpu": {"model": ["--arch=resnet50", "--image_size=224"],
             "pretrain": ["--batch_size=256", "--num_epochs=10", "--warmup_epochs=1", "--knn_every=5"],
             "linear": ["--batch_size=256", "--num_epochs=90"],
-            "finetune": ["--batch_size=128", "--num_epochs=3", "--warmup_epochs=0"]},
+            "finetune": ["--batch_size=128", "--num_epochs=3", "--warmup_epochs=0"], "amp": "auto"},
 }
 
 
@@ -68,7 +70,7 @@ def run_step(name, script, args, out_dir):
                                 env=dict(os.environ, PYTHONUNBUFFERED="1"))
     elapsed = time.time() - started
     if result.returncode != 0:
-        sys.exit(f"error: step {name} failed (exit {result.returncode}); see {log_path}")
+        fail(f"step {name} failed (exit {result.returncode}); see {log_path}")
     print(f"[{name}] done in {elapsed / 60:.1f} min", flush=True)
     with open(log_path) as log:
         log.seek(start_offset)
@@ -84,9 +86,8 @@ def pretrain_seconds(out_dir, elapsed, output):
     if continued and os.path.isfile(path):
         with open(path) as f:
             total += json.load(f)["seconds"]
-    with open(path + ".tmp", "w") as f:
+    with atomic_write(path, "w") as f:
         json.dump({"seconds": total}, f)
-    os.replace(path + ".tmp", path)
     return total
 
 
@@ -94,9 +95,9 @@ def write_subset(train_csv, count, path):
     """A fixed random `count` rows of train.csv (seed 0) as path; the same rows on every run."""
     table = pd.read_csv(train_csv, index_col=0)
     if not 0 < count <= len(table):
-        sys.exit(f"error: PRETRAIN_IMAGES must be 1 to {len(table)} (the images of {train_csv}), got {count}")
-    table.sample(count, random_state=0).to_csv(path + ".tmp")
-    os.replace(path + ".tmp", path)
+        fail(f"PRETRAIN_IMAGES must be 1 to {len(table)} (the images of {train_csv}), got {count}", code=2)
+    with atomic_write(path, "w") as f:
+        table.sample(count, random_state=0).to_csv(f)
     return path
 
 
@@ -116,12 +117,14 @@ def machine():
 
 def main():
     config, _ = configure(globals())
-    if PRESET not in PRESETS:
-        sys.exit(f"error: PRESET must be one of {', '.join(PRESETS)}, got {PRESET!r}")
+    check_settings(config, {"PRESET": one_of(*PRESETS), "AMP": one_of("", *AMP_MODES),
+                            "PRETRAIN_EPOCHS": at_least(0), "FINETUNE_EPOCHS": at_least(0),
+                            "PRETRAIN_IMAGES": at_least(0)})
     preset = PRESETS[PRESET]
     eurosat = os.path.abspath(EUROSAT_DIR)
     if not os.path.isfile(os.path.join(eurosat, "train.csv")):
-        sys.exit(f"error: {eurosat}/train.csv not found: point --eurosat_dir at EuroSAT with its split CSVs")
+        fail(f"{eurosat}/train.csv not found: point --eurosat_dir at EuroSAT with its split CSVs "
+             "(bash scripts/data.sh downloads it to datae/EuroSAT)")
     out = os.path.abspath(OUTPUT_DIR or os.path.join("bench_results", f"quality_{PRESET}"))
     os.makedirs(out, exist_ok=True)
     cache = os.path.abspath(CACHE_DIR)
@@ -133,7 +136,7 @@ def main():
     if PRETRAIN_IMAGES:
         file_list = write_subset(file_list, PRETRAIN_IMAGES, os.path.join(out, "pretrain_images.csv"))
     finetune = preset["finetune"] + ([f"--num_epochs={FINETUNE_EPOCHS}"] if FINETUNE_EPOCHS else [])
-    precision = [f"--cpu_bf16={CPU_BF16}"]
+    precision = [f"--amp={AMP or preset['amp']}"]
     common = [f"--eurosat_dir={eurosat}", f"--output_dir={out}", f"--cache_dir={cache}", *precision]
     times, commands = {}, {}
 
@@ -188,7 +191,7 @@ def main():
             epochs_tuned = tuned["config"]["NUM_EPOCHS"]
             rows.append((init, f"fine-tune ({epochs_tuned} epoch{'s' if epochs_tuned > 1 else ''}, best on validation)",
                          tuned["test_acc"], times[f"finetune{suffix}"]))
-    collapsed = min(pretrain_metrics["z_std"]) < 0.25 * pretrain_metrics["z_std_healthy"]
+    collapsed = min(pretrain_metrics["z_std"]) < COLLAPSE_RATIO * pretrain_metrics["z_std_healthy"]
     summary = {
         "preset": PRESET, "machine": machine(), "arch": network, "input_size": size, "pretrain_epochs": epochs,
         "pretrain_images": pretrain_metrics["num_images"], "pretrain_wall_min": times["pretrain"] / 60,
@@ -212,13 +215,13 @@ def main():
     if knn_lines:
         lines += ["", "kNN monitor (k=200, validation.csv) by pre-training epoch: " + ", ".join(knn_lines)]
     lines += ["", "Commands:", ""] + [f"    {c}" for c in commands.values()]
-    with open(os.path.join(out, "quality.json"), "w") as f:
+    with atomic_write(os.path.join(out, "quality.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    with open(os.path.join(out, "quality.md"), "w") as f:
+    with atomic_write(os.path.join(out, "quality.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"\nwrote {out}/quality.json and {out}/quality.md")
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

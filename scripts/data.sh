@@ -39,14 +39,22 @@ DO_SSL4EO=1
 POST=1
 
 usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+# need_value OPTION ARGS_LEFT EXAMPLE: a usage message when OPTION is the last argument (set -u alone would
+# stop at "$2" with "unbound variable")
+need_value() {
+    if [[ $2 -lt 2 ]]; then
+        echo "data.sh: $1 needs a value, e.g. $1 $3 (see bash scripts/data.sh --help)" >&2
+        exit 2
+    fi
+}
 while [[ $# -gt 0 ]]; do
     case "$1" in
         -h|--help) usage; exit 0 ;;
-        --count) N_FILES="$2"; shift 2 ;;
+        --count) need_value "$1" $# 8; N_FILES="$2"; shift 2 ;;
         --count=*) N_FILES="${1#*=}"; shift ;;
-        --modality) MODALITY="$2"; shift 2 ;;
+        --modality) need_value "$1" $# S2RGB; MODALITY="$2"; shift 2 ;;
         --modality=*) MODALITY="${1#*=}"; shift ;;
-        --split) SPLIT="$2"; shift 2 ;;
+        --split) need_value "$1" $# val; SPLIT="$2"; shift 2 ;;
         --split=*) SPLIT="${1#*=}"; shift ;;
         --skip-eurosat) DO_EUROSAT=0; shift ;;
         --skip-ssl4eo) DO_SSL4EO=0; shift ;;

@@ -16,8 +16,9 @@ print(f"torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none (
 if torch.cuda.is_available():
     for i in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(i)
-        print(f"gpu {i}: {props.name}, {props.total_memory / 2**30:.1f} GiB, bf16 "
-              f"{'yes' if torch.cuda.is_bf16_supported() else 'no'}")
+        # native bf16 from compute capability 8.0 (Ampere); below it bf16 is emulated and AMP=auto uses fp16
+        print(f"gpu {i}: {props.name}, {props.total_memory / 2**30:.1f} GiB, compute capability "
+              f"{props.major}.{props.minor}, native bf16 {'yes' if props.major >= 8 else 'no (AMP auto: fp16)'}")
 else:
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     print("gpu: none (CUDA not available)" + ("; Apple MPS is available" if mps else "; the scripts run on the CPU"))

@@ -204,7 +204,7 @@ def test_eurosat_split_reads_the_official_format(tmp_path):
     ("Name,ClassName\nForest/Forest_1.jpg,Forest\n", None, r"missing column\(s\) \['Filename'\]; found \['Name'"),
     (",Filename,Label,ClassName\n0,Forest/Forest_1.jpg,0,Desert\n", None, "line 2: class 'Desert'"),
     (",Filename,Label,ClassName\n0,Forest/Forest_1.jpg,0,Forest\n1,Forest/Forest_1.jpg,0,Forest\n", None,
-     "row 3 repeats"),
+     "line 3 repeats"),
     (",Filename,Label,ClassName\n0,../secret.jpg,0,Forest\n", None, "outside the data folder"),
     (",Filename,Label,ClassName\n0,Forest/Forest_1.jpg,1,Forest\n", None, "Label 1 disagrees"),
     (",Filename,Label,ClassName\n0,Forest/Forest_1.jpg,0,Forest\n", ["Forest", "River"], "must be a JSON mapping"),
@@ -282,28 +282,3 @@ def test_same_seed_same_loss(tmp_path):
         assert result.returncode == 0, result.stderr
         losses.append(load_checkpoint(str(tmp_path / run / "pretrain_metrics.pth"))["loss"][0])
     assert losses[0] == losses[1]
-
-
-def test_cpu_bf16_only_when_asked_and_native(monkeypatch, capsys):
-    import runtime
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert runtime.amp_dtype_for(cpu, True) is None  # AMP alone never changes CPU precision
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
-    assert runtime.amp_dtype_for(cpu, True, cpu_bf16=True) == torch.bfloat16
-    assert runtime.amp_dtype_for(cpu, False, cpu_bf16=True) == torch.bfloat16  # AMP is the CUDA switch
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
-    assert runtime.amp_dtype_for(cpu, True, cpu_bf16=True) is None
-    assert "no native bf16" in capsys.readouterr().err
-    assert runtime.amp_dtype_for(cuda, False, cpu_bf16=True) is None
-
-
-def test_cpu_bf16_pretraining_runs_and_says_its_precision(tmp_path, tiny_images):
-    import runtime
-    result = _pretrain(tmp_path, tiny_images, "--num_epochs=1", "--cpu_bf16=True")
-    assert result.returncode == 0, result.stderr
-    if runtime.cpu_has_native_bf16():
-        assert "precision: torch.bfloat16" in result.stdout
-    else:
-        assert "precision: fp32" in result.stdout and "no native bf16" in result.stderr
-    metrics = load_checkpoint(str(tmp_path / "out" / "pretrain_metrics.pth"))
-    assert np.isfinite(metrics["loss"][0]) and 0 < metrics["z_std"][0] < 1

@@ -1,5 +1,7 @@
 """scripts/unzip_files.sh and scripts/data.sh: safe unpacking, clean failures offline (no network is used)."""
 import os
+import random
+import struct
 import subprocess
 import zipfile
 
@@ -13,6 +15,26 @@ from make_demo_data import write_ssl4eo_zarr
 def _bash(script, *args, env=None, timeout=120):
     return subprocess.run(["bash", os.path.join(ROOT, "scripts", script), *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env=dict(os.environ, **(env or {})))
+
+
+def _eurosat_zip(path, jpg, extra=()):
+    """A small EuroSAT-like zip: 2750/<Class>/<Class>_<k>.jpg, plus (name, bytes) entries EXTRA."""
+    with zipfile.ZipFile(path, "w") as z:
+        for c in ("AnnualCrop", "Forest"):
+            for k in (1, 2):
+                z.write(jpg, f"2750/{c}/{c}_{k}.jpg")
+        for name, data in extra:
+            z.writestr(name, data, zipfile.ZIP_DEFLATED)
+
+
+def _jpg(tmp_path):
+    jpg = tmp_path / "a.jpg"
+    Image.fromarray(np.full((8, 8, 3), 120, np.uint8)).save(jpg)
+    return jpg
+
+
+def _files(folder):
+    return sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs)
 
 
 def test_unzip_strips_2750_refuses_zip_slip_and_reports_corrupt_archives(tmp_path):
@@ -70,3 +92,146 @@ def test_data_sh_offline_fails_cleanly_and_leaves_no_complete_file(tmp_path):
     assert (folder / "ssl4eos12_train_seasonal_data_000001.zarr.zip").exists()
     assert not (folder / "ssl4eos12_train_seasonal_data_000002.zarr.zip").exists()
     assert (folder / "ssl4eos12_train_seasonal_data_000002.zarr.zip.part").exists()  # kept for resuming
+
+
+def test_unzip_refuses_archive_names_and_target_links_that_leave_extract_dir(tmp_path):
+    zips, work = tmp_path / "zips", tmp_path / "work"
+    dest = work / "datae"
+    zips.mkdir()
+    jpg = _jpg(tmp_path)
+    bad = (".zip", "..zip", "...zip")  # would unpack into datae itself, into work/ and into work/ again
+    for name in bad + ("EuroSAT.zip",):
+        _eurosat_zip(zips / name, jpg)
+    run = _bash("unzip_files.sh", str(zips), str(dest), env={"ZIP_PATTERN": "*.zip"})
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    for name in bad:
+        assert f"FAILED {zips / name}:" in run.stderr and "rename the archive" in run.stderr
+    assert os.listdir(work) == ["datae"]
+    assert _files(dest) == [".extracted_EuroSAT.zip", "EuroSAT/AnnualCrop/AnnualCrop_1.jpg",
+                            "EuroSAT/AnnualCrop/AnnualCrop_2.jpg", "EuroSAT/Forest/Forest_1.jpg",
+                            "EuroSAT/Forest/Forest_2.jpg"]
+    # a target folder that is a link to elsewhere is not a plain child of EXTRACT_DIR either
+    elsewhere, dest2 = tmp_path / "elsewhere", tmp_path / "datae2"
+    elsewhere.mkdir()
+    dest2.mkdir()
+    (dest2 / "EuroSAT").symlink_to(elsewhere)
+    run = _bash("unzip_files.sh", str(zips), str(dest2))
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert f"{dest2 / 'EuroSAT'} is a link" in run.stderr
+    assert os.listdir(elsewhere) == [] and not (dest2 / ".extracted_EuroSAT.zip").exists()
+
+
+def test_unzip_refuses_zip_bombs_by_ratio_and_by_free_space(tmp_path):
+    zips, dest = tmp_path / "zips", tmp_path / "datae"
+    zips.mkdir()
+    jpg = _jpg(tmp_path)
+    _eurosat_zip(zips / "EuroSAT.zip", jpg)
+    zeros = ("2750/Forest/zeros.bin", bytes(4 << 20))  # 4 MiB that deflate to about 4 kB
+    _eurosat_zip(zips / "EuroSAT_bomb.zip", jpg, [zeros])
+    with zipfile.ZipFile(zips / "EuroSAT_huge.zip", "w") as z:
+        z.writestr("2750/Forest/Forest_1.jpg", jpg.read_bytes())
+        z.filelist[0].file_size = 1 << 50  # the central directory (written at close) declares 1 PiB
+    assert (zips / "EuroSAT_bomb.zip").stat().st_size < 50_000
+    run = _bash("unzip_files.sh", str(zips), str(dest))
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    bomb, huge = (line for line in run.stderr.splitlines() if line.startswith("FAILED"))
+    assert str(zips / "EuroSAT_bomb.zip") in bomb and "zip bomb" in bomb and "over 100x" in bomb
+    assert str(zips / "EuroSAT_huge.zip") in huge and "free on the disk" in huge
+    assert _files(dest) == [".extracted_EuroSAT.zip", "EuroSAT/AnnualCrop/AnnualCrop_1.jpg",
+                            "EuroSAT/AnnualCrop/AnnualCrop_2.jpg", "EuroSAT/Forest/Forest_1.jpg",
+                            "EuroSAT/Forest/Forest_2.jpg"]
+
+
+def _declare_size(path, name, size):
+    """Set entry NAME's uncompressed size to SIZE, in its local header and in the central directory."""
+    with zipfile.ZipFile(path) as z:
+        local, central = z.getinfo(name).header_offset, z.start_dir
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<L", data, local + 22, size)
+    while data[central:central + 4] == b"PK\x01\x02":  # walk the central directory to NAME's record
+        n, m, k = struct.unpack_from("<3H", data, central + 28)
+        if data[central + 46:central + 46 + n].decode() == name:
+            struct.pack_into("<L", data, central + 24, size)
+            break
+        central += 46 + n + m + k
+    path.write_bytes(bytes(data))
+
+
+def test_unzip_stops_an_entry_that_grows_past_its_declared_size(tmp_path):
+    zips, dest = tmp_path / "zips", tmp_path / "datae"
+    zips.mkdir()
+    long_data = random.Random(0).randbytes(64 << 10)
+    _eurosat_zip(zips / "EuroSAT.zip", _jpg(tmp_path), [("2750/Forest/long.bin", long_data)])
+    _declare_size(zips / "EuroSAT.zip", "2750/Forest/long.bin", 1000)  # declares 1,000 bytes, holds 64 KiB
+    run = _bash("unzip_files.sh", str(zips), str(dest))
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert f"FAILED {zips / 'EuroSAT.zip'}" in run.stderr
+    assert "'2750/Forest/long.bin' grows past its declared size of 1,000 bytes" in run.stderr
+    got = _files(dest)
+    assert "EuroSAT/Forest/long.bin" not in got and not [f for f in got if f.endswith(".part")]
+    assert ".extracted_EuroSAT.zip" not in got
+
+
+def test_unzip_reports_garbled_compressed_data_without_a_traceback(tmp_path):
+    zips, dest = tmp_path / "zips", tmp_path / "datae"
+    zips.mkdir()
+    x_bin = ("2750/Forest/x.bin", random.Random(0).randbytes(1000) * 50)
+    _eurosat_zip(zips / "EuroSAT.zip", _jpg(tmp_path), [x_bin])
+    with zipfile.ZipFile(zips / "EuroSAT.zip") as z:
+        start = z.getinfo("2750/Forest/x.bin").header_offset + 60
+    data = bytearray((zips / "EuroSAT.zip").read_bytes())
+    for k in range(start + 200, start + 260):  # garble the deflate stream: zlib.error, not a bad CRC
+        data[k] ^= 0x55
+    (zips / "EuroSAT.zip").write_bytes(bytes(data))
+    run = _bash("unzip_files.sh", str(zips), str(dest))
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert f"FAILED {zips / 'EuroSAT.zip'}" in run.stderr and "delete it and rerun" in run.stderr
+    assert not [f for f in _files(dest) if f.endswith((".part", "x.bin"))]
+
+
+def test_unzip_never_writes_through_a_link_at_the_temp_or_final_name(tmp_path):
+    zips, dest = tmp_path / "zips", tmp_path / "datae"
+    zips.mkdir()
+    jpg = _jpg(tmp_path)
+    _eurosat_zip(zips / "EuroSAT.zip", jpg)
+    forest = dest / "EuroSAT" / "Forest"
+    forest.mkdir(parents=True)
+    outside, outside2 = tmp_path / "outside.txt", tmp_path / "outside2.txt"
+    outside.write_text("keep me")
+    outside2.write_text("keep me too")
+    (forest / "Forest_1.jpg.part").symlink_to(outside)  # a leftover or planted temp name
+    (forest / "Forest_2.jpg").symlink_to(outside2)  # a link at the final name: replaced, not written through
+    run = _bash("unzip_files.sh", str(zips), str(dest))
+    assert run.returncode == 0, run.stderr
+    assert outside.read_text() == "keep me" and outside2.read_text() == "keep me too"
+    for name in ("Forest_1.jpg", "Forest_2.jpg"):
+        assert not (forest / name).is_symlink() and (forest / name).read_bytes() == jpg.read_bytes()
+    assert os.readlink(forest / "Forest_1.jpg.part") == str(outside)  # left alone, never opened
+
+
+def test_unzip_zip_dir_or_extract_dir_that_is_a_file_gets_a_message(tmp_path):
+    zips, a_file = tmp_path / "zips", tmp_path / "datae"
+    zips.mkdir()
+    _eurosat_zip(zips / "EuroSAT.zip", _jpg(tmp_path))
+    a_file.write_text("not a folder")
+    run = _bash("unzip_files.sh", str(zips), str(a_file))
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert f"EXTRACT_DIR {a_file} is a file, not a folder" in run.stderr and "EXTRACT_DIR=" in run.stderr
+    assert a_file.read_text() == "not a folder"
+    env = {"ZIP_DIR": str(zips / "EuroSAT.zip"), "EXTRACT_DIR": str(tmp_path / "d")}
+    run = _bash("unzip_files.sh", env=env)
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert f"ZIP_DIR {zips / 'EuroSAT.zip'} is a file, not a folder" in run.stderr
+    run = _bash("unzip_files.sh", str(zips), str(a_file / "sub"))  # a parent that is a file
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert f"cannot create EXTRACT_DIR {a_file / 'sub'}" in run.stderr
+
+
+def test_data_sh_option_without_a_value_is_a_usage_error(tmp_path):
+    env = {"DATA_DIR": str(tmp_path / "data"), "SSL4EO_BASE_URL": "http://127.0.0.1:9/",
+           "EUROSAT_URLS": "http://127.0.0.1:9/EuroSAT.zip"}
+    for args in (["--count"], ["--modality"], ["--split"], ["--skip-eurosat", "--count"]):
+        run = _bash("data.sh", *args, env=env)
+        assert run.returncode == 2, (args, run.stderr)
+        assert f"{args[-1]} needs a value" in run.stderr and "unbound variable" not in run.stderr
+    assert not (tmp_path / "data").exists()

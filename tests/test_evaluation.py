@@ -125,12 +125,13 @@ def runs(tmp_path_factory):
         "missing_checkpoint": start("classify_image.py", eurosat / "Forest/Forest_1.jpg",
                                     f"--model_path={tmp / 'nowhere.pth'}"),
         "malicious": start("classify_image.py", eurosat / "Forest/Forest_1.jpg", f"--model_path={malicious}"),
+        # the failing runs use output folders of their own: a folder in use by another run is refused
         "missing_data": start("Linear_evaluation.py", f"--eurosat_dir={tmp / 'no_such_folder'}",
-                              f"--output_dir={out['cached']}"),
-        "unreadable_image": start("Linear_evaluation.py", f"--eurosat_dir={broken}", f"--output_dir={out['cached']}",
-                                  f"--cache_dir={tmp / 'cache' / 'broken'}"),
-        "missing_csv": start("finetune_model.py", f"--eurosat_dir={no_csv}", f"--output_dir={out['finetune']}",
-                             f"--cache_dir={tmp / 'cache' / 'unused'}"),
+                              f"--output_dir={tmp / 'failing_1'}", f"--pretrained_path={pretrain}"),
+        "unreadable_image": start("Linear_evaluation.py", f"--eurosat_dir={broken}", f"--output_dir={tmp / 'failing_2'}",
+                                  f"--cache_dir={tmp / 'cache' / 'broken'}", f"--pretrained_path={pretrain}"),
+        "missing_csv": start("finetune_model.py", f"--eurosat_dir={no_csv}", f"--output_dir={tmp / 'failing_3'}",
+                             f"--cache_dir={tmp / 'cache' / 'unused'}", f"--pretrained_path={pretrain}"),
     }
     results = finish(processes)
     # classification needs the trained classifiers: odd image modes in a folder, plus one unreadable file
