@@ -37,8 +37,8 @@ from runtime import (AMP_MODES, above, amp_dtype_for, at_least, atomic_save, aut
                      pick_device, precision_name, prepare_output_dir, run, seed_everything, speed_up_cuda,
                      warmup_cosine)
 from simsiam_model import (ARCHS, LINEAR_METRICS_KIND, Classifier, backbone_for_evaluation, classifier_checkpoint,
-                           effective_rank, evaluation_metrics, knn_predict, record_evaluation_epoch, stem_label,
-                           test_results)
+                           describe_evaluation, effective_rank, evaluation_metrics, knn_predict,
+                           record_evaluation_epoch, test_results)
 
 # ----------------------------------------------------------------------------------------------------------------
 EUROSAT_DIR = "datae/EuroSAT"  # class folders of JPEGs + train.csv, validation.csv, test.csv, label_map.json
@@ -126,6 +126,37 @@ def frozen_classifier(backbone, feature_dim, num_classes, device, channels_last)
     return model
 
 
+def save_best(classifier, config, class_names, epoch, val_acc, pretrained, best_path):
+    print(f"saving best head (epoch {epoch + 1}, val {val_acc:.2f}%) to {best_path}")
+    atomic_save(classifier_checkpoint(classifier, config, class_names, data.IMAGENET_MEAN, data.IMAGENET_STD,
+                                      extra={"epoch": epoch + 1, "val_acc": val_acc, "source": "linear_eval",
+                                             "pretrained_path": pretrained,
+                                             "standardisation": "folded into the head"}), best_path)
+
+
+def test_and_report(model, best_head, features, splits, labels, frozen_before, image_size, device, amp_dtype,
+                    channels_last):
+    """The test entries of the metrics: the best head (folded, on raw features) and weighted kNN on test.csv,
+    after checking that the frozen backbone is bit-for-bit what was loaded (weights and BatchNorm statistics)."""
+    test_features = features["test"] if FEATURE_CACHE else extract_features(
+        model.backbone, splits["test"].images, image_size, device, amp_dtype, channels_last, "features test")
+    test_loss, _, predictions = evaluate(best_head, test_features, labels["test"])
+    class_names = splits["train"].class_names
+    knn = {}
+    for k in (20, 200):
+        knn_predictions = knn_predict(features["train"], labels["train"], test_features, len(class_names), k=k,
+                                      temperature=KNN_TEMPERATURE)
+        knn[f"k{k}"] = (knn_predictions == labels["test"]).float().mean().item() * 100
+    changed = [k for k, v in model.backbone.state_dict().items() if not torch.equal(v, frozen_before[k])]
+    if changed:
+        fail(f"the frozen backbone changed during linear evaluation ({len(changed)} tensors, e.g. {changed[:3]}); "
+             "this is a bug: the results are not a linear evaluation.")
+    trainable = sum(p.numel() for p in model.head.parameters())
+    print(f"check: frozen backbone unchanged ({len(frozen_before)} tensors identical), "
+          f"{trainable} trainable parameters (the head)")
+    return dict(test_results(labels["test"], predictions, test_loss, class_names), knn=knn)
+
+
 def main():
     config, _ = configure(globals())
     check_settings(config, settings_rules())
@@ -137,34 +168,28 @@ def main():
     amp_dtype, precision_reason = amp_dtype_for(device, AMP)
     channels_last = channels_last_for(device, amp_dtype, CHANNELS_LAST)
     seed_everything(SEED)
-    suffix = "_random" if PRETRAINED_PATH == "random" else ""
+    suffix = "_random" if PRETRAINED_PATH == "random" else ""  # the baseline never overwrites the real results
     metrics_path = os.path.join(OUTPUT_DIR, f"linear_eval_metrics{suffix}.pth")
     best_path = os.path.join(OUTPUT_DIR, f"linear_eval_eurosat_best_model{suffix}.pth")
     prepare_output_dir(OUTPUT_DIR, f"linear_eval{suffix}")
 
-    # ---- frozen backbone, rebuilt from the checkpoint's own config ----
+    # ---- frozen backbone rebuilt from the checkpoint's own config, and the data ----
     backbone, feature_dim, backbone_config, pretrained, pretrained_size = backbone_for_evaluation(
         PRETRAINED_PATH, OUTPUT_DIR, ARCH, SMALL_STEM, IMAGE_SIZE, STEM_STRIDE)
     image_size = backbone_config["IMAGE_SIZE"]
     config = dict(config, **backbone_config, PRETRAINED_PATH=pretrained)  # resolved: what was actually used
     lr_peak = BASE_LR * BATCH_SIZE / 256
-    print(f"config: {config}")
-    print(f"device: {describe_device(device)}, backbone precision: {precision_name(amp_dtype)} ({precision_reason})"
-          f"{', ' + speed_up_cuda(device) if device.type == 'cuda' else ''}; head lr {lr_peak:.4f} "
-          f"(= {BASE_LR} x {BATCH_SIZE} / 256)")
-    print(f"backbone: {config['ARCH']}{stem_label(config['SMALL_STEM'], config['STEM_STRIDE'])} from {pretrained}, "
-          f"{feature_dim}-d features, {image_size} px")
-    if image_size != pretrained_size:
-        print(f"note: evaluating at {image_size} px; the checkpoint was pre-trained at {pretrained_size} px")
+    device_text = (f"{describe_device(device)}, backbone precision: {precision_name(amp_dtype)} ({precision_reason})"
+                   f"{', ' + speed_up_cuda(device) if device.type == 'cuda' else ''}; head lr {lr_peak:.4f} "
+                   f"(= {BASE_LR} x {BATCH_SIZE} / 256)")
+    print("\n".join(describe_evaluation(config, device_text, pretrained, feature_dim, image_size, pretrained_size,
+                                        "evaluating")))
     if suffix:
         print(f"random-init baseline: results go to {metrics_path} and {best_path}")
-
-    # ---- data ----
-    splits = {split: data.load_eurosat_cached(EUROSAT_DIR, split, CACHE_DIR) for split in SPLITS}
+    splits, labels = data.load_eurosat_splits(EUROSAT_DIR, CACHE_DIR, device)
     class_names = splits["train"].class_names
-    num_classes = len(class_names)
-    labels = {split: torch.tensor(splits[split].labels, device=device) for split in SPLITS}
-    print("images: " + ", ".join(f"{s} {len(splits[s].labels)}" for s in SPLITS) + f"; {num_classes} classes")
+    num_classes, num_train = len(class_names), len(splits["train"].labels)
+    print("images: " + ", ".join(f"{s} {len(splits[s].labels)}" for s in splits) + f"; {num_classes} classes")
     model = frozen_classifier(backbone, feature_dim, num_classes, device, channels_last)
     frozen_before = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
 
@@ -177,6 +202,7 @@ def main():
     count = sum(len(splits[s].labels) for s in features)
     print(f"feature extraction: {count} images ({', '.join(features)}) in {feature_time:.1f} s "
           f"({count / feature_time:.0f} img/s)")
+    # standardised features: one lr fits any backbone, whatever the scale of its features
     mean, std = features["train"].mean(dim=0), features["train"].std(dim=0).clamp_min(1e-6)
     rank = effective_rank(features["train"])
     print(f"feature effective rank {rank:.1f} of {feature_dim} (train; low = dimensional collapse)")
@@ -185,7 +211,6 @@ def main():
 
     # ---- head training: SGD on standardised features, best epoch on validation.csv ----
     optimizer = torch.optim.SGD(model.head.parameters(), lr=lr_peak, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-    num_train = len(splits["train"].labels)
     steps_per_epoch = math.ceil(num_train / BATCH_SIZE)
     metrics = evaluation_metrics(LINEAR_METRICS_KIND, config, pretrained, image_size, class_names,
                                  splits["test"].paths, best_path, describe_device(device), feature_dim=feature_dim,
@@ -235,11 +260,7 @@ def main():
             # the standardisation is folded into the saved head, which therefore works on raw backbone features
             best_head = saved.head = fold_standardisation(model.head, mean, std)
             metrics.update(best_epoch=epoch + 1, best_val_acc=val_acc)
-            print(f"saving best head (epoch {epoch + 1}, val {val_acc:.2f}%) to {best_path}")
-            atomic_save(classifier_checkpoint(saved, config, class_names, data.IMAGENET_MEAN, data.IMAGENET_STD,
-                                              extra={"epoch": epoch + 1, "val_acc": val_acc, "source": "linear_eval",
-                                                     "pretrained_path": pretrained,
-                                                     "standardisation": "folded into the head"}), best_path)
+            save_best(saved, config, class_names, epoch, val_acc, pretrained, best_path)
         line = record_evaluation_epoch(metrics, epoch, NUM_EPOCHS, {
             "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
             "epoch_time_s": time.time() - epoch_started})
@@ -248,38 +269,20 @@ def main():
         print(line, flush=True)
     head_time = time.time() - head_timer
 
-    # ---- test: the best head (folded, on raw features), and weighted kNN ----
+    # ---- test ----
     timer = time.time()
-    test_features = features["test"] if FEATURE_CACHE else extract_features(
-        model.backbone, splits["test"].images, image_size, device, amp_dtype, channels_last, "features test")
-    test_loss, _, predictions = evaluate(best_head, test_features, labels["test"])
-    knn = {}
-    for k in (20, 200):
-        knn_predictions = knn_predict(features["train"], labels["train"], test_features, num_classes, k=k,
-                                      temperature=KNN_TEMPERATURE)
-        knn[f"k{k}"] = (knn_predictions == labels["test"]).float().mean().item() * 100
-    test_time = time.time() - timer
-
-    # the frozen backbone must be bit-for-bit what was loaded (weights and BatchNorm running statistics)
-    changed = [k for k, v in model.backbone.state_dict().items() if not torch.equal(v, frozen_before[k])]
-    if changed:
-        fail(f"the frozen backbone changed during linear evaluation ({len(changed)} tensors, e.g. {changed[:3]}); "
-             "this is a bug: the results are not a linear evaluation.")
-    trainable = feature_dim * num_classes + num_classes
-    print(f"check: frozen backbone unchanged ({len(frozen_before)} tensors identical), "
-          f"{trainable} trainable parameters (the head)")
-
-    metrics.update(test_results(labels["test"], predictions, test_loss, class_names), knn=knn,
-                   wall_time_s=time.time() - started)
-    metrics["timings"].update(head_training_s=head_time, test_and_knn_s=test_time)
+    metrics.update(test_and_report(model, best_head, features, splits, labels, frozen_before, image_size, device,
+                                   amp_dtype, channels_last), wall_time_s=time.time() - started)
+    metrics["timings"].update(head_training_s=head_time, test_and_knn_s=time.time() - timer)
     atomic_save(metrics, metrics_path)
-    print(f"test accuracy {metrics['test_acc']:.2f}% (loss {test_loss:.4f}) with the head of epoch "
+    knn = metrics["knn"]
+    print(f"test accuracy {metrics['test_acc']:.2f}% (loss {metrics['test_loss']:.4f}) with the head of epoch "
           f"{metrics['best_epoch']} (val {metrics['best_val_acc']:.2f}%); kNN k20 {knn['k20']:.2f}% "
           f"k200 {knn['k200']:.2f}% (temperature {KNN_TEMPERATURE})")
     print("per-class test accuracy: " + ", ".join(f"{n} {a:.1f}%" for n, a in metrics["per_class_acc"].items()))
     print(f"wall time {metrics['wall_time_s']:.1f} s: feature extraction {feature_time:.1f} s, head training "
           f"{head_time:.1f} s ({head_time / NUM_EPOCHS:.2f} s/epoch, "
-          f"{'cached features' if FEATURE_CACHE else 'on the fly'}), test + kNN {test_time:.1f} s")
+          f"{'cached features' if FEATURE_CACHE else 'on the fly'}), test + kNN {metrics['timings']['test_and_knn_s']:.1f} s")
     print(f"saving metrics to {metrics_path}")
 
 

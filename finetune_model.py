@@ -32,8 +32,8 @@ from runtime import (AMP_MODES, above, amp_dtype_for, at_least, atomic_save, aut
                      pick_device, precision_name, prepare_output_dir, run, seed_everything, speed_up_cuda,
                      warmup_cosine)
 from simsiam_model import (ARCHS, FINETUNE_METRICS_KIND, Classifier, backbone_for_evaluation,
-                           classifier_checkpoint, classifier_from_checkpoint, evaluation_metrics,
-                           record_evaluation_epoch, stem_label, test_results)
+                           classifier_checkpoint, classifier_from_checkpoint, describe_evaluation,
+                           evaluation_metrics, record_evaluation_epoch, test_results)
 
 # ----------------------------------------------------------------------------------------------------------------
 EUROSAT_DIR = "datae/EuroSAT"  # class folders of JPEGs + train.csv, validation.csv, test.csv, label_map.json
@@ -98,6 +98,14 @@ def evaluate(model, images, labels, image_size, device, amp_dtype, channels_last
     return F.cross_entropy(logits, labels).item(), (predictions == labels).float().mean().item() * 100, predictions
 
 
+def adamw_for(model, lr):
+    """AdamW with weight decay on conv and linear weights only, not on BatchNorm parameters or biases."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+
+
 def main():
     config, _ = configure(globals())
     check_settings(config, settings_rules())
@@ -112,29 +120,22 @@ def main():
     best_path = os.path.join(OUTPUT_DIR, f"finetuned_eurosat_best_model{suffix}.pth")
     prepare_output_dir(OUTPUT_DIR, f"finetune{suffix}")
 
-    # ---- model: the backbone rebuilt from the checkpoint's own config, and a new head ----
+    # ---- model: the backbone rebuilt from the checkpoint's own config, and a new head; the data ----
     backbone, feature_dim, backbone_config, pretrained, pretrained_size = backbone_for_evaluation(
         PRETRAINED_PATH, OUTPUT_DIR, ARCH, SMALL_STEM, IMAGE_SIZE, STEM_STRIDE)
     image_size = backbone_config["IMAGE_SIZE"]
     config = dict(config, **backbone_config, PRETRAINED_PATH=pretrained)  # resolved: what was actually used
     lr_peak = BASE_LR * BATCH_SIZE / 256
-    print(f"config: {config}")
-    print(f"device: {describe_device(device)}, precision: {precision_name(amp_dtype)} ({precision_reason})"
-          f"{', ' + speed_up_cuda(device) if device.type == 'cuda' else ''}; lr {lr_peak:.6f} "
-          f"(= {BASE_LR} x {BATCH_SIZE} / 256)")
-    print(f"backbone: {config['ARCH']}{stem_label(config['SMALL_STEM'], config['STEM_STRIDE'])} from {pretrained}, "
-          f"{feature_dim}-d features, {image_size} px")
-    if image_size != pretrained_size:
-        print(f"note: fine-tuning at {image_size} px; the checkpoint was pre-trained at {pretrained_size} px")
+    device_text = (f"{describe_device(device)}, precision: {precision_name(amp_dtype)} ({precision_reason})"
+                   f"{', ' + speed_up_cuda(device) if device.type == 'cuda' else ''}; lr {lr_peak:.6f} "
+                   f"(= {BASE_LR} x {BATCH_SIZE} / 256)")
+    print("\n".join(describe_evaluation(config, device_text, pretrained, feature_dim, image_size, pretrained_size,
+                                        "fine-tuning")))
     if suffix:
         print(f"from-scratch baseline: results go to {metrics_path} and {best_path}")
-
-    # ---- data ----
-    splits = {split: data.load_eurosat_cached(EUROSAT_DIR, split, CACHE_DIR) for split in SPLITS}
+    splits, labels = data.load_eurosat_splits(EUROSAT_DIR, CACHE_DIR, device)
     class_names = splits["train"].class_names
-    num_classes = len(class_names)
-    labels = {split: torch.tensor(splits[split].labels, device=device) for split in SPLITS}
-    num_train = len(splits["train"].labels)
+    num_classes, num_train = len(class_names), len(splits["train"].labels)
     steps_per_epoch = num_train // BATCH_SIZE  # drop the last partial batch: BatchNorm needs more than 1 image
     if steps_per_epoch == 0:
         fail(f"only {num_train} training images, fewer than one batch of {BATCH_SIZE}. Lower --batch_size.")
@@ -146,10 +147,7 @@ def main():
     nn.init.normal_(model.head.weight, std=0.01)
     nn.init.zeros_(model.head.bias)
     model = model.to(device, memory_format=memory_format)
-    decay = [p for p in model.parameters() if p.ndim > 1]  # conv and linear weights; not BatchNorm or biases
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr_peak)
+    optimizer = adamw_for(model, lr_peak)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     param_count = sum(p.numel() for p in model.parameters())
     print(f"model: {param_count / 1e6:.2f} M parameters, all trainable; {steps_per_epoch} steps per epoch")

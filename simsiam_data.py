@@ -639,6 +639,12 @@ def read_eurosat_split(root, csv_path, label_map_path, require_files=True):
     return SplitFiles(paths, labels, class_names)
 
 
+def load_eurosat_splits(eurosat_dir, cache_dir, device, splits=("train", "validation", "test")):
+    """({split: EuroSATSplit}, {split: labels as a tensor on device}) of the three splits."""
+    loaded = {split: load_eurosat_cached(eurosat_dir, split, cache_dir) for split in splits}
+    return loaded, {split: torch.tensor(loaded[split].labels, device=device) for split in splits}
+
+
 def load_eurosat_cached(eurosat_dir, split, cache_dir):
     """One split as a EuroSATSplit, decoded once into cache_dir.
 

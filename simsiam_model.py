@@ -324,6 +324,16 @@ def knn_predict(train_features, train_labels, query_features, num_classes, k=200
 # ----------------------------------------------------------------------------------------------------------------
 # evaluation scaffolding shared by Linear_evaluation.py and finetune_model.py: one metrics schema
 
+def describe_evaluation(config, device_text, pretrained, feature_dim, image_size, pretrained_size, verb):
+    """The lines Linear_evaluation.py and finetune_model.py print first: what runs, where, from which backbone."""
+    lines = [f"config: {config}", f"device: {device_text}",
+             f"backbone: {config['ARCH']}{stem_label(config['SMALL_STEM'], config['STEM_STRIDE'])} from "
+             f"{pretrained}, {feature_dim}-d features, {image_size} px"]
+    if image_size != pretrained_size:
+        lines.append(f"note: {verb} at {image_size} px; the checkpoint was pre-trained at {pretrained_size} px")
+    return lines
+
+
 def evaluation_metrics(kind, config, pretrained, image_size, class_names, test_files, best_path, device, **extra):
     """A new metrics dict; lists grow by one entry per epoch, the test entries are filled at the end."""
     return {"kind": kind, "config": config, "versions": library_versions(), "seed": config["SEED"],

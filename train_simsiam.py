@@ -300,16 +300,6 @@ def checkpoint_bytes(param_count):
     return 4 * param_count * (NUM_EPOCHS // SAVE_EVERY + 1 + 4)
 
 
-def record_epoch(metrics, epoch, config, summary, samples, **run_facts):
-    """Append one epoch to the metrics (epoch lists, and the per-step samples) and refresh the run's facts."""
-    for key, value in summary.items():
-        metrics[key].append(value)
-    metrics["epochs"].append(epoch + 1)
-    for key in ("step", "step_loss", "step_lr"):  # step_lr: every step; step, step_loss: every SAMPLE_EVERY
-        metrics[key] += samples[key]
-    metrics.update(config=config, versions=library_versions(), seed=SEED, **run_facts)
-
-
 def save_epoch(model, optimizer, scaler, metrics, config, epoch, global_step):
     """This epoch's files. The epoch file goes first: a kill before checkpoint_last.pth is rewritten replays this
     epoch on resume and writes the file again, where the other order could resume past a file never written."""
@@ -325,6 +315,95 @@ def save_epoch(model, optimizer, scaler, metrics, config, epoch, global_step):
     atomic_save(metrics, os.path.join(OUTPUT_DIR, "pretrain_metrics.pth"))
 
 
+def finish_epoch(metrics, epoch, summary, samples, run_facts):
+    """Append one epoch to the metrics (the epoch's summary, the per-step samples, the run's facts); return the
+    epoch's line, and a collapse warning when z std has fallen far below the healthy 1/sqrt(PROJ_DIM)."""
+    metrics["epochs"].append(epoch + 1)
+    for key, value in summary.items():
+        metrics[key].append(value)  # z_std is added below, from the samples
+    for key in ("step", "step_loss", "step_lr"):  # step_lr: every step; step, step_loss: every SAMPLE_EVERY
+        metrics[key] += samples[key]
+    summary["z_std"] = sum(samples["z_std"]) / len(samples["z_std"])  # sampled with the loss
+    metrics["z_std"].append(summary["z_std"])
+    metrics.update(versions=library_versions(), seed=SEED, **run_facts)
+    healthy = run_facts["z_std_healthy"]
+    line = (f"epoch {epoch + 1}/{NUM_EPOCHS} loss {summary['loss']:.4f} lr {summary['lr']:.5f} z_std "
+            f"{summary['z_std']:.4f} (healthy {healthy:.4f}) {summary['pairs_per_s']:.1f} pairs/s "
+            f"{summary['epoch_time_s']:.0f} s")
+    line += f" knn {summary['knn_top1']:.1f}%" if summary["knn_top1"] is not None else ""
+    line += f" skipped {summary['skipped_images']} unreadable" if summary["skipped_images"] else ""
+    if summary["z_std"] < COLLAPSE_RATIO * healthy:
+        line += (f"\nwarning: z_std {summary['z_std']:.4f} is far below the healthy {healthy:.4f}: the "
+                 "representation may be collapsing. Check the augmentations, or lower --base_lr.")
+    return line
+
+
+def build_model(main_process):
+    """The SimSiam model; rank 0 also makes sure OUTPUT_DIR can take its checkpoints, and locks it."""
+    try:
+        model = SimSiam(ARCH, PROJ_DIM, PRED_DIM, IN_CHANNELS, SMALL_STEM, STEM_STRIDE)
+    except ValueError as error:
+        fail(f"{error}. Fix --arch / --small_stem / --stem_stride.", code=2)
+    if main_process:
+        need = checkpoint_bytes(sum(p.numel() for p in model.parameters()))
+        prepare_output_dir(OUTPUT_DIR, "train_simsiam", need_bytes=need)
+    return model
+
+
+def prepare_data(world_size, device, main_process, log):
+    """(images, usable paths, unreadable, steps per epoch). The images are decoded once before the process group
+    exists, so that a long decode cannot time out a collective; then every rank must see the same images."""
+    images, paths, unreadable = decode_once(list_pretraining_images(), main_process, log)
+    if unreadable:
+        log(f"warning: skipping {len(unreadable)} unreadable image(s), e.g. {unreadable[0]}")
+    if world_size > 1:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        listing = hashlib.sha1("\n".join(os.path.relpath(p, DATA_DIR) for p in paths).encode()).hexdigest()[:12]
+        ranks_agree((len(paths), listing), "the images of DATA_DIR (count, hash of the list)")
+    steps_per_epoch = len(paths) // (BATCH_SIZE * world_size)
+    if steps_per_epoch == 0:
+        raise DataError(f"only {len(paths)} usable images in {DATA_DIR!r}, fewer than one global batch of "
+                        f"{BATCH_SIZE * world_size} pairs. Lower --batch_size (at most "
+                        f"{max(2, len(paths) // world_size)}) or add images.")
+    return images, paths, unreadable, steps_per_epoch
+
+
+def sample_step(loss_sum, loss, z1, steps, world_size, samples, where):
+    """Every SAMPLE_EVERY steps: the running loss (a NaN stops the run: the last good state is on disk), the
+    step's loss and z std. Each sample waits for the GPU once; returns the running loss."""
+    running = loss_sum.clone()  # the running sum turns NaN as soon as one step does
+    if world_size > 1:
+        dist.all_reduce(running)  # every rank sees the same value, so all stop together
+    running = running.item() / steps / world_size
+    if not math.isfinite(running):
+        fail(f"loss became {running} at {where}. Stopping; the last good state is kept in "
+             f"{OUTPUT_DIR}/checkpoint_last.pth. Lower --base_lr.")
+    samples["z_std"].append(normalized_std(z1))
+    samples["step_loss"].append(loss.item())
+    return running
+
+
+def optimiser_for(model, base_lr):
+    """SGD over two groups: the predictor's lr stays at base_lr when FIX_PRED_LR (the paper's +0.4 points)."""
+    predictor = list(model.predictor.parameters())
+    others = [p for name, p in model.named_parameters() if not name.startswith("predictor.")]
+    return torch.optim.SGD([{"params": others, "fix_lr": False}, {"params": predictor, "fix_lr": FIX_PRED_LR}],
+                           lr=base_lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+
+
+def for_training(model, device, world_size, log):
+    """The module the steps call: SyncBatchNorm (the paper normalises over all GPUs) and DDP under torchrun,
+    torch.compile when asked. The parameters stay the model's own, so the optimiser needs no change."""
+    if world_size > 1 and SYNC_BN and device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif world_size > 1 and SYNC_BN:
+        log("note: SyncBatchNorm needs GPUs; on the CPU each process normalises over its own batch")
+    if world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(model) if COMPILE else model
+
+
 # ----------------------------------------------------------------------------------------------------------------
 
 def main():
@@ -335,67 +414,38 @@ def main():
     log = print if main_process else (lambda *args, **kwargs: None)
     device = training_device(local_rank, world_size)
     amp_dtype, precision_reason = amp_dtype_for(device, AMP)
-    channels_last = channels_last_for(device, amp_dtype, CHANNELS_LAST)
+    memory_format = (torch.channels_last if channels_last_for(device, amp_dtype, CHANNELS_LAST)
+                     else torch.contiguous_format)
     seed_everything(SEED + rank)
-    try:
-        model = SimSiam(ARCH, PROJ_DIM, PRED_DIM, IN_CHANNELS, SMALL_STEM, STEM_STRIDE)
-    except ValueError as error:
-        fail(f"{error}. Fix --arch / --small_stem / --stem_stride.", code=2)
-    param_count = sum(p.numel() for p in model.parameters())
-    if main_process:
-        prepare_output_dir(OUTPUT_DIR, "train_simsiam", need_bytes=checkpoint_bytes(param_count))
-
-    # ---- data, decoded once before the process group exists: a long decode cannot time out a collective ----
-    images, paths, unreadable = decode_once(list_pretraining_images(), main_process, log)
-    if unreadable:
-        log(f"warning: skipping {len(unreadable)} unreadable image(s), e.g. {unreadable[0]}")
-    if world_size > 1:
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        listing = hashlib.sha1("\n".join(os.path.relpath(p, DATA_DIR) for p in paths).encode()).hexdigest()[:12]
-        ranks_agree((len(paths), listing), "the images of DATA_DIR (count, hash of the list)")
-    global_batch = BATCH_SIZE * world_size
-    steps_per_epoch = len(paths) // global_batch
-    if steps_per_epoch == 0:
-        raise DataError(f"only {len(paths)} usable images in {DATA_DIR!r}, fewer than one global batch of "
-                        f"{global_batch} pairs. Lower --batch_size (at most {max(2, len(paths) // world_size)}) "
-                        "or add images.")
+    model = build_model(main_process)
+    images, paths, unreadable, steps_per_epoch = prepare_data(world_size, device, main_process, log)
     knn_data = load_knn_data(log) if KNN_DATA_DIR and main_process else None
     augment_pair = data.batch_augment_pair(IMAGE_SIZE, CROP_SCALE_MIN, SOLARIZE, JITTER_STRENGTH, GRAY_P, BLUR_P)
 
-    # ---- model, optimiser, resume ----
-    if world_size > 1 and SYNC_BN and device.type == "cuda":
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    elif world_size > 1 and SYNC_BN:
-        log("note: SyncBatchNorm needs GPUs; on the CPU each process normalises over its own batch")
-    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    # ---- optimiser, resume ----
+    model = model.to(device, memory_format=memory_format)
+    global_batch = BATCH_SIZE * world_size
     base_lr = BASE_LR * global_batch / 256
-    predictor = list(model.predictor.parameters())
-    others = [p for name, p in model.named_parameters() if not name.startswith("predictor.")]
-    optimizer = torch.optim.SGD([{"params": others, "fix_lr": False}, {"params": predictor, "fix_lr": FIX_PRED_LR}],
-                                lr=base_lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    optimizer = optimiser_for(model, base_lr)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     metrics, start_epoch, global_step = resume_or_start(model, optimizer, scaler, config, world_size, log)
-    train_model = model
-    if world_size > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if COMPILE:
-        train_model = torch.compile(train_model)
-    healthy_std = 1 / math.sqrt(PROJ_DIM)
+    train_model = for_training(model, device, world_size, log)
+    run_facts = dict(config=config, z_std_healthy=1 / math.sqrt(PROJ_DIM), num_images=len(paths),
+                     param_count=sum(p.numel() for p in model.parameters()), world_size=world_size,
+                     device=describe_device(device), precision=precision_name(amp_dtype), compile_time_s=None)
     log(f"config: {config}")
-    log(f"device: {describe_device(device)}, processes: {world_size}, precision: {precision_name(amp_dtype)} "
+    log(f"device: {run_facts['device']}, processes: {world_size}, precision: {run_facts['precision']} "
         f"({precision_reason}){', ' + speed_up_cuda(device) if device.type == 'cuda' else ''}")
-    log(f"model: SimSiam {ARCH}, {param_count / 1e6:.2f} M parameters; {len(paths)} images, global batch "
-        f"{global_batch}, {steps_per_epoch} steps per epoch, lr {base_lr:.5f} (= {BASE_LR} x {global_batch} / 256), "
-        f"epochs {start_epoch + 1}..{NUM_EPOCHS}")
+    log(f"model: SimSiam {ARCH}, {run_facts['param_count'] / 1e6:.2f} M parameters; {len(paths)} images, global "
+        f"batch {global_batch}, {steps_per_epoch} steps per epoch, lr {base_lr:.5f} (= {BASE_LR} x {global_batch} "
+        f"/ 256), epochs {start_epoch + 1}..{NUM_EPOCHS}")
 
     # ---- training loop ----
-    compile_time = None  # the first step under COMPILE: compilation, reported apart from the pairs/s
     for epoch in range(start_epoch, NUM_EPOCHS):
         model.train()
         loss_sum = torch.zeros((), device=device)
-        steps, skipped, samples, z_stds = 0, [], {"step": [], "step_loss": [], "step_lr": []}, []
-        started, excluded = time.time(), 0.0
+        steps, skipped, samples = 0, [], {"step": [], "step_loss": [], "step_lr": [], "z_std": []}
+        started, compiling = time.time(), 0.0  # compiling: the first step under COMPILE, left out of pairs/s
         batches = epoch_batches(epoch, images, paths, steps_per_epoch, rank, world_size, device, augment_pair)
         bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{NUM_EPOCHS}", leave=False,
                    disable=not main_process)
@@ -409,78 +459,53 @@ def main():
                                    base_lr)
                 for group in optimizer.param_groups:
                     group["lr"] = base_lr if group["fix_lr"] else lr
-                memory_format = torch.channels_last if channels_last else torch.contiguous_format
                 x1 = x1.to(device, non_blocking=True).contiguous(memory_format=memory_format)
                 x2 = x2.to(device, non_blocking=True).contiguous(memory_format=memory_format)
                 with autocast_for(device, amp_dtype):
                     p1, p2, z1, z2 = train_model(x1, x2)  # z1, z2 come back detached: the stop-gradient
                     loss = negative_cosine_loss(p1.float(), p2.float(), z1.float(), z2.float())
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                scaler.scale(loss).backward()  # the scale is 1 and the scaler a no-op unless fp16
                 scaler.step(optimizer)
                 scaler.update()
-                if COMPILE and compile_time is None:
+                if COMPILE and run_facts["compile_time_s"] is None:
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)
-                    compile_time = excluded = time.time() - step_started
-                    log(f"torch.compile: the first step took {compile_time:.1f} s (compilation; not in pairs/s)")
+                    run_facts["compile_time_s"] = compiling = time.time() - step_started
+                    log(f"torch.compile: the first step took {compiling:.1f} s (compilation; not in pairs/s)")
                 loss_sum += loss.detach()
                 steps += 1
                 global_step += 1
                 samples["step_lr"].append(lr)  # a host float: no wait for the GPU
                 if (steps - 1) % SAMPLE_EVERY == 0 or steps == steps_per_epoch:
-                    running = loss_sum.clone()  # the running sum turns NaN as soon as one step does
-                    if world_size > 1:
-                        dist.all_reduce(running)  # every rank sees the same value, so all stop together
-                    running = running.item() / steps / world_size
-                    if not math.isfinite(running):
-                        fail(f"loss became {running} at epoch {epoch + 1}, step {global_step}. Stopping; the last "
-                             f"good state is kept in {OUTPUT_DIR}/checkpoint_last.pth. Lower --base_lr.")
-                    z_stds.append(normalized_std(z1))
                     samples["step"].append(global_step)
-                    samples["step_loss"].append(loss.item())
+                    running = sample_step(loss_sum, loss, z1, steps, world_size, samples,
+                                          f"epoch {epoch + 1}, step {global_step}")
                     bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr:.5f}")
         except torch.cuda.OutOfMemoryError:
             fail(f"out of GPU memory at batch {BATCH_SIZE} x {IMAGE_SIZE} px with {ARCH}. Try a smaller "
                  f"--batch_size (e.g. {max(2, BATCH_SIZE // 2)}; the lr scales with it), a smaller --image_size, "
                  "or --arch=resnet18.")
-        elapsed = time.time() - started
         if steps == 0:
             raise DataError(f"epoch {epoch + 1} produced no batch: every image of {DATA_DIR} was unreadable?")
+        elapsed = time.time() - started
         if world_size > 1:
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-        epoch_loss = loss_sum.item() / steps
-        z_std = sum(z_stds) / len(z_stds)  # sampled with the loss
-        pairs_per_s = (steps - (excluded > 0)) * global_batch / max(elapsed - excluded, 1e-9)
-        new_unreadable = sorted(set(skipped))
-        for message in new_unreadable[:5]:
+        for message in sorted(set(skipped))[:5]:
             log(f"warning: skipped unreadable image {message}")
         knn = (knn_monitor(model, knn_data, device, amp_dtype)
                if knn_data and ((epoch + 1) % KNN_EVERY == 0 or epoch + 1 == NUM_EPOCHS) else None)
-
-        # ---- metrics and checkpoints (rank 0 only; every write atomic) ----
-        if main_process:
-            skipped_count = len(unreadable) + len(new_unreadable)
-            record_epoch(metrics, epoch, config,
-                         {"loss": epoch_loss, "lr": lr, "z_std": z_std, "epoch_time_s": elapsed,
-                          "pairs_per_s": pairs_per_s, "knn_top1": knn, "skipped_images": skipped_count},
-                         samples, z_std_healthy=healthy_std, num_images=len(paths), param_count=param_count,
-                         world_size=world_size, global_step=global_step, device=describe_device(device),
-                         precision=precision_name(amp_dtype), compile_time_s=compile_time)
+        if main_process:  # rank 0 alone records and writes; every write is atomic
+            summary = {"loss": loss_sum.item() / steps, "lr": lr, "epoch_time_s": elapsed, "knn_top1": knn,
+                       "pairs_per_s": (steps - (compiling > 0)) * global_batch / max(elapsed - compiling, 1e-9),
+                       "skipped_images": len(unreadable) + len(set(skipped))}
+            line = finish_epoch(metrics, epoch, summary, samples, dict(run_facts, global_step=global_step))
             save_epoch(model, optimizer, scaler, metrics, config, epoch, global_step)
-            line = (f"epoch {epoch + 1}/{NUM_EPOCHS} loss {epoch_loss:.4f} lr {lr:.5f} z_std {z_std:.4f} "
-                    f"(healthy {healthy_std:.4f}) {pairs_per_s:.1f} pairs/s {elapsed:.0f} s")
-            line += f" knn {knn:.1f}%" if knn is not None else ""
-            line += f" skipped {skipped_count} unreadable" if skipped_count else ""
             print(line, flush=True)
-            if z_std < COLLAPSE_RATIO * healthy_std:
-                print(f"warning: z_std {z_std:.4f} is far below the healthy {healthy_std:.4f}: the representation "
-                      "may be collapsing. Check the augmentations, or lower --base_lr.", flush=True)
-    if main_process and start_epoch < NUM_EPOCHS:
-        print(f"done: {NUM_EPOCHS} epochs, final loss {metrics['loss'][-1]:.4f}; outputs in {OUTPUT_DIR}/")
-    elif main_process:
-        print(f"nothing to do: {OUTPUT_DIR}/checkpoint_last.pth already holds all {NUM_EPOCHS} epochs (pass "
-              "--resume=False to train again, or a larger --num_epochs to go on)")
+    if main_process:
+        print(f"done: {NUM_EPOCHS} epochs, final loss {metrics['loss'][-1]:.4f}; outputs in {OUTPUT_DIR}/"
+              if start_epoch < NUM_EPOCHS else f"nothing to do: {OUTPUT_DIR}/checkpoint_last.pth already holds all "
+              f"{NUM_EPOCHS} epochs (pass --resume=False to train again, or a larger --num_epochs to go on)")
     if world_size > 1:
         dist.destroy_process_group()
 
