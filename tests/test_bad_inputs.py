@@ -11,7 +11,8 @@ from PIL import Image
 
 from conftest import TINY_PRETRAIN, run_script, write_images
 from make_demo_data import write_eurosat_like, write_ssl4eo_zarr
-from simsiam_model import SimSiam
+from runtime import load_checkpoint
+from simsiam_model import Classifier, SimSiam, classifier_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,11 @@ def corpus(tmp_path_factory):
     checkpoint = root / "simsiam_resnet18_epoch_1.pth"
     torch.save({"kind": "simsiam_pretrain", "arch": "resnet18", "config": config, "epoch": 1,
                 "model": model.state_dict()}, checkpoint)
-    return {"root": root, "eurosat": eurosat, "checkpoint": checkpoint}
+    classifier = root / "classifier.pth"
+    class_names = sorted(json.loads((eurosat / "label_map.json").read_text()))
+    torch.save(classifier_checkpoint(Classifier(model.backbone, 512, len(class_names)), config, class_names,
+                                     (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), classifier)
+    return {"root": root, "eurosat": eurosat, "checkpoint": checkpoint, "classifier": classifier}
 
 
 def _copy_eurosat(corpus, tmp_path):
@@ -199,3 +204,247 @@ def test_bad_zarr_files_are_skipped_by_name(tmp_path):
     assert len([n for n in os.listdir(tmp_path / "png") if n.endswith(".png")]) == 4  # 1 sample x 4 seasons
     _assert_clear_failure(run_script("make_dataset.py", f"--input_dir={tmp_path / 'none'}"), "none",
                           "data.sh")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# second round (in-process where a subprocess adds nothing: the same main, the same messages, seconds faster)
+
+def _run_in_process(script, argv, monkeypatch, capsys):
+    """Run a script's main as `python script argv...` would; return (exit status, stdout, stderr)."""
+    import runpy
+    import sys as _sys
+    from conftest import ROOT
+    monkeypatch.setattr(_sys, "argv", [script, *argv])
+    code = 0
+    try:
+        runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
+    except SystemExit as stop:
+        code = stop.code
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return code, captured.out, captured.err
+
+
+def _bomb_png(path, side=20000):
+    """A PNG header that declares side x side pixels, far over PIL's decompression-bomb limit (a few bytes)."""
+    import struct
+    import zlib
+
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+                     + chunk(b"IEND", b""))
+
+
+# kind 3: every constant checked at start-up, before any data is read (the data folders here do not exist)
+@pytest.mark.parametrize("script, setting, name", [
+    ("train_simsiam.py", "--batch_size=-1", "BATCH_SIZE"), ("train_simsiam.py", "--image_size=0", "IMAGE_SIZE"),
+    ("train_simsiam.py", "--proj_dim=0", "PROJ_DIM"), ("train_simsiam.py", "--crop_scale_min=5", "CROP_SCALE_MIN"),
+    ("train_simsiam.py", "--num_workers=-1", "NUM_WORKERS"), ("train_simsiam.py", "--save_every=0", "SAVE_EVERY"),
+    ("train_simsiam.py", "--num_epochs=0", "NUM_EPOCHS"), ("train_simsiam.py", "--pipeline=fastest", "PIPELINE"),
+    ("train_simsiam.py", "--amp=True", "AMP"), ("train_simsiam.py", "--device=tpu", "DEVICE"),
+    ("train_simsiam.py", "--warmup_epochs=200", "WARMUP_EPOCHS"), ("train_simsiam.py", "--base_lr=0", "BASE_LR"),
+    ("train_simsiam.py", "--stem_stride=2", "stem_stride"),
+    ("Linear_evaluation.py", "--knn_temperature=0", "KNN_TEMPERATURE"),
+    ("Linear_evaluation.py", "--image_size=-3", "IMAGE_SIZE"), ("Linear_evaluation.py", "--batch_size=0", "BATCH_SIZE"),
+    ("Linear_evaluation.py", "--arch=vgg16", "ARCH"), ("finetune_model.py", "--batch_size=1", "BATCH_SIZE"),
+    ("finetune_model.py", "--crop_scale_min=0", "CROP_SCALE_MIN"), ("classify_image.py", "--top_k=0", "TOP_K"),
+    ("plot_results.py", "--dpi=0", "DPI"), ("scripts/bench_pretrain.py", "--steps=0", "STEPS"),
+    ("scripts/bench_quality.py", "--preset=tpu", "PRESET"),
+])
+def test_settings_are_checked_before_any_data_is_read(tmp_path, monkeypatch, capsys, script, setting, name):
+    nowhere = tmp_path / "nowhere"
+    folders = {"train_simsiam.py": [f"--data_dir={nowhere}", f"--output_dir={tmp_path / 'out'}"],
+               "Linear_evaluation.py": [f"--eurosat_dir={nowhere}", f"--output_dir={tmp_path / 'out'}"],
+               "finetune_model.py": [f"--eurosat_dir={nowhere}", f"--output_dir={tmp_path / 'out'}"],
+               "classify_image.py": [str(nowhere)], "plot_results.py": [f"--output_dir={nowhere}"],
+               "scripts/bench_pretrain.py": [], "scripts/bench_quality.py": [f"--eurosat_dir={nowhere}"]}
+    code, _, err = _run_in_process(script, [*folders[script], setting], monkeypatch, capsys)
+    assert code == 2, err
+    assert name in err and "nowhere" not in err  # the setting is named; no data was looked at
+    assert not (tmp_path / "out").exists()  # and no output folder was made
+
+
+def test_a_gpu_that_is_not_there_is_a_setting_error(tmp_path, monkeypatch, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    code, _, err = _run_in_process("train_simsiam.py", [f"--data_dir={tmp_path}", "--device=cuda"], monkeypatch,
+                                   capsys)
+    assert code == 2 and "DEVICE = 'cuda'" in err and "0 CUDA GPU(s)" in err
+
+
+# kind 1: one tuple of image-read errors, the decompression-bomb error included, used everywhere
+def test_an_image_over_the_decompression_bomb_limit(corpus, tmp_path, monkeypatch, capsys):
+    import simsiam_data as data
+    from runtime import DataError
+    images = tmp_path / "images"
+    write_images(str(images), 16)
+    _bomb_png(images / "bomb.png")
+    for pipeline in ("fast", "reference"):
+        code, out, err = _run_in_process("train_simsiam.py", [
+            f"--data_dir={images}", f"--output_dir={tmp_path / pipeline}", f"--cache_dir={tmp_path / 'cache'}",
+            *TINY_PRETRAIN, "--num_epochs=1", f"--pipeline={pipeline}"], monkeypatch, capsys)
+        assert code == 0, err
+        assert "bomb.png" in out and "DecompressionBombError" in out
+        assert load_checkpoint(str(tmp_path / pipeline / "pretrain_metrics.pth"))["skipped_images"] == [1]
+    eurosat = _copy_eurosat(corpus, tmp_path)
+    os.unlink(eurosat / "Forest")
+    (eurosat / "Forest").mkdir()
+    for i in range(1, 11):
+        _bomb_png(eurosat / "Forest" / f"Forest_{i}.jpg", side=20000 + i)
+    with pytest.raises(DataError, match="DecompressionBombError"):
+        data.load_eurosat_cached(str(eurosat), "test", str(tmp_path / "cache"))
+    code, out, err = _run_in_process("classify_image.py", [str(eurosat / "Forest"), f"--model_path={corpus['classifier']}",
+                                                            f"--output_csv={tmp_path / 'p.csv'}"], monkeypatch, capsys)
+    assert code == 1 and "none of the 10 images" in err and "DecompressionBombError" in out + err
+
+
+# kind 2: split files, kNN folders and image lists
+def test_split_rows_naming_missing_or_numeric_files(corpus, tmp_path):
+    import simsiam_data as data
+    from runtime import DataError
+    eurosat = _copy_eurosat(corpus, tmp_path)
+    csv = eurosat / "train.csv"
+    lines = csv.read_text().splitlines()
+    index, filename, label, name = lines[3].split(",")
+    lines[3] = ",".join([index, filename.replace("/", "/missing_"), label, name])
+    csv.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"train\.csv: line 4: image '\w+/missing_.*does not exist"):
+        data.read_eurosat_split(str(eurosat), str(csv), str(eurosat / "label_map.json"))
+    (eurosat / "Numbers").mkdir()
+    shutil_copy = (corpus["eurosat"] / "Forest" / "Forest_1.jpg").read_bytes()
+    (eurosat / "Numbers" / "17").write_bytes(shutil_copy)
+    (eurosat / "label_map.json").write_text('{"Numbers": 0}')
+    csv.write_text(",Filename,Label,ClassName\n0,Numbers/17,0,Numbers\n1,Numbers/0018,0,Numbers\n")
+    with pytest.raises(DataError, match=r"line 3: image 'Numbers/0018' does not exist"):  # text, not the number 18
+        data.read_eurosat_split(str(eurosat), str(csv), str(eurosat / "label_map.json"))
+    csv.write_text(",Filename,Label,ClassName\n0,17,0,Numbers\n")
+    with pytest.raises(DataError, match=r"line 2: image '17' does not exist"):
+        data.read_eurosat_split(str(eurosat), str(csv), str(eurosat / "label_map.json"))
+
+
+def test_knn_folder_and_file_list_problems_are_named(corpus, tmp_path, monkeypatch, capsys):
+    images = tmp_path / "images"
+    write_images(str(images), 16)
+    common = [f"--data_dir={images}", f"--cache_dir={tmp_path / 'cache'}", *TINY_PRETRAIN, "--num_epochs=1"]
+    code, _, err = _run_in_process("train_simsiam.py", [*common, f"--output_dir={tmp_path / 'a'}",
+                                                        f"--knn_data_dir={tmp_path / 'no_knn'}"], monkeypatch, capsys)
+    assert code == 1 and "no_knn" in err and "label_map.json" in err
+    eurosat = _copy_eurosat(corpus, tmp_path)
+    (eurosat / "validation.csv").write_text((eurosat / "validation.csv").read_text().replace("Forest_", "Gone_", 1))
+    code, _, err = _run_in_process("train_simsiam.py", [*common, f"--output_dir={tmp_path / 'b'}",
+                                                        f"--knn_data_dir={eurosat}"], monkeypatch, capsys)
+    assert code == 1 and "validation.csv" in err and "does not exist" in err
+    for name, text, needle in (("empty.txt", "", "names no image"), ("empty.csv", "", "not a readable list"),
+                               ("columns.csv", "File\na.png\n", "needs a Filename column")):
+        (tmp_path / name).write_text(text)
+        code, _, err = _run_in_process("train_simsiam.py", [*common, f"--output_dir={tmp_path / ('out_' + name)}",
+                                                            f"--file_list={tmp_path / name}"], monkeypatch, capsys)
+        assert code == 1 and name in err and needle in err, err
+
+
+# kind 4: output locations, checked at start-up; a failed write leaves nothing behind
+def test_output_locations_are_checked_before_training(tmp_path, monkeypatch, capsys):
+    images = tmp_path / "images"
+    write_images(str(images), 16)
+    (tmp_path / "a_file").write_text("")
+    common = [f"--data_dir={images}", *TINY_PRETRAIN, "--num_epochs=1"]
+    for output_dir, needle in ((tmp_path / "a_file", "is a file"), ("/proc/simsiam_outputs", "cannot write")):
+        code, _, err = _run_in_process("train_simsiam.py", [*common, f"--output_dir={output_dir}",
+                                                            f"--cache_dir={tmp_path / 'cache'}"], monkeypatch, capsys)
+        assert code == 1 and needle in err and "OUTPUT_DIR" in err
+        assert not (tmp_path / "cache").exists()  # stopped before any image was decoded
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".checkpoint_last.pth.tmp999999999").write_bytes(b"x" * 1000)  # left by a dead run
+    (out / f".pretrain_metrics.pth.tmp{os.getpid()}").write_bytes(b"x")  # a live process's: kept
+    import runtime
+    real_save = torch.save
+
+    def save_on_a_full_disk(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", save_on_a_full_disk)
+    code, out_text, err = _run_in_process("train_simsiam.py", [*common, f"--output_dir={out}",
+                                                               f"--cache_dir={tmp_path / 'cache'}"], monkeypatch, capsys)
+    assert code == 1 and "cannot write" in err and "disk full or not writable?" in err
+    assert "removed 1 temporary file(s)" in out_text
+    left = sorted(os.listdir(out))
+    assert left == [".pretrain_metrics.pth.tmp%d" % os.getpid(), ".train_simsiam.lock"], left
+    with pytest.raises(runtime.WriteError, match="cannot write .*disk full"):
+        with runtime.atomic_write(tmp_path / "x.bin") as f:
+            raise OSError(28, "No space left on device")
+    assert os.listdir(tmp_path).count("x.bin") == 0 and not [n for n in os.listdir(tmp_path) if ".tmp" in n]
+
+
+# kind 5: checkpoints that do not match their own config
+def test_checkpoints_whose_config_does_not_match_the_weights(corpus, tmp_path):
+    from runtime import CheckpointError
+    from simsiam_model import backbone_from_checkpoint, classifier_from_checkpoint
+    good = torch.load(corpus["checkpoint"], weights_only=True)
+    model_state = good["model"]
+    reshaped = dict(model_state, **{"backbone.layer1.0.conv1.weight": torch.zeros(64, 64, 1, 1)})
+    cases = [("r50_config", dict(good, config=dict(good["config"], ARCH="resnet50")), "mismatched"),
+             ("small_stem", dict(good, config=dict(good["config"], SMALL_STEM=True)), "backbone.conv1"),
+             ("reshaped", dict(good, model=reshaped), "layer1.0.conv1.weight is (64, 64, 1, 1)"),
+             ("size_zero", dict(good, config=dict(good["config"], IMAGE_SIZE=0)), "IMAGE_SIZE 0"),
+             ("no_weights", {k: v for k, v in good.items() if k != "model"}, "holds no weights")]
+    for name, checkpoint, needle in cases:
+        path = tmp_path / f"{name}.pth"
+        torch.save(checkpoint, path)
+        with pytest.raises(CheckpointError) as error:
+            backbone_from_checkpoint(str(path))
+        assert f"{name}.pth" in str(error.value) and needle.replace("backbone.", "") in str(error.value), (
+            name, str(error.value))
+    classifier = torch.load(corpus["classifier"], weights_only=True)
+    for name, edit, needle in (("names_string", {"class_names": "Forest"}, "class_names must be a list"),
+                               ("std_zero", {"std": [0, 1, 1]}, "std must be 3 numbers"),
+                               ("head_shape", {"class_names": classifier["class_names"] + ["Extra"]}, "does not fit")):
+        path = tmp_path / f"{name}.pth"
+        torch.save(dict(classifier, **edit), path)
+        with pytest.raises(CheckpointError, match=needle):
+            classifier_from_checkpoint(str(path))
+
+
+def test_a_resume_checkpoint_missing_keys(tmp_path, monkeypatch, capsys):
+    images = tmp_path / "images"
+    write_images(str(images), 16)
+    common = [f"--data_dir={images}", f"--output_dir={tmp_path / 'out'}", f"--cache_dir={tmp_path / 'cache'}",
+              *TINY_PRETRAIN]
+    assert _run_in_process("train_simsiam.py", [*common, "--num_epochs=1"], monkeypatch, capsys)[0] == 0
+    last_path = tmp_path / "out" / "checkpoint_last.pth"
+    last = torch.load(last_path, weights_only=True)
+    del last["optimizer"], last["global_step"]
+    torch.save(last, last_path)
+    import runtime
+    for handle in runtime._held_locks:  # the first run's lock: in this one process, it is already done
+        handle.close()
+    runtime._held_locks.clear()
+    code, _, err = _run_in_process("train_simsiam.py", [*common, "--num_epochs=2"], monkeypatch, capsys)
+    assert code == 1 and "checkpoint_last.pth: lacks ['global_step', 'optimizer']" in err and "--resume=False" in err
+
+
+# kind 6: two runs, one folder
+def test_a_second_run_on_a_folder_in_use_is_refused_and_a_killed_run_leaves_no_lock(tmp_path):
+    import signal
+    import subprocess
+    import sys as _sys
+    from conftest import ROOT
+    images = tmp_path / "images"
+    write_images(str(images), 16)
+    command = [_sys.executable, os.path.join(ROOT, "train_simsiam.py"), f"--data_dir={images}",
+               f"--output_dir={tmp_path / 'out'}", f"--cache_dir={tmp_path / 'cache'}", *TINY_PRETRAIN]
+    first = subprocess.Popen([*command, "--num_epochs=500"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        for line in first.stdout:
+            if line.startswith("model:"):
+                break
+        second = run_script("train_simsiam.py", *command[2:], "--num_epochs=1")
+        _assert_clear_failure(second, "is in use by another train_simsiam run", f"pid {first.pid}")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    third = run_script("train_simsiam.py", *command[2:], "--num_epochs=1", "--resume=False")
+    assert third.returncode == 0, third.stderr[-2000:]

@@ -48,9 +48,26 @@ def test_loss_range_and_symmetry():
 
 
 def test_loss_gradient_flows_only_through_predictions():
+    """The stop-gradient: the model's gradients equal those of a loss that detaches z by hand, and differ from a
+    loss that lets gradients through z (what removing the detach in SimSiam.forward would give)."""
+    torch.manual_seed(0)
     model = SimSiam("resnet18", dim=64, pred_dim=16)
-    p1, p2, z1, z2 = model(torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32))
-    negative_cosine_loss(p1, p2, z1, z2).backward()
+    x1, x2 = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
+
+    def gradients(loss_of):
+        model.zero_grad(set_to_none=True)
+        loss_of().backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    def by_hand(detach):
+        z1, z2 = model.projector(model.backbone(x1)), model.projector(model.backbone(x2))
+        p1, p2 = model.predictor(z1), model.predictor(z2)
+        return negative_cosine_loss(p1, p2, z1.detach() if detach else z1, z2.detach() if detach else z2)
+
+    through_model = gradients(lambda: negative_cosine_loss(*model(x1, x2)))
+    stopped, not_stopped = gradients(lambda: by_hand(True)), gradients(lambda: by_hand(False))
+    assert torch.allclose(through_model, stopped, atol=1e-6)
+    assert not torch.allclose(through_model, not_stopped, atol=1e-4)
     assert model.backbone.conv1.weight.grad is not None and model.predictor[0].weight.grad is not None
 
 

@@ -1,4 +1,5 @@
-"""Fault injection: SIGKILL a tiny pre-training at random moments, rerun the same command, check nothing is lost."""
+"""Fault injection: SIGKILL a tiny pre-training at random moments, rerun the same command, check nothing is lost
+and that the result is the one an uninterrupted run gives."""
 import glob
 import os
 import random
@@ -6,6 +7,8 @@ import signal
 import subprocess
 import sys
 import time
+
+import torch
 
 from conftest import ROOT, TINY_PRETRAIN, write_images
 from runtime import load_checkpoint
@@ -53,6 +56,16 @@ def test_pretraining_survives_sigkill_at_random_moments(tmp_path):
     assert len(metrics["loss"]) == EPOCHS
     for epoch in range(1, EPOCHS + 1):
         assert load_checkpoint(str(out / f"simsiam_resnet18_epoch_{epoch}.pth"))["epoch"] == epoch
+
+    # and the result is the one an uninterrupted run gives: the same loss at every epoch, the same weights
+    straight = tmp_path / "straight"
+    result = subprocess.run([*command[:3], f"--output_dir={straight}", *command[4:]], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert load_checkpoint(str(straight / "pretrain_metrics.pth"))["loss"] == metrics["loss"]
+    resumed_weights = load_checkpoint(str(out / f"simsiam_resnet18_epoch_{EPOCHS}.pth"))["model"]
+    straight_weights = load_checkpoint(str(straight / f"simsiam_resnet18_epoch_{EPOCHS}.pth"))["model"]
+    assert all(torch.equal(resumed_weights[k], straight_weights[k]) for k in straight_weights)
 
 
 def test_atomic_save_never_leaves_a_half_file(tmp_path):
