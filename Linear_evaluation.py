@@ -22,7 +22,6 @@ Prints one line per epoch, then a summary:
     test accuracy 85.9% (loss 0.4412) with the head of epoch 71 (val 86.4%); kNN k20 80.1% k200 78.3%
 """
 import math
-import os
 import time
 
 import numpy as np
@@ -37,7 +36,7 @@ from runtime import (AMP_MODES, above, amp_dtype_for, at_least, atomic_save, aut
                      pick_device, precision_name, prepare_output_dir, run, seed_everything, speed_up_cuda,
                      warmup_cosine)
 from simsiam_model import (ARCHS, LINEAR_METRICS_KIND, Classifier, backbone_for_evaluation, classifier_checkpoint,
-                           describe_evaluation, effective_rank, evaluation_metrics, knn_predict,
+                           describe_evaluation, evaluation_outputs, effective_rank, evaluation_metrics, knn_predict,
                            record_evaluation_epoch, test_results)
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -102,7 +101,7 @@ def evaluate(head, features, labels):
     return F.cross_entropy(logits, labels).item(), (predictions == labels).float().mean().item() * 100, predictions
 
 
-def fold_standardisation(head, mean, std):
+def fold_standardization(head, mean, std):
     """A head on raw features equal to `head` on (features - mean) / std: W' = W / std, b' = b - W' mean."""
     folded = nn.Linear(head.in_features, head.out_features).to(mean.device)
     with torch.no_grad():
@@ -168,24 +167,18 @@ def main():
     amp_dtype, precision_reason = amp_dtype_for(device, AMP)
     channels_last = channels_last_for(device, amp_dtype, CHANNELS_LAST)
     seed_everything(SEED)
-    suffix = "_random" if PRETRAINED_PATH == "random" else ""  # the baseline never overwrites the real results
-    metrics_path = os.path.join(OUTPUT_DIR, f"linear_eval_metrics{suffix}.pth")
-    best_path = os.path.join(OUTPUT_DIR, f"linear_eval_eurosat_best_model{suffix}.pth")
-    prepare_output_dir(OUTPUT_DIR, f"linear_eval{suffix}")
+    metrics_path, best_path, lock_name = evaluation_outputs(config, "linear_eval_metrics", "linear_eval_eurosat_best_model")
+    prepare_output_dir(OUTPUT_DIR, lock_name)
 
     # ---- frozen backbone rebuilt from the checkpoint's own config, and the data ----
-    backbone, feature_dim, backbone_config, pretrained, pretrained_size = backbone_for_evaluation(
-        PRETRAINED_PATH, OUTPUT_DIR, ARCH, SMALL_STEM, IMAGE_SIZE, STEM_STRIDE)
-    image_size = backbone_config["IMAGE_SIZE"]
-    config = dict(config, **backbone_config, PRETRAINED_PATH=pretrained)  # resolved: what was actually used
+    backbone, feature_dim, config, pretrained_size = backbone_for_evaluation(config)  # config: as it was used
+    image_size, pretrained = config["IMAGE_SIZE"], config["PRETRAINED_PATH"]
     lr_peak = BASE_LR * BATCH_SIZE / 256
     device_text = (f"{describe_device(device)}, backbone precision: {precision_name(amp_dtype)} ({precision_reason})"
                    f"{', ' + speed_up_cuda(device) if device.type == 'cuda' else ''}; head lr {lr_peak:.4f} "
                    f"(= {BASE_LR} x {BATCH_SIZE} / 256)")
-    print("\n".join(describe_evaluation(config, device_text, pretrained, feature_dim, image_size, pretrained_size,
-                                        "evaluating")))
-    if suffix:
-        print(f"random-init baseline: results go to {metrics_path} and {best_path}")
+    print("\n".join(describe_evaluation(config, device_text, feature_dim, pretrained_size, "evaluating",
+                                        (metrics_path, best_path))))
     splits, labels = data.load_eurosat_splits(EUROSAT_DIR, CACHE_DIR, device)
     class_names = splits["train"].class_names
     num_classes, num_train = len(class_names), len(splits["train"].labels)
@@ -258,7 +251,7 @@ def main():
         val_loss, val_acc, _ = evaluate(model.head, (val_features - mean) / std, labels["validation"])
         if val_acc > metrics["best_val_acc"] or best_head is None:
             # the standardisation is folded into the saved head, which therefore works on raw backbone features
-            best_head = saved.head = fold_standardisation(model.head, mean, std)
+            best_head = saved.head = fold_standardization(model.head, mean, std)
             metrics.update(best_epoch=epoch + 1, best_val_acc=val_acc)
             save_best(saved, config, class_names, epoch, val_acc, pretrained, best_path)
         line = record_evaluation_epoch(metrics, epoch, NUM_EPOCHS, {

@@ -17,7 +17,6 @@ Prints one line per epoch, then a summary:
     test accuracy 94.0% (loss 0.1900) with the model of epoch 27 (val 94.4%)
 """
 import math
-import os
 import time
 
 import numpy as np
@@ -32,7 +31,7 @@ from runtime import (AMP_MODES, above, amp_dtype_for, at_least, atomic_save, aut
                      pick_device, precision_name, prepare_output_dir, run, seed_everything, speed_up_cuda,
                      warmup_cosine)
 from simsiam_model import (ARCHS, FINETUNE_METRICS_KIND, Classifier, backbone_for_evaluation,
-                           classifier_checkpoint, classifier_from_checkpoint, describe_evaluation,
+                           classifier_checkpoint, classifier_from_checkpoint, describe_evaluation, evaluation_outputs,
                            evaluation_metrics, record_evaluation_epoch, test_results)
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -115,24 +114,18 @@ def main():
     channels_last = channels_last_for(device, amp_dtype, CHANNELS_LAST)
     memory_format = torch.channels_last if channels_last else torch.preserve_format
     seed_everything(SEED)
-    suffix = "_random" if PRETRAINED_PATH == "random" else ""
-    metrics_path = os.path.join(OUTPUT_DIR, f"finetune_metrics{suffix}.pth")
-    best_path = os.path.join(OUTPUT_DIR, f"finetuned_eurosat_best_model{suffix}.pth")
-    prepare_output_dir(OUTPUT_DIR, f"finetune{suffix}")
+    metrics_path, best_path, lock_name = evaluation_outputs(config, "finetune_metrics", "finetuned_eurosat_best_model")
+    prepare_output_dir(OUTPUT_DIR, lock_name)
 
     # ---- model: the backbone rebuilt from the checkpoint's own config, and a new head; the data ----
-    backbone, feature_dim, backbone_config, pretrained, pretrained_size = backbone_for_evaluation(
-        PRETRAINED_PATH, OUTPUT_DIR, ARCH, SMALL_STEM, IMAGE_SIZE, STEM_STRIDE)
-    image_size = backbone_config["IMAGE_SIZE"]
-    config = dict(config, **backbone_config, PRETRAINED_PATH=pretrained)  # resolved: what was actually used
+    backbone, feature_dim, config, pretrained_size = backbone_for_evaluation(config)  # config: as it was used
+    image_size, pretrained = config["IMAGE_SIZE"], config["PRETRAINED_PATH"]
     lr_peak = BASE_LR * BATCH_SIZE / 256
     device_text = (f"{describe_device(device)}, precision: {precision_name(amp_dtype)} ({precision_reason})"
                    f"{', ' + speed_up_cuda(device) if device.type == 'cuda' else ''}; lr {lr_peak:.6f} "
                    f"(= {BASE_LR} x {BATCH_SIZE} / 256)")
-    print("\n".join(describe_evaluation(config, device_text, pretrained, feature_dim, image_size, pretrained_size,
-                                        "fine-tuning")))
-    if suffix:
-        print(f"from-scratch baseline: results go to {metrics_path} and {best_path}")
+    print("\n".join(describe_evaluation(config, device_text, feature_dim, pretrained_size, "fine-tuning",
+                                        (metrics_path, best_path))))
     splits, labels = data.load_eurosat_splits(EUROSAT_DIR, CACHE_DIR, device)
     class_names = splits["train"].class_names
     num_classes, num_train = len(class_names), len(splits["train"].labels)

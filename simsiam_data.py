@@ -476,7 +476,7 @@ class BatchAugment:
             if self.solarize_p > 0:
                 # PIL solarize inverts pixels >= 128 of 255
                 x = torch.where(_per_sample(p["solarize"]) & (x >= 128 / 255), 1.0 - x, x)
-            mean, std = _normalisation(x.device, self.mean, self.std)
+            mean, std = _normalization(x.device, self.mean, self.std)
             return (x - mean) / std
 
     def _blur(self, x, sigma):
@@ -525,7 +525,7 @@ def _color_jitter(x, jitter, factors, order):
 
 
 @functools.lru_cache(maxsize=16)
-def _normalisation(device, mean, std):
+def _normalization(device, mean, std):
     """Mean and std as (1, 3, 1, 1) tensors on `device`, made once: a new copy at every batch would wait for the
     GPU each time."""
     return (torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1))
@@ -536,7 +536,7 @@ def eval_batch(images, image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     x = images.permute(0, 3, 1, 2).float().div_(255)
     if x.shape[-1] != image_size or x.shape[-2] != image_size:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
-    mean, std = _normalisation(x.device, tuple(mean), tuple(std))
+    mean, std = _normalization(x.device, tuple(mean), tuple(std))
     return (x - mean) / std
 
 

@@ -213,32 +213,34 @@ def newest_pretrained(output_dir):
     return max(found)[2] if found else None
 
 
-def backbone_for_evaluation(pretrained_path, output_dir, arch, small_stem, image_size, stem_stride=1):
-    """The backbone that Linear_evaluation.py and finetune_model.py start from.
+def backbone_for_evaluation(config):
+    """The backbone that Linear_evaluation.py and finetune_model.py start from, from their config's
+    PRETRAINED_PATH: a checkpoint, "" for the newest simsiam_<arch>_epoch_X.pth in OUTPUT_DIR, or "random" for a
+    randomly initialised ARCH (the honest baseline, with SMALL_STEM and STEM_STRIDE).
 
-    pretrained_path: a checkpoint, "" for the newest simsiam_<arch>_epoch_X.pth in output_dir, or "random" for a
-    randomly initialised `arch` (the honest baseline). Returns (backbone, feature_dim, the backbone settings that
-    go into the classifier's config, the source path or "random", the checkpoint's own image size).
+    Returns (backbone, feature_dim, the config resolved with what was actually used: the checkpoint's
+    architecture, IMAGE_SIZE 0 replaced, the checkpoint path; the size the checkpoint was pre-trained at).
     Raises CheckpointError with the fix.
     """
-    if pretrained_path == "random":
+    image_size = config["IMAGE_SIZE"]
+    if config["PRETRAINED_PATH"] == "random":
         try:
-            backbone, feature_dim = build_backbone(arch, 3, small_stem, stem_stride)
+            backbone, feature_dim = build_backbone(config["ARCH"], 3, config["SMALL_STEM"], config["STEM_STRIDE"])
         except ValueError as error:
             raise CheckpointError(f"--pretrained_path=random: {error}") from None
-        settings = {"ARCH": arch, "SMALL_STEM": small_stem, "STEM_STRIDE": stem_stride, "IN_CHANNELS": 3,
-                    "IMAGE_SIZE": image_size or 224}
-        return backbone, feature_dim, settings, "random", image_size or 224
-    path = pretrained_path or newest_pretrained(output_dir)
+        resolved = dict(config, IN_CHANNELS=3, IMAGE_SIZE=image_size or 224)
+        return backbone, feature_dim, resolved, image_size or 224
+    path = config["PRETRAINED_PATH"] or newest_pretrained(config["OUTPUT_DIR"])
     if not path:
-        raise CheckpointError(f"no simsiam_<arch>_epoch_X.pth in {output_dir!r}. Run train_simsiam.py first, pass "
-                              "--pretrained_path=PATH, or --pretrained_path=random for a random initialisation.")
+        raise CheckpointError(f"no simsiam_<arch>_epoch_X.pth in {config['OUTPUT_DIR']!r}. Run train_simsiam.py "
+                              "first, pass --pretrained_path=PATH, or --pretrained_path=random for a random "
+                              "initialisation.")
     backbone, feature_dim, found = backbone_from_checkpoint(path)
     if found["in_channels"] != 3:
         raise CheckpointError(f"{path} was pre-trained on {found['in_channels']} bands; EuroSAT here is RGB.")
-    settings = {"ARCH": found["arch"], "SMALL_STEM": found["small_stem"], "STEM_STRIDE": found["stem_stride"],
-                "IN_CHANNELS": 3, "IMAGE_SIZE": image_size or found["image_size"]}
-    return backbone, feature_dim, settings, path, found["image_size"]
+    resolved = dict(config, ARCH=found["arch"], SMALL_STEM=found["small_stem"], STEM_STRIDE=found["stem_stride"],
+                    IN_CHANNELS=3, IMAGE_SIZE=image_size or found["image_size"], PRETRAINED_PATH=path)
+    return backbone, feature_dim, resolved, found["image_size"]
 
 
 class Classifier(nn.Module):
@@ -299,8 +301,8 @@ def effective_rank(features):
     how many directions the features really use. Far below the feature dimension means dimensional collapse, a
     partial collapse the z-std check does not see; a linear probe can only use what these directions carry."""
     features = features.float()
-    standardised = (features - features.mean(dim=0)) / features.std(dim=0).clamp_min(1e-6)
-    energy = torch.linalg.svdvals(standardised) ** 2
+    standardized = (features - features.mean(dim=0)) / features.std(dim=0).clamp_min(1e-6)
+    energy = torch.linalg.svdvals(standardized) ** 2
     p = energy / energy.sum()
     return torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()).item()
 
@@ -324,13 +326,24 @@ def knn_predict(train_features, train_labels, query_features, num_classes, k=200
 # ----------------------------------------------------------------------------------------------------------------
 # evaluation scaffolding shared by Linear_evaluation.py and finetune_model.py: one metrics schema
 
-def describe_evaluation(config, device_text, pretrained, feature_dim, image_size, pretrained_size, verb):
+def evaluation_outputs(config, metrics_name, best_name):
+    """(metrics file, best model file, lock name) in OUTPUT_DIR; `_random` names for the random-init baseline, so
+    that it never overwrites the results of a pre-trained backbone."""
+    suffix = "_random" if config["PRETRAINED_PATH"] == "random" else ""
+    return (os.path.join(config["OUTPUT_DIR"], f"{metrics_name}{suffix}.pth"),
+            os.path.join(config["OUTPUT_DIR"], f"{best_name}{suffix}.pth"), f"{metrics_name}{suffix}")
+
+
+def describe_evaluation(config, device_text, feature_dim, pretrained_size, verb, outputs):
     """The lines Linear_evaluation.py and finetune_model.py print first: what runs, where, from which backbone."""
     lines = [f"config: {config}", f"device: {device_text}",
              f"backbone: {config['ARCH']}{stem_label(config['SMALL_STEM'], config['STEM_STRIDE'])} from "
-             f"{pretrained}, {feature_dim}-d features, {image_size} px"]
-    if image_size != pretrained_size:
-        lines.append(f"note: {verb} at {image_size} px; the checkpoint was pre-trained at {pretrained_size} px")
+             f"{config['PRETRAINED_PATH']}, {feature_dim}-d features, {config['IMAGE_SIZE']} px"]
+    if config["IMAGE_SIZE"] != pretrained_size:
+        lines.append(f"note: {verb} at {config['IMAGE_SIZE']} px; the checkpoint was pre-trained at "
+                     f"{pretrained_size} px")
+    if config["PRETRAINED_PATH"] == "random":
+        lines.append(f"random-init baseline: results go to {outputs[0]} and {outputs[1]}")
     return lines
 
 

@@ -383,7 +383,7 @@ def sample_step(loss_sum, loss, z1, steps, world_size, samples, where):
     return running
 
 
-def optimiser_for(model, base_lr):
+def optimizer_for(model, base_lr):
     """SGD over two groups: the predictor's lr stays at base_lr when FIX_PRED_LR (the paper's +0.4 points)."""
     predictor = list(model.predictor.parameters())
     others = [p for name, p in model.named_parameters() if not name.startswith("predictor.")]
@@ -426,7 +426,7 @@ def main():
     model = model.to(device, memory_format=memory_format)
     global_batch = BATCH_SIZE * world_size
     base_lr = BASE_LR * global_batch / 256
-    optimizer = optimiser_for(model, base_lr)
+    optimizer = optimizer_for(model, base_lr)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     metrics, start_epoch, global_step = resume_or_start(model, optimizer, scaler, config, world_size, log)
     train_model = for_training(model, device, world_size, log)

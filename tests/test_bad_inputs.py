@@ -373,7 +373,7 @@ def test_output_locations_are_checked_before_training(tmp_path, monkeypatch, cap
     left = sorted(os.listdir(out))
     assert left == [".pretrain_metrics.pth.tmp%d" % os.getpid(), ".train_simsiam.lock"], left
     with pytest.raises(runtime.WriteError, match="cannot write .*disk full"):
-        with runtime.atomic_write(tmp_path / "x.bin") as f:
+        with runtime.atomic_write(tmp_path / "x.bin"):
             raise OSError(28, "No space left on device")
     assert os.listdir(tmp_path).count("x.bin") == 0 and not [n for n in os.listdir(tmp_path) if ".tmp" in n]
 

@@ -2,7 +2,6 @@
 kNN + linear evaluation of the checkpoint and of a random initialisation of the same network and input size, the
 JSON and Markdown it writes, and effective_rank (the dimensional-collapse diagnostic it reports)."""
 import json
-import os
 
 import pandas as pd
 import torch

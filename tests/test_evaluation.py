@@ -23,7 +23,7 @@ import simsiam_data as data  # noqa: E402
 from simsiam_model import PRETRAIN_KIND, SimSiam, classifier_from_checkpoint  # noqa: E402
 
 CLASSES = ["Forest", "Highway", "River", "SeaLake"]
-COLOURS = [(40, 110, 40), (140, 140, 130), (70, 100, 150), (20, 40, 110)]
+COLORS = [(40, 110, 40), (140, 140, 130), (70, 100, 150), (20, 40, 110)]
 PER_CLASS_PER_SPLIT = 8
 SIZE = 32
 METRIC_KEYS = {"kind", "config", "versions", "seed", "pretrained_path", "arch", "image_size", "class_names", "epochs",
@@ -37,10 +37,10 @@ def make_eurosat(root):
     """Class folders of JPEGs plus train/validation/test.csv and label_map.json in the real format."""
     rng = np.random.default_rng(0)
     rows = {"train": [], "validation": [], "test": []}
-    for label, (name, colour) in enumerate(zip(CLASSES, COLOURS)):
+    for label, (name, color) in enumerate(zip(CLASSES, COLORS)):
         os.makedirs(os.path.join(root, name))
         for i in range(3 * PER_CLASS_PER_SPLIT):
-            pixels = np.clip(np.array(colour) + rng.normal(0, 30, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
+            pixels = np.clip(np.array(color) + rng.normal(0, 30, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
             filename = f"{name}/{name}_{i + 1}.jpg"
             Image.fromarray(pixels).save(os.path.join(root, filename))
             rows[("train", "validation", "test")[i % 3]].append((filename, label, name))
@@ -263,13 +263,13 @@ def test_random_baseline_writes_random_files(runs):
                             "image_size": SIZE}
 
 
-def test_fold_standardisation_is_exact():
+def test_fold_standardization_is_exact():
     import Linear_evaluation
     torch.manual_seed(0)
     head = torch.nn.Linear(16, 5)
     features = torch.randn(64, 16) * torch.rand(16) * 10 + torch.randn(16) * 3
     mean, std = features.mean(0), features.std(0)
-    folded = Linear_evaluation.fold_standardisation(head, mean, std)
+    folded = Linear_evaluation.fold_standardization(head, mean, std)
     torch.testing.assert_close(folded(features), head((features - mean) / std), rtol=1e-4, atol=1e-4)
 
 
