@@ -1,20 +1,25 @@
-"""Fine-tune a SimSiam backbone + new linear head on EuroSAT (all weights train), best epoch on validation.csv.
+"""Fine-tune a SimSiam backbone + new linear head on EuroSAT (all weights train),
+best epoch on validation.csv.
 
-    python finetune_model.py                     # newest outputs/simsiam_<arch>_epoch_X.pth, its own arch and size
-    python finetune_model.py --pretrained_path=outputs/simsiam_resnet18_epoch_90.pth --batch_size=64
-    python finetune_model.py --pretrained_path=random --arch=resnet18 --image_size=64   # from scratch (baseline)
+  python finetune_model.py                     # newest outputs/simsiam_<arch>_epoch_X.pth,
+                                               # its own arch and size
+  python finetune_model.py --pretrained_path=outputs/simsiam_resnet18_epoch_90.pth --batch_size=64
+  python finetune_model.py --pretrained_path=random --arch=resnet18 --image_size=64
+                                               # from scratch (baseline)
 
-The backbone is rebuilt from the checkpoint's own config and trained together with a new head (AdamW, lr
-1e-4 at batch 32) on train.csv with light augmentation on the device (random resized crop of 80-100% of the area,
-horizontal and vertical flips: aerial images have no "up"). After each epoch the model is scored on
-validation.csv; the best epoch's weights are saved, reloaded from that file at the end, and scored on test.csv.
+The backbone is rebuilt from the checkpoint's own config and trained together with a new head
+(AdamW, lr 1e-4 at batch 32) on train.csv with light augmentation on the device (random resized
+crop of 80-100% of the area, horizontal and vertical flips: aerial images have no "up"). After each
+epoch the model is scored on validation.csv; the best epoch's weights are saved, reloaded from that
+file at the end, and scored on test.csv.
 
 Writes into OUTPUT_DIR (every write atomic; a `_random` suffix for the from-scratch baseline):
   finetune_metrics.pth                 after every epoch, and at the end with the test results
-  finetuned_eurosat_best_model.pth     whenever validation accuracy improves (classify_image.py reads it)
+  finetuned_eurosat_best_model.pth     whenever validation accuracy improves
+                                       (classify_image.py reads it)
 Prints one line per epoch, then a summary:
-    epoch 3/30 train loss 0.2100 acc 93.2% val loss 0.1800 acc 94.1% lr 0.000097 (best 94.1% @3) 171 img/s 110 s
-    test accuracy 94.0% (loss 0.1900) with the model of epoch 27 (val 94.4%)
+  epoch 3/30 train loss 0.2100 acc 93.2% val loss 0.1800 ... (best 94.1% @3) 171 img/s 110 s
+  test accuracy 94.0% (loss 0.1900) with the model of epoch 27 (val 94.4%)
 """
 import math
 import time
@@ -27,64 +32,70 @@ from tqdm import tqdm
 
 import simsiam_data as data
 from runtime import (AMP_MODES, above, amp_dtype_for, at_least, atomic_save, autocast_for, between,
-                     channels_last_for, check_settings, configure, describe_device, epoch_generator, fail, one_of,
-                     pick_device, precision_name, prepare_output_dir, run, seed_everything, speed_up_cuda,
-                     warmup_cosine)
+                     channels_last_for, check_settings, configure, describe_device,
+                     epoch_generator, fail, one_of, pick_device, precision_name,
+                     prepare_output_dir, run, seed_everything, speed_up_cuda, warmup_cosine)
 from simsiam_model import (ARCHS, FINETUNE_METRICS_KIND, Classifier, backbone_for_evaluation,
-                           classifier_checkpoint, classifier_from_checkpoint, describe_evaluation, evaluation_outputs,
-                           evaluation_metrics, record_evaluation_epoch, test_results)
+                           classifier_checkpoint, classifier_from_checkpoint, describe_evaluation,
+                           evaluation_outputs, evaluation_metrics, record_evaluation_epoch,
+                           test_results)
 
-# ----------------------------------------------------------------------------------------------------------------
-EUROSAT_DIR = "datae/EuroSAT"  # class folders of JPEGs + train.csv, validation.csv, test.csv, label_map.json
-OUTPUT_DIR = "outputs"  # where train_simsiam.py writes simsiam_<arch>_epoch_X.pth; results are written here too
+# -------------------------------------------------------------------------------------------------
+EUROSAT_DIR = "datae/EuroSAT"  # JPEG class folders + train/validation/test.csv, label_map.json
+OUTPUT_DIR = "outputs"  # train_simsiam.py's simsiam_<arch>_epoch_X.pth files; results go here too
 CACHE_DIR = "cache"  # decoded-once image arrays; safe to delete
-PRETRAINED_PATH = ""  # "" = newest simsiam_<arch>_epoch_X.pth in OUTPUT_DIR | a checkpoint path | "random"
+PRETRAINED_PATH = ""  # "" = newest OUTPUT_DIR/simsiam_<arch>_epoch_X.pth | a checkpoint | "random"
 ARCH = "resnet50"  # backbone of the from-scratch baseline only (a checkpoint names its own)
-SMALL_STEM = False  # 3x3 stride-1 stem for the from-scratch baseline only (a checkpoint names its own)
-STEM_STRIDE = 1  # stride of that small stem's conv, for the from-scratch baseline only (a checkpoint names its own)
+SMALL_STEM = False  # 3x3 stride-1 stem, from-scratch baseline only (a checkpoint names its own)
+STEM_STRIDE = 1  # small stem's stride, from-scratch baseline only (a checkpoint names its own)
 IMAGE_SIZE = 0  # input side in px; 0 = the checkpoint's own IMAGE_SIZE (224 for random)
-BATCH_SIZE = 32  # images per step; 32 fits ResNet-50 at 224 px in 8 GB with AMP (the write-up's batch)
-NUM_EPOCHS = 30  # EuroSAT fine-tuning from a pre-trained backbone levels off within 10-20 epochs; 30 leaves margin
-BASE_LR = 8e-4  # AdamW lr per 256 images: lr = BASE_LR * BATCH_SIZE / 256 = 1e-4 at batch 32 (the write-up's)
-WEIGHT_DECAY = 0.05  # AdamW decoupled weight decay on conv and linear weights (not on BatchNorm or biases)
+BATCH_SIZE = 32  # images per step; 32 fits ResNet-50 at 224 px in 8 GB with AMP (write-up's batch)
+NUM_EPOCHS = 30  # fine-tuning a pre-trained backbone levels off in 10-20 epochs; 30 leaves margin
+BASE_LR = 8e-4  # AdamW lr per 256 images: BASE_LR * BATCH_SIZE / 256 = 1e-4 at batch 32 (write-up)
+WEIGHT_DECAY = 0.05  # AdamW decoupled weight decay on conv/linear weights (not BatchNorm, biases)
 WARMUP_EPOCHS = 1  # linear lr warm-up, then half-cosine to 0, per step
-CROP_SCALE_MIN = 0.8  # random resized crop keeps 80-100% of the image area; plus h/v flips, no colour changes
+CROP_SCALE_MIN = 0.8  # RandomResizedCrop keeps 80-100% of the area; + h/v flips, no colour changes
 SEED = 0  # seeds the head's initialisation, the batch order and the augmentation
 DEVICE = "auto"  # auto | cuda | cpu | mps
-AMP = "auto"  # auto: bf16 on GPUs with native bf16 (compute capability 8.0+), fp16 + grad scaler below, fp32 on a CPU | bf16 | fp16 | off
-CHANNELS_LAST = True  # channels_last memory format on CUDA and under bf16 on a CPU (faster convolutions)
-# ----------------------------------------------------------------------------------------------------------------
+AMP = "auto"  # auto (GPU: bf16 if native, else fp16 + grad scaler; CPU: fp32) | bf16 | fp16 | off
+CHANNELS_LAST = True  # channels_last memory format on CUDA and under bf16 on a CPU (faster convs)
+# -------------------------------------------------------------------------------------------------
 
-# Why AdamW: it adapts the step per parameter, so one small lr suits both the pre-trained backbone (which must not
-# be pushed far) and the new head, and its decoupled weight decay does not interact with the adaptive step; it is
-# the usual choice for fine-tuning. The short warm-up keeps the random head's first large gradients from
-# scrambling the pre-trained features.
+# Why AdamW: it adapts the step per parameter, so one small lr suits both the pre-trained backbone
+# (which must not be pushed far) and the new head, and its decoupled weight decay does not interact
+# with the adaptive step; it is the usual choice for fine-tuning. The short warm-up keeps the
+# random head's first large gradients from scrambling the pre-trained features.
 SPLITS = ("train", "validation", "test")
 
 
 def settings_rules():
     return {"ARCH": one_of(*ARCHS), "STEM_STRIDE": one_of(1, 2),
-            "IMAGE_SIZE": ((lambda v: v == 0 or v >= 8), "0 (the checkpoint's own size) or at least 8"),
+            "IMAGE_SIZE": ((lambda v: v == 0 or v >= 8),
+                           "0 (the checkpoint's own size) or at least 8"),
             "BATCH_SIZE": at_least(2),  # BatchNorm trains on more than one image
             "NUM_EPOCHS": at_least(1), "BASE_LR": above(0), "WEIGHT_DECAY": at_least(0),
-            "WARMUP_EPOCHS": between(0, NUM_EPOCHS), "CROP_SCALE_MIN": between(0.01, 1.0), "SEED": at_least(0),
-            "AMP": one_of(*AMP_MODES)}
+            "WARMUP_EPOCHS": between(0, NUM_EPOCHS), "CROP_SCALE_MIN": between(0.01, 1.0),
+            "SEED": at_least(0), "AMP": one_of(*AMP_MODES)}
 
 
 def out_of_memory():
-    fail(f"out of GPU memory at batch {BATCH_SIZE}. Try a smaller --batch_size (e.g. {max(2, BATCH_SIZE // 2)}; "
-         "the lr scales with it), a smaller --image_size, or --amp=auto.")
+    fail(f"out of GPU memory at batch {BATCH_SIZE}. Try a smaller --batch_size "
+         f"(e.g. {max(2, BATCH_SIZE // 2)}; the lr scales with it), a smaller --image_size, or "
+         "--amp=auto.")
 
 
 @torch.no_grad()
 def evaluate(model, images, labels, image_size, device, amp_dtype, channels_last, desc):
-    """(mean loss, accuracy in %, predictions) of `model` in eval mode over every image of `images`, in order."""
+    """(mean loss, accuracy in %, predictions) of `model` in eval mode over every image of
+    `images`, in order."""
     model.eval()
     logits = []
     batch_size = 2 * BATCH_SIZE  # no gradients: twice the training batch fits
-    batches = data.iterate_batches(images, np.arange(len(images)), batch_size, device, drop_last=False)
+    batches = data.iterate_batches(images, np.arange(len(images)), batch_size, device,
+                                   drop_last=False)
     try:
-        for _, batch in tqdm(batches, total=math.ceil(len(images) / batch_size), desc=desc, leave=False):
+        for _, batch in tqdm(batches, total=math.ceil(len(images) / batch_size), desc=desc,
+                             leave=False):
             x = data.eval_batch(batch, image_size)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -94,11 +105,13 @@ def evaluate(model, images, labels, image_size, device, amp_dtype, channels_last
         out_of_memory()
     logits = torch.cat(logits)
     predictions = logits.argmax(dim=1)
-    return F.cross_entropy(logits, labels).item(), (predictions == labels).float().mean().item() * 100, predictions
+    return (F.cross_entropy(logits, labels).item(),
+            (predictions == labels).float().mean().item() * 100, predictions)
 
 
 def adamw_for(model, lr):
-    """AdamW with weight decay on conv and linear weights only, not on BatchNorm parameters or biases."""
+    """AdamW with weight decay on conv and linear weights only, not on BatchNorm parameters or
+    biases."""
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     return torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
@@ -114,27 +127,34 @@ def main():
     channels_last = channels_last_for(device, amp_dtype, CHANNELS_LAST)
     memory_format = torch.channels_last if channels_last else torch.preserve_format
     seed_everything(SEED)
-    metrics_path, best_path, lock_name = evaluation_outputs(config, "finetune_metrics", "finetuned_eurosat_best_model")
+    metrics_path, best_path, lock_name = evaluation_outputs(config, "finetune_metrics",
+                                                            "finetuned_eurosat_best_model")
     prepare_output_dir(OUTPUT_DIR, lock_name)
 
-    # ---- model: the backbone rebuilt from the checkpoint's own config, and a new head; the data ----
-    backbone, feature_dim, config, pretrained_size = backbone_for_evaluation(config)  # config: as it was used
+    # ---- model: the backbone rebuilt from the checkpoint's own config, and a new head;
+    #      the data ----
+    # config: as it was used
+    backbone, feature_dim, config, pretrained_size = backbone_for_evaluation(config)
     image_size, pretrained = config["IMAGE_SIZE"], config["PRETRAINED_PATH"]
     lr_peak = BASE_LR * BATCH_SIZE / 256
-    device_text = (f"{describe_device(device)}, precision: {precision_name(amp_dtype)} ({precision_reason})"
-                   f"{', ' + speed_up_cuda(device) if device.type == 'cuda' else ''}; lr {lr_peak:.6f} "
-                   f"(= {BASE_LR} x {BATCH_SIZE} / 256)")
-    print("\n".join(describe_evaluation(config, device_text, feature_dim, pretrained_size, "fine-tuning",
-                                        (metrics_path, best_path))))
+    device_text = (f"{describe_device(device)}, precision: {precision_name(amp_dtype)} "
+                   f"({precision_reason})"
+                   f"{', ' + speed_up_cuda(device) if device.type == 'cuda' else ''}; "
+                   f"lr {lr_peak:.6f} (= {BASE_LR} x {BATCH_SIZE} / 256)")
+    print("\n".join(describe_evaluation(config, device_text, feature_dim, pretrained_size,
+                                        "fine-tuning", (metrics_path, best_path))))
     splits, labels = data.load_eurosat_splits(EUROSAT_DIR, CACHE_DIR, device)
     class_names = splits["train"].class_names
     num_classes, num_train = len(class_names), len(splits["train"].labels)
-    steps_per_epoch = num_train // BATCH_SIZE  # drop the last partial batch: BatchNorm needs more than 1 image
+    # drop the last partial batch: BatchNorm needs more than 1 image
+    steps_per_epoch = num_train // BATCH_SIZE
     if steps_per_epoch == 0:
-        fail(f"only {num_train} training images, fewer than one batch of {BATCH_SIZE}. Lower --batch_size.")
-    print("images: " + ", ".join(f"{s} {len(splits[s].labels)}" for s in SPLITS) + f"; {num_classes} classes")
-    augment = data.BatchAugment(image_size, crop_scale=(CROP_SCALE_MIN, 1.0), flip_p=0.5, vflip_p=0.5,
-                                jitter_p=0.0, gray_p=0.0, blur_p=0.0)
+        fail(f"only {num_train} training images, fewer than one batch of {BATCH_SIZE}. "
+             "Lower --batch_size.")
+    print("images: " + ", ".join(f"{s} {len(splits[s].labels)}" for s in SPLITS)
+          + f"; {num_classes} classes")
+    augment = data.BatchAugment(image_size, crop_scale=(CROP_SCALE_MIN, 1.0), flip_p=0.5,
+                                vflip_p=0.5, jitter_p=0.0, gray_p=0.0, blur_p=0.0)
 
     model = Classifier(backbone, feature_dim, num_classes)
     nn.init.normal_(model.head.weight, std=0.01)
@@ -143,23 +163,28 @@ def main():
     optimizer = adamw_for(model, lr_peak)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     param_count = sum(p.numel() for p in model.parameters())
-    print(f"model: {param_count / 1e6:.2f} M parameters, all trainable; {steps_per_epoch} steps per epoch")
+    print(f"model: {param_count / 1e6:.2f} M parameters, all trainable; {steps_per_epoch} steps "
+          "per epoch")
 
     # ---- training, best epoch on validation.csv ----
-    metrics = evaluation_metrics(FINETUNE_METRICS_KIND, config, pretrained, image_size, class_names,
-                                 splits["test"].paths, best_path, describe_device(device), images_per_s=[])
+    metrics = evaluation_metrics(FINETUNE_METRICS_KIND, config, pretrained, image_size,
+                                 class_names, splits["test"].paths, best_path,
+                                 describe_device(device), images_per_s=[])
     step = 0
     for epoch in range(NUM_EPOCHS):
         model.train()
         epoch_started = time.time()
         order = torch.randperm(num_train, generator=epoch_generator(SEED, epoch)).numpy()
         augment_generator = epoch_generator(SEED, epoch, augment_stream=1)
-        batches = data.iterate_batches(splits["train"].images, order, BATCH_SIZE, device, drop_last=True)
+        batches = data.iterate_batches(splits["train"].images, order, BATCH_SIZE, device,
+                                       drop_last=True)
         loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
-        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{NUM_EPOCHS}", leave=False)
+        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{NUM_EPOCHS}",
+                   leave=False)
         try:
             for rows, images in bar:
-                lr = warmup_cosine(step, NUM_EPOCHS * steps_per_epoch, WARMUP_EPOCHS * steps_per_epoch, lr_peak)
+                lr = warmup_cosine(step, NUM_EPOCHS * steps_per_epoch,
+                                   WARMUP_EPOCHS * steps_per_epoch, lr_peak)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 batch_labels = labels["train"][torch.from_numpy(rows).to(device)]
@@ -185,17 +210,20 @@ def main():
         train_time = time.time() - epoch_started
         if not math.isfinite(train_loss):
             fail(f"the loss became {train_loss} at epoch {epoch + 1}. Lower --base_lr.")
-        val_loss, val_acc, _ = evaluate(model, splits["validation"].images, labels["validation"], image_size, device,
-                                        amp_dtype, channels_last, "validation")
+        val_loss, val_acc, _ = evaluate(model, splits["validation"].images, labels["validation"],
+                                        image_size, device, amp_dtype, channels_last, "validation")
         if val_acc > metrics["best_val_acc"] or metrics["best_epoch"] == 0:
             metrics.update(best_epoch=epoch + 1, best_val_acc=val_acc)
             print(f"saving best model (epoch {epoch + 1}, val {val_acc:.2f}%) to {best_path}")
-            atomic_save(classifier_checkpoint(model, config, class_names, data.IMAGENET_MEAN, data.IMAGENET_STD,
-                                              extra={"epoch": epoch + 1, "val_acc": val_acc, "source": "finetune",
+            atomic_save(classifier_checkpoint(model, config, class_names, data.IMAGENET_MEAN,
+                                              data.IMAGENET_STD,
+                                              extra={"epoch": epoch + 1, "val_acc": val_acc,
+                                                     "source": "finetune",
                                                      "pretrained_path": pretrained}), best_path)
         line = record_evaluation_epoch(metrics, epoch, NUM_EPOCHS, {
-            "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
-            "epoch_time_s": time.time() - epoch_started, "images_per_s": seen / train_time}, lr_format=".6f",
+            "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+            "val_acc": val_acc, "lr": lr, "epoch_time_s": time.time() - epoch_started,
+            "images_per_s": seen / train_time}, lr_format=".6f",
             note=f"{seen / train_time:.0f} img/s")
         metrics["wall_time_s"] = time.time() - started
         atomic_save(metrics, metrics_path)
@@ -205,15 +233,17 @@ def main():
     print(f"reloading the best model (epoch {metrics['best_epoch']}) from {best_path}")
     model, _, _ = classifier_from_checkpoint(best_path)
     model = model.to(device, memory_format=memory_format)
-    test_loss, _, predictions = evaluate(model, splits["test"].images, labels["test"], image_size, device,
-                                         amp_dtype, channels_last, "test")
+    test_loss, _, predictions = evaluate(model, splits["test"].images, labels["test"], image_size,
+                                         device, amp_dtype, channels_last, "test")
     metrics.update(test_results(labels["test"], predictions, test_loss, class_names),
                    wall_time_s=time.time() - started)
     atomic_save(metrics, metrics_path)
-    print(f"test accuracy {metrics['test_acc']:.2f}% (loss {test_loss:.4f}) with the model of epoch "
-          f"{metrics['best_epoch']} (val {metrics['best_val_acc']:.2f}%)")
-    print("per-class test accuracy: " + ", ".join(f"{n} {a:.1f}%" for n, a in metrics["per_class_acc"].items()))
-    print(f"wall time {metrics['wall_time_s']:.0f} s ({sum(metrics['epoch_time_s']) / NUM_EPOCHS:.0f} s/epoch)")
+    print(f"test accuracy {metrics['test_acc']:.2f}% (loss {test_loss:.4f}) with the model of "
+          f"epoch {metrics['best_epoch']} (val {metrics['best_val_acc']:.2f}%)")
+    print("per-class test accuracy: "
+          + ", ".join(f"{n} {a:.1f}%" for n, a in metrics["per_class_acc"].items()))
+    print(f"wall time {metrics['wall_time_s']:.0f} s "
+          f"({sum(metrics['epoch_time_s']) / NUM_EPOCHS:.0f} s/epoch)")
     print(f"saving metrics to {metrics_path}")
 
 

@@ -1,23 +1,29 @@
-"""Figures from the metrics files of pre-training, linear evaluation and fine-tuning (seconds on a CPU).
+"""Figures from the metrics files of pre-training, linear evaluation and fine-tuning
+(seconds on a CPU).
 
     python plot_results.py                          # reads outputs/, writes figures/
-    python plot_results.py --output_dir=runs/r18 --figures_dir=figures/r18 --eurosat_dir=data/EuroSAT
+    python plot_results.py --output_dir=runs/r18 --figures_dir=figures/r18
+        --eurosat_dir=data/EuroSAT
 
-Reads the metrics files named below from OUTPUT_DIR (and, only when finetune_metrics.pth holds no test predictions,
-the classifier checkpoint it names) and writes PNGs at DPI into FIGURES_DIR:
-    pretrain_curves.png         loss per epoch, lr schedule per step, z std against 1/sqrt(dim), kNN per epoch
-    augmentations.png           pre-training images and their two augmented views, as the pre-training config ran them
+Reads the metrics files named below from OUTPUT_DIR (and, only when finetune_metrics.pth holds no
+test predictions, the classifier checkpoint it names) and writes PNGs at DPI into FIGURES_DIR:
+    pretrain_curves.png         loss per epoch, lr schedule per step, z std against 1/sqrt(dim),
+                                kNN per epoch
+    augmentations.png           pre-training images and their two augmented views, as the
+                                pre-training config ran them
     linear_eval_curves.png      train / validation loss and accuracy per epoch, best epoch marked
     finetune_curves.png         the same for fine-tuning
-    comparison.png              test accuracy of kNN, linear evaluation and fine-tuning; SimSiam vs random init
+    comparison.png              test accuracy of kNN, linear evaluation and fine-tuning; SimSiam vs
+                                random init
     confusion_linear_eval.png   test confusion matrix and per-class accuracy
     confusion_finetune.png      the same for fine-tuning
     predictions_finetune.png    test images with true and predicted class, wrong ones in red
-A missing or unreadable metrics file skips only its figures, with one line that says which step writes it:
-    skipping linear evaluation figures: outputs/linear_eval_metrics.pth not found (run python Linear_evaluation.py)
+A missing or unreadable metrics file skips only its figures, with one line that says which step
+writes it:
+    skipping linear evaluation figures: outputs/linear_eval_metrics.pth not found
+        (run python Linear_evaluation.py)
 Prints `saving figure to figures/NAME.png` for each figure and ends with
     done: 8 figures written to figures/, 0 skipped
-About 8 s of CPU time on our 2-core machine (half of it importing torch), plus a second if the grid runs the model.
 """
 import math
 import os
@@ -31,28 +37,28 @@ import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 import simsiam_data as data  # noqa: E402
-from runtime import (CheckpointError, at_least, atomic_write, check_settings, configure, load_checkpoint,  # noqa: E402
-                     pick_device, prepare_output_dir, run)
-from simsiam_model import (COLLAPSE_RATIO, FINETUNE_METRICS_KIND, LINEAR_METRICS_KIND,  # noqa: E402
-                           PRETRAIN_METRICS_KIND, classifier_from_checkpoint)
+from runtime import (CheckpointError, at_least, atomic_write, check_settings,  # noqa: E402
+                     configure, load_checkpoint, pick_device, prepare_output_dir, run)
+from simsiam_model import (COLLAPSE_RATIO, FINETUNE_METRICS_KIND,  # noqa: E402
+                           LINEAR_METRICS_KIND, PRETRAIN_METRICS_KIND, classifier_from_checkpoint)
 
-# ----------------------------------------------------------------------------------------------------------------
-OUTPUT_DIR = "outputs"  # where train_simsiam.py, Linear_evaluation.py and finetune_model.py wrote their metrics
+# -------------------------------------------------------------------------------------------------
+OUTPUT_DIR = "outputs"  # metrics of train_simsiam.py, Linear_evaluation.py and finetune_model.py
 FIGURES_DIR = "figures"  # PNGs land here (created if missing)
-PRETRAIN_METRICS = "pretrain_metrics.pth"  # file names in OUTPUT_DIR (an absolute path is used as is)
+PRETRAIN_METRICS = "pretrain_metrics.pth"  # file names in OUTPUT_DIR (absolute paths used as is)
 LINEAR_METRICS = "linear_eval_metrics.pth"  # written by Linear_evaluation.py
 FINETUNE_METRICS = "finetune_metrics.pth"  # written by finetune_model.py
-LINEAR_RANDOM_METRICS = "linear_eval_metrics_random.pth"  # Linear_evaluation.py --pretrained_path=random
-FINETUNE_RANDOM_METRICS = "finetune_metrics_random.pth"  # finetune_model.py --pretrained_path=random
-EUROSAT_DIR = ""  # EuroSAT folder with test.csv and label_map.json; "" = the EUROSAT_DIR the metrics record
-AUGMENT_IMAGES_DIR = ""  # images for augmentations.png; "" = the DATA_DIR the pre-training config records
+LINEAR_RANDOM_METRICS = "linear_eval_metrics_random.pth"  # Linear_evaluation.py, random-init run
+FINETUNE_RANDOM_METRICS = "finetune_metrics_random.pth"  # finetune_model.py, random-init run
+EUROSAT_DIR = ""  # folder with test.csv and label_map.json; "" = EUROSAT_DIR the metrics record
+AUGMENT_IMAGES_DIR = ""  # images for augmentations.png; "" = DATA_DIR of the pre-training config
 AUGMENT_IMAGES = 4  # rows of augmentations.png: original, view 1, view 2 of one image each
 GRID_IMAGES = 24  # random test images in predictions_finetune.png
 GRID_COLUMNS = 8  # images per row of predictions_finetune.png
 DPI = 150  # resolution of every PNG, pixels per inch
 SEED = 0  # picks the images shown and their augmentations
-DEVICE = "auto"  # auto | cuda | cpu | mps; only used to run the classifier when the metrics hold no predictions
-# ----------------------------------------------------------------------------------------------------------------
+DEVICE = "auto"  # auto | cuda | cpu | mps; runs the classifier if the metrics hold no predictions
+# -------------------------------------------------------------------------------------------------
 
 # one colour per meaning, the same in every figure
 COLOR = {"train": "tab:blue", "val": "tab:orange", "pretrained": "tab:green", "random": "tab:gray",
@@ -61,7 +67,8 @@ written, skipped = [], []  # figure paths written, figure names skipped (for the
 
 
 def figure_inches(name, count=0):
-    """Width, height in inches of each figure; `count` is the number of images in the two image figures."""
+    """Width, height in inches of each figure; `count` is the number of images in the two image
+    figures."""
     if name == "predictions_finetune":
         return GRID_COLUMNS * 1.6, math.ceil(count / GRID_COLUMNS) * 2.0 + 0.8
     if name == "augmentations":
@@ -76,12 +83,16 @@ def figure_inches(name, count=0):
 
 
 def set_style():
-    """The one look of every figure: white background, light grid, readable fonts, layout that fits its size."""
+    """The one look of every figure: white background, light grid, readable fonts, layout that fits
+    its size."""
     plt.rcParams.update({
-        "figure.dpi": DPI, "savefig.dpi": DPI, "figure.facecolor": "white", "savefig.facecolor": "white",
-        "figure.constrained_layout.use": True, "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10,
+        "figure.dpi": DPI, "savefig.dpi": DPI, "figure.facecolor": "white",
+        "savefig.facecolor": "white",
+        "figure.constrained_layout.use": True, "font.size": 10, "axes.titlesize": 11,
+        "axes.labelsize": 10,
         "figure.titlesize": 12, "legend.fontsize": 9, "legend.frameon": False, "axes.grid": True,
-        "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False, "lines.linewidth": 1.8,
+        "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False,
+        "lines.linewidth": 1.8,
         "lines.markersize": 4, "image.interpolation": "nearest"})
 
 
@@ -104,12 +115,14 @@ def load_metrics(name, kind, what, how, figures):
 
 
 def draw(name, build, *args):
-    """Build one figure and save it; a problem in one figure (e.g. an older metrics schema) skips only that one."""
+    """Build one figure and save it; a problem in one figure (e.g. an older metrics schema) skips
+    only that one."""
     try:
         fig = build(*args)
     except KeyError as error:
         plt.close("all")
-        skip(name, f"the metrics have no {error} entry (written by an older version of the script?)", [name])
+        skip(name, f"the metrics have no {error} entry "
+             "(written by an older version of the script?)", [name])
         return
     except Exception as error:  # noqa: BLE001 -- one bad figure must not cost the others
         plt.close("all")
@@ -130,38 +143,47 @@ def folder_name(path):
 
 
 def run_label(m):
-    """Which model and data: "resnet18, 64 px, SimSiam-pretrained (simsiam_resnet18_epoch_90.pth), EuroSAT 'X'"."""
+    """Which model and data: "resnet18, 64 px, SimSiam-pretrained (simsiam_resnet18_epoch_90.pth),
+    EuroSAT 'X'"."""
     pretrained = m.get("pretrained_path", "?")
-    source = "random init" if pretrained == "random" else f"SimSiam-pretrained ({os.path.basename(pretrained)})"
-    return f"{m['arch']}, {m['image_size']} px, {source}, EuroSAT {folder_name(m['config'].get('EUROSAT_DIR'))}"
+    source = ("random init" if pretrained == "random"
+              else f"SimSiam-pretrained ({os.path.basename(pretrained)})")
+    return (f"{m['arch']}, {m['image_size']} px, {source}, "
+            f"EuroSAT {folder_name(m['config'].get('EUROSAT_DIR'))}")
 
 
 def eurosat_dir_of(m):
     return EUROSAT_DIR or m["config"].get("EUROSAT_DIR", "")
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # pre-training
 
 def plot_pretraining(m):
     config, epochs = m["config"], m["epochs"]
-    fig, ((ax_loss, ax_lr), (ax_std, ax_knn)) = plt.subplots(2, 2, figsize=figure_inches("pretrain_curves"))
+    fig, ((ax_loss, ax_lr), (ax_std, ax_knn)) = plt.subplots(
+        2, 2, figsize=figure_inches("pretrain_curves"))
     steps_per_epoch = m["global_step"] / len(epochs)
     if m.get("step_loss"):
-        ax_loss.plot(np.array(m["step"]) / steps_per_epoch, m["step_loss"], ".", color=COLOR["note"], alpha=0.5,
+        ax_loss.plot(np.array(m["step"]) / steps_per_epoch, m["step_loss"], ".",
+                     color=COLOR["note"], alpha=0.5,
                      label="one batch (sampled every 20 steps and at epoch end)")
     ax_loss.plot(epochs, m["loss"], "-o", color=COLOR["train"], label="epoch mean")
-    ax_loss.set(title="loss", xlabel="epoch", ylabel="negative cosine similarity (-1 = views agree)")
+    ax_loss.set(title="loss", xlabel="epoch",
+                ylabel="negative cosine similarity (-1 = views agree)")
     ax_loss.legend()
 
     base_lr = config["BASE_LR"] * config["BATCH_SIZE"] * m.get("world_size", 1) / 256
     if m.get("step_lr"):
-        ax_lr.plot(np.arange(1, len(m["step_lr"]) + 1), m["step_lr"], "-", color=COLOR["train"], label="backbone + projector (per step)")
+        ax_lr.plot(np.arange(1, len(m["step_lr"]) + 1), m["step_lr"], "-", color=COLOR["train"],
+                   label="backbone + projector (per step)")
         ax_lr.set_xlabel("step")
-        top = ax_lr.secondary_xaxis("top", functions=(lambda s: s / steps_per_epoch, lambda e: e * steps_per_epoch))
+        top = ax_lr.secondary_xaxis("top", functions=(lambda s: s / steps_per_epoch,
+                                                      lambda e: e * steps_per_epoch))
         top.set_xlabel("epoch")
     else:
-        ax_lr.plot(epochs, m["lr"], "-o", color=COLOR["train"], label="backbone + projector (end of epoch)")
+        ax_lr.plot(epochs, m["lr"], "-o", color=COLOR["train"],
+                   label="backbone + projector (end of epoch)")
         ax_lr.set_xlabel("epoch")
     if config.get("FIX_PRED_LR"):
         ax_lr.axhline(base_lr, color=COLOR["val"], ls="--", label="predictor (fixed)")
@@ -175,25 +197,30 @@ def plot_pretraining(m):
                    label=f"healthy: 1/sqrt({config['PROJ_DIM']}) = {healthy:.4f}")
     ax_std.axhspan(0, COLLAPSE_RATIO * healthy, color=COLOR["wrong"], alpha=0.12,
                    label=f"collapse warning (< {COLLAPSE_RATIO:g} x healthy)")
-    ax_std.set(title="collapse signal", xlabel="epoch", ylabel="std of l2-normalised z, per dimension",
+    ax_std.set(title="collapse signal", xlabel="epoch",
+               ylabel="std of l2-normalised z, per dimension",
                ylim=(0, 1.3 * max(max(m["z_std"]), healthy)))
     ax_std.legend(loc="best")
 
     knn = [(e, v) for e, v in zip(epochs, m["knn_top1"]) if v is not None]
     if knn:
         ax_knn.plot(*zip(*knn), "-o", color=COLOR["val"])
-        ax_knn.annotate(f"{knn[-1][1]:.1f}%", knn[-1], textcoords="offset points", xytext=(0, 8), ha="center")
+        ax_knn.annotate(f"{knn[-1][1]:.1f}%", knn[-1], textcoords="offset points", xytext=(0, 8),
+                        ha="center")
         ax_knn.set(ylim=(0, 100))
     else:
-        ax_knn.text(0.5, 0.5, "kNN monitor not run\n(train_simsiam.py --knn_data_dir=EUROSAT_FOLDER turns it on)",
+        ax_knn.text(0.5, 0.5, "kNN monitor not run\n"
+                    "(train_simsiam.py --knn_data_dir=EUROSAT_FOLDER turns it on)",
                     ha="center", va="center", transform=ax_knn.transAxes, color=COLOR["note"])
         ax_knn.set(xlim=(0.5, epochs[-1] + 0.5), ylim=(0, 100))
-    ax_knn.set(title=f"kNN monitor (k={config.get('KNN_K', '?')}, validation split)", xlabel="epoch",
-               ylabel="kNN top-1 accuracy (%)")
+    ax_knn.set(title=f"kNN monitor (k={config.get('KNN_K', '?')}, validation split)",
+               xlabel="epoch", ylabel="kNN top-1 accuracy (%)")
     for ax in (ax_loss, ax_std, ax_knn):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.suptitle(f"SimSiam pre-training: {config['ARCH']}, {config['IMAGE_SIZE']} px, {m['num_images']} images from "
-                 f"{folder_name(config.get('DATA_DIR'))}, epoch {epochs[-1]} of {config['NUM_EPOCHS']}, "
+    fig.suptitle(f"SimSiam pre-training: {config['ARCH']}, {config['IMAGE_SIZE']} px, "
+                 f"{m['num_images']} images from "
+                 f"{folder_name(config.get('DATA_DIR'))}, epoch {epochs[-1]} of "
+                 f"{config['NUM_EPOCHS']}, "
                  f"batch {config['BATCH_SIZE']} x {m.get('world_size', 1)}")
     return fig
 
@@ -202,8 +229,9 @@ def describe_ops(params, i, height, width):
     """The augmentations BatchAugment applied to sample i, e.g. 'crop 46%, flip, jitter, blur'."""
     x0, y0, x1, y1 = params["boxes"][i].tolist()
     ops = [f"crop {100 * (x1 - x0) * (y1 - y0) / (height * width):.0f}%"]
-    ops += [name for name, key in (("flip", "flip"), ("jitter", "jitter"), ("gray", "gray"), ("blur", "blur"),
-                                   ("solarised", "solarize")) if bool(params[key][i])]
+    ops += [name for name, key in (("flip", "flip"), ("jitter", "jitter"), ("gray", "gray"),
+                                   ("blur", "blur"), ("solarised", "solarize"))
+            if bool(params[key][i])]
     return ", ".join(ops)
 
 
@@ -212,14 +240,15 @@ def plot_augmentations(m):
     folder = AUGMENT_IMAGES_DIR or config.get("DATA_DIR", "")
     paths = data.list_images(folder) if os.path.isdir(folder) else []
     if not paths:
-        skip("augmentations", f"no images found in {folder!r} (pass --augment_images_dir=FOLDER)", ["augmentations"])
+        skip("augmentations", f"no images found in {folder!r} (pass --augment_images_dir=FOLDER)",
+             ["augmentations"])
         return None
     rng = np.random.default_rng(SEED)
     chosen = sorted(rng.choice(len(paths), min(AUGMENT_IMAGES, len(paths)), replace=False))
     images = [data.open_rgb(paths[i]) for i in chosen]
     size, scale, solarize = config["IMAGE_SIZE"], config["CROP_SCALE_MIN"], config["SOLARIZE"]
-    strengths = dict(jitter_strength=config.get("JITTER_STRENGTH", 1.0), gray_p=config.get("GRAY_P", 0.2),
-                     blur_p=config.get("BLUR_P", 0.5))
+    strengths = dict(jitter_strength=config.get("JITTER_STRENGTH", 1.0),
+                     gray_p=config.get("GRAY_P", 0.2), blur_p=config.get("BLUR_P", 0.5))
     views, labels = [], []
     if config.get("PIPELINE", "fast") == "reference":
         torch.manual_seed(SEED)
@@ -238,30 +267,36 @@ def plot_augmentations(m):
             labels.append((describe_ops(p1, 0, image.height, image.width),
                            describe_ops(p2, 0, image.height, image.width)))
         pipeline = "fast pipeline: BatchAugment on uint8 tensors, as train_simsiam.py"
-    mean, std = torch.tensor(data.IMAGENET_MEAN).view(3, 1, 1), torch.tensor(data.IMAGENET_STD).view(3, 1, 1)
-    fig, axes = plt.subplots(len(images), 3, figsize=figure_inches("augmentations", len(images)), squeeze=False)
+    mean, std = (torch.tensor(data.IMAGENET_MEAN).view(3, 1, 1),
+                 torch.tensor(data.IMAGENET_STD).view(3, 1, 1))
+    fig, axes = plt.subplots(len(images), 3, figsize=figure_inches("augmentations", len(images)),
+                             squeeze=False)
     for row, (image, (v1, v2), (l1, l2)) in enumerate(zip(images, views, labels)):
-        shown = [(image, f"original\n{image.width}x{image.height} px"), (v1, f"view 1\n{l1}"), (v2, f"view 2\n{l2}")]
+        shown = [(image, f"original\n{image.width}x{image.height} px"), (v1, f"view 1\n{l1}"),
+                 (v2, f"view 2\n{l2}")]
         for ax, (picture, title) in zip(axes[row], shown):
             if torch.is_tensor(picture):  # de-normalise to 0..1 RGB
                 picture = (picture * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
             ax.imshow(picture)
             ax.set_title(title, fontsize=8)
             ax.axis("off")
-    solarisation = "view 2 solarised with p=0.2" if solarize else "no solarisation (the paper's symmetric recipe)"
+    solarisation = ("view 2 solarised with p=0.2" if solarize
+                    else "no solarisation (the paper's symmetric recipe)")
     fig.suptitle(f"SimSiam augmentations ({config['ARCH']} pre-training config)\n"
                  f"{len(images)} images from {folder_name(folder)}, {size} px views")
-    fig.supxlabel(f"{pipeline}\ncrop area {scale}-1, {solarisation}", fontsize=8, color=COLOR["note"])
+    fig.supxlabel(f"{pipeline}\ncrop area {scale}-1, {solarisation}", fontsize=8,
+                  color=COLOR["note"])
     return fig
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # linear evaluation and fine-tuning
 
 def plot_curves(m, baseline, stage):
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=figure_inches("curves"))
     epochs, best = m["epochs"], m["best_epoch"]
-    for ax, key, unit in ((ax_loss, "loss", "cross-entropy loss"), (ax_acc, "acc", "accuracy (%)")):
+    for ax, key, unit in ((ax_loss, "loss", "cross-entropy loss"),
+                          (ax_acc, "acc", "accuracy (%)")):
         ax.plot(epochs, m[f"train_{key}"], "-o", color=COLOR["train"], label="train")
         ax.plot(epochs, m[f"val_{key}"], "-o", color=COLOR["val"], label="validation")
         if baseline is not None:
@@ -271,23 +306,27 @@ def plot_curves(m, baseline, stage):
         ax.set(xlabel="epoch", ylabel=unit, title=f"{unit.split(' (')[0]} per epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_acc.plot(best, m["best_val_acc"], "*", ms=14, color=COLOR["val"], zorder=5)
-    ax_acc.annotate(f"{m['best_val_acc']:.1f}%", (best, m["best_val_acc"]), textcoords="offset points",
-                    xytext=(0, 9), ha="center")
-    accuracies = m["train_acc"] + m["val_acc"] + (baseline["val_acc"] if baseline is not None else [])
+    ax_acc.annotate(f"{m['best_val_acc']:.1f}%", (best, m["best_val_acc"]),
+                    textcoords="offset points", xytext=(0, 9), ha="center")
+    accuracies = (m["train_acc"] + m["val_acc"]
+                  + (baseline["val_acc"] if baseline is not None else []))
     ax_acc.set_ylim(max(0.0, min(accuracies) - 5), 101)
     ax_loss.legend()
     ax_acc.legend(loc="best")
     test = f"test {m['test_acc']:.1f}%" if m.get("test_acc") is not None else "no test-set run"
-    fig.suptitle(f"{stage}: {run_label(m)}\nbest validation {m['best_val_acc']:.1f}% at epoch {best}, {test}")
+    fig.suptitle(f"{stage}: {run_label(m)}\n"
+                 f"best validation {m['best_val_acc']:.1f}% at epoch {best}, {test}")
     return fig
 
 
 def plot_comparison(runs):
-    """runs: (label, pretrained metrics or None, random-init metrics or None) of linear evaluation and fine-tuning."""
+    """runs: (label, pretrained metrics or None, random-init metrics or None) of linear evaluation
+    and fine-tuning."""
     (_, linear, linear_random), _ = runs
     groups = []  # (x label, SimSiam value, random-init value)
     for k in ("k20", "k200"):
-        values = [(r.get("knn") or {}).get(k) if r is not None else None for r in (linear, linear_random)]
+        values = [(r.get("knn") or {}).get(k) if r is not None else None
+                  for r in (linear, linear_random)]
         if any(v is not None for v in values):
             groups.append((f"kNN, k={k[1:]}\n(frozen features)", *values))
     for label, pretrained, random_init in runs:
@@ -300,34 +339,41 @@ def plot_comparison(runs):
     has_random = any(g[2] is not None for g in groups)
     width = 0.38 if has_random else 0.6
     fig, ax = plt.subplots(figsize=figure_inches("comparison"))
-    for column, (name, offset) in enumerate((("SimSiam-pretrained", -width / 2 if has_random else 0),
+    for column, (name, offset) in enumerate((("SimSiam-pretrained",
+                                              -width / 2 if has_random else 0),
                                              ("random init", width / 2))):
-        bars = [(x + offset, g[1 + column]) for x, g in enumerate(groups) if g[1 + column] is not None]
+        bars = [(x + offset, g[1 + column]) for x, g in enumerate(groups)
+                if g[1 + column] is not None]
         if bars:
             drawn = ax.bar(*zip(*bars), width=width, label=name,
                            color=COLOR["pretrained" if column == 0 else "random"])
             ax.bar_label(drawn, fmt="%.1f%%", padding=2)
     reference = next(r for _, *pair in runs for r in pair if r is not None)
     chance = 100 / len(reference["class_names"])
-    ax.axhline(chance, color="black", ls=":", lw=1, label=f"chance ({len(reference['class_names'])} classes)")
+    ax.axhline(chance, color="black", ls=":", lw=1,
+               label=f"chance ({len(reference['class_names'])} classes)")
     ax.set_xticks(range(len(groups)), [g[0] for g in groups])
     ax.set(ylabel="top-1 accuracy on the test set (%)", ylim=(0, 108))
     ax.grid(axis="x", visible=False)
     ax.legend(loc="upper left", ncols=3)
     source = next((r["pretrained_path"] for _, r, _ in runs if r is not None), None)
-    weights = f"SimSiam weights {os.path.basename(source)}" if source else "random-init baselines only"
-    fig.suptitle(f"EuroSAT test accuracy: {reference['arch']}, {reference['image_size']} px, {weights}, data "
+    weights = (f"SimSiam weights {os.path.basename(source)}" if source
+               else "random-init baselines only")
+    fig.suptitle(f"EuroSAT test accuracy: {reference['arch']}, {reference['image_size']} px, "
+                 f"{weights}, data "
                  f"{folder_name(reference['config'].get('EUROSAT_DIR'))}")
     return fig
 
 
 def plot_confusion(m, stage, name):
     if m.get("confusion_matrix") is None:
-        skip(name, "the metrics record no test-set confusion matrix (the test split was not run)", [name])
+        skip(name, "the metrics record no test-set confusion matrix (the test split was not run)",
+             [name])
         return None
     names, counts = m["class_names"], np.array(m["confusion_matrix"])
     share = 100 * counts / counts.sum(axis=1, keepdims=True).clip(min=1)
-    fig, (ax_cm, ax_bar) = plt.subplots(1, 2, figsize=figure_inches("confusion"), width_ratios=[1.5, 1])
+    fig, (ax_cm, ax_bar) = plt.subplots(1, 2, figsize=figure_inches("confusion"),
+                                        width_ratios=[1.5, 1])
     image = ax_cm.imshow(share, cmap="Blues", vmin=0, vmax=100)
     for (row, col), count in np.ndenumerate(counts):
         ax_cm.text(col, row, str(count), ha="center", va="center", fontsize=8,
@@ -335,12 +381,14 @@ def plot_confusion(m, stage, name):
     ticks = range(len(names))
     ax_cm.set_xticks(ticks, names, rotation=45, ha="right")
     ax_cm.set_yticks(ticks, names)
-    ax_cm.set(xlabel="predicted class", ylabel="true class", title="confusion matrix (test images; colour = row %)")
+    ax_cm.set(xlabel="predicted class", ylabel="true class",
+              title="confusion matrix (test images; colour = row %)")
     ax_cm.grid(False)
     fig.colorbar(image, ax=ax_cm, label="share of the true class (%)", shrink=0.8)
     per_class = m.get("per_class_acc") or {n: s for n, s in zip(names, np.diag(share))}
     values = [per_class[n] for n in names]
-    bars = ax_bar.barh(names, values, color=COLOR["pretrained" if m["pretrained_path"] != "random" else "random"])
+    bars = ax_bar.barh(names, values,
+                       color=COLOR["pretrained" if m["pretrained_path"] != "random" else "random"])
     ax_bar.bar_label(bars, fmt="%.1f%%", padding=2, fontsize=8)
     title = "per-class accuracy"
     if m.get("test_acc") is not None:
@@ -354,7 +402,8 @@ def plot_confusion(m, stage, name):
 
 
 def resolve_model_path(recorded):
-    """The checkpoint as recorded, else the same file name in OUTPUT_DIR (outputs copied elsewhere)."""
+    """The checkpoint as recorded, else the same file name in OUTPUT_DIR (outputs copied
+    elsewhere)."""
     for candidate in (recorded, os.path.join(OUTPUT_DIR, os.path.basename(recorded or ""))):
         if candidate and os.path.isfile(candidate):
             return candidate
@@ -363,11 +412,13 @@ def resolve_model_path(recorded):
 
 @torch.no_grad()
 def predict(model_path, paths):
-    """Class names predicted by a classifier checkpoint for image files (the project's evaluation transform)."""
+    """Class names predicted by a classifier checkpoint for image files (the project's evaluation
+    transform)."""
     model, checkpoint, model_config = classifier_from_checkpoint(model_path)
     device = pick_device(DEVICE)
     model.to(device).eval()
-    transform = data.eval_transform(model_config["image_size"], checkpoint["mean"], checkpoint["std"])
+    transform = data.eval_transform(model_config["image_size"], checkpoint["mean"],
+                                    checkpoint["std"])
     batch = torch.stack([transform(data.open_rgb(p)) for p in paths]).to(device)
     return [checkpoint["class_names"][i] for i in model(batch).argmax(dim=1).tolist()]
 
@@ -376,15 +427,16 @@ def plot_predictions(m):
     name = "predictions_finetune"
     folder = eurosat_dir_of(m)
     try:
-        paths, labels, csv_names = data.read_eurosat_split(folder, os.path.join(folder, "test.csv"),
-                                                          os.path.join(folder, "label_map.json"),
-                                                          require_files=False)
+        paths, labels, csv_names = data.read_eurosat_split(
+            folder, os.path.join(folder, "test.csv"), os.path.join(folder, "label_map.json"),
+            require_files=False)
     except ValueError as error:
         skip("prediction grid", f"{error} (pass --eurosat_dir=FOLDER)", [name])
         return None
     present = [i for i, p in enumerate(paths) if os.path.isfile(p)]
     if not present:
-        skip("prediction grid", f"test images not found under {folder!r} (pass --eurosat_dir=FOLDER)", [name])
+        skip("prediction grid",
+             f"test images not found under {folder!r} (pass --eurosat_dir=FOLDER)", [name])
         return None
     rng = np.random.default_rng(SEED)
     chosen = sorted(rng.choice(present, min(GRID_IMAGES, len(present)), replace=False))
@@ -394,18 +446,21 @@ def plot_predictions(m):
         source = "predictions recorded during the test run"
     else:
         if recorded is not None:
-            print(f"note: {len(recorded)} recorded test predictions but test.csv has {len(paths)} rows; "
+            print(f"note: {len(recorded)} recorded test predictions but test.csv has "
+                  f"{len(paths)} rows; "
                   "running the model instead")
         model_path = resolve_model_path(m.get("best_model_path"))
         if model_path is None:
-            skip("prediction grid", f"no test predictions recorded and the model {m.get('best_model_path')!r} "
+            skip("prediction grid", "no test predictions recorded and the model "
+                 f"{m.get('best_model_path')!r} "
                  "was not found", [name])
             return None
         predicted = predict(model_path, [paths[i] for i in chosen])
         source = f"predicted now by {os.path.basename(model_path)}"
     truth = [csv_names[labels[i]] for i in chosen]
     rows = math.ceil(len(chosen) / GRID_COLUMNS)
-    fig, axes = plt.subplots(rows, GRID_COLUMNS, figsize=figure_inches(name, len(chosen)), squeeze=False)
+    fig, axes = plt.subplots(rows, GRID_COLUMNS, figsize=figure_inches(name, len(chosen)),
+                             squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     wrong = 0
@@ -421,28 +476,33 @@ def plot_predictions(m):
             spine.set(visible=not ok, color=COLOR["wrong"], linewidth=3)
         ax.set_title(f"true: {true_name}\npred: {predicted_name}", fontsize=7,
                      color="black" if ok else COLOR["wrong"])
-    fig.suptitle(f"Fine-tuned {run_label(m)}\n{len(chosen)} random test images, {wrong} wrong (red); {source}")
+    fig.suptitle(f"Fine-tuned {run_label(m)}\n"
+                 f"{len(chosen)} random test images, {wrong} wrong (red); {source}")
     return fig
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 
 def main():
     config, _ = configure(globals())
-    check_settings(config, {"AUGMENT_IMAGES": at_least(1), "GRID_IMAGES": at_least(1), "GRID_COLUMNS": at_least(1),
+    check_settings(config, {"AUGMENT_IMAGES": at_least(1), "GRID_IMAGES": at_least(1),
+                            "GRID_COLUMNS": at_least(1),
                             "DPI": at_least(10), "SEED": at_least(0)})
     prepare_output_dir(FIGURES_DIR, setting="FIGURES_DIR")
     set_style()
     pretrain = load_metrics(PRETRAIN_METRICS, PRETRAIN_METRICS_KIND, "pre-training figures",
                             "run python train_simsiam.py", ["pretrain_curves", "augmentations"])
     linear = load_metrics(LINEAR_METRICS, LINEAR_METRICS_KIND, "linear evaluation figures",
-                          "run python Linear_evaluation.py", ["linear_eval_curves", "confusion_linear_eval"])
+                          "run python Linear_evaluation.py",
+                          ["linear_eval_curves", "confusion_linear_eval"])
     finetune = load_metrics(FINETUNE_METRICS, FINETUNE_METRICS_KIND, "fine-tuning figures",
                             "run python finetune_model.py",
                             ["finetune_curves", "confusion_finetune", "predictions_finetune"])
-    linear_random = load_metrics(LINEAR_RANDOM_METRICS, LINEAR_METRICS_KIND, "random-init linear evaluation baseline",
+    linear_random = load_metrics(LINEAR_RANDOM_METRICS, LINEAR_METRICS_KIND,
+                                 "random-init linear evaluation baseline",
                                  "run python Linear_evaluation.py --pretrained_path=random", [])
-    finetune_random = load_metrics(FINETUNE_RANDOM_METRICS, FINETUNE_METRICS_KIND, "random-init fine-tuning baseline",
+    finetune_random = load_metrics(FINETUNE_RANDOM_METRICS, FINETUNE_METRICS_KIND,
+                                   "random-init fine-tuning baseline",
                                    "run python finetune_model.py --pretrained_path=random", [])
 
     if pretrain is not None:
@@ -450,7 +510,8 @@ def main():
         draw("augmentations", plot_augmentations, pretrain)
     if linear is not None:
         draw("linear_eval_curves", plot_curves, linear, linear_random, "Linear evaluation")
-        draw("confusion_linear_eval", plot_confusion, linear, "Linear evaluation", "confusion_linear_eval")
+        draw("confusion_linear_eval", plot_confusion, linear, "Linear evaluation",
+             "confusion_linear_eval")
     if finetune is not None:
         draw("finetune_curves", plot_curves, finetune, finetune_random, "Fine-tuning")
         draw("confusion_finetune", plot_confusion, finetune, "Fine-tuning", "confusion_finetune")

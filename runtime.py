@@ -1,23 +1,29 @@
 """What every script of the project needs to run, and nothing else.
 
-- `configure(globals())`: the nanoGPT-style override mechanism. Every UPPER_CASE constant that a script defines
-  at its top can be replaced from the command line as `--batch_size=64` (or `--BATCH_SIZE=64`). An unknown name
-  or a value of the wrong type exits with status 2 and lists the valid names; `--help` lists every constant with
-  its value and its comment. Returns the resolved `config` dict that goes into every checkpoint and metrics file.
-- `fail(message)`: the one way a script stops on a problem it cannot go past (`error: ...`, exit 1);
-  `UserError` (and its kinds `CheckpointError`, `DataError`, `WriteError`) is what shared code raises for a
-  problem with the user's files or settings, and `run(main)` turns it into `fail`, never a traceback.
-- `check_settings(config, rules)` with `at_least`, `between`, `one_of`: constants checked at start-up, before
-  any data is read, with the constant's name and what it may be.
-- `prepare_output_dir(folder, lock_name)`: writable, enough free space, temporary files of dead runs removed,
-  and locked so that a second run on the same outputs is refused (the lock dies with its process).
+- `configure(globals())`: the nanoGPT-style override mechanism. Every UPPER_CASE constant that a
+  script defines at its top can be replaced from the command line as `--batch_size=64` (or
+  `--BATCH_SIZE=64`). An unknown name or a value of the wrong type exits with status 2 and lists
+  the valid names; `--help` lists every constant with its value and its comment. Returns the
+  resolved `config` dict that goes into every checkpoint and metrics file.
+- `fail(message)`: the one way a script stops on a problem it cannot go past (`error: ...`,
+  exit 1); `UserError` (and its kinds `CheckpointError`, `DataError`, `WriteError`) is what shared
+  code raises for a problem with the user's files or settings, and `run(main)` turns it into
+  `fail`, never a traceback.
+- `check_settings(config, rules)` with `at_least`, `between`, `one_of`: constants checked at
+  start-up, before any data is read, with the constant's name and what it may be.
+- `prepare_output_dir(folder, lock_name)`: writable, enough free space, temporary files of dead
+  runs removed, and locked so that a second run on the same outputs is refused (the lock dies with
+  its process).
 - `pick_device()`, `amp_dtype_for(device)`, `autocast_for(device)`: the one device/precision block.
-- `atomic_write(path)` / `atomic_save(obj, path)`: write a hidden temporary file, then rename, so a kill never
-  leaves a half file; `load_checkpoint(path)`: torch.load with weights_only=True and errors that name the file.
-- `epoch_generator(seed, epoch)` and `warmup_cosine(...)`: the one per-epoch seeding and the one lr schedule.
+- `atomic_write(path)` / `atomic_save(obj, path)`: write a hidden temporary file, then rename, so a
+  kill never leaves a half file; `load_checkpoint(path)`: torch.load with weights_only=True and
+  errors that name the file.
+- `epoch_generator(seed, epoch)` and `warmup_cosine(...)`: the one per-epoch seeding and the one lr
+  schedule.
 
-Importing this module runs nothing and loads no heavy library: torch is imported inside the functions that use it,
-so that data-preparation scripts (and their worker processes) start in a fraction of a second.
+Importing this module runs nothing and loads no heavy library: torch is imported inside the
+functions that use it, so that data-preparation scripts (and their worker processes) start in a
+fraction of a second.
 """
 import ast
 import contextlib
@@ -33,15 +39,17 @@ import time
 _CONSTANT_LINE = re.compile(r"^([A-Z][A-Z0-9_]*)\s*=\s*(.*?)\s*(?:#\s*(.*))?$")
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # errors: one way to stop, one family of exceptions for problems the user can fix
 
 class UserError(Exception):
-    """A problem with the user's files or settings; the message names the file or setting and the fix."""
+    """A problem with the user's files or settings; the message names the file or setting and the
+    fix."""
 
 
 class CheckpointError(UserError):
-    """A checkpoint that is missing, unreadable, of the wrong kind, or that does not match its own config."""
+    """A checkpoint that is missing, unreadable, of the wrong kind, or that does not match its own
+    config."""
 
 
 class DataError(UserError, ValueError):
@@ -49,17 +57,20 @@ class DataError(UserError, ValueError):
 
 
 class WriteError(UserError, OSError):
-    """A file that could not be written (disk full, folder not writable); its temporary file is already gone."""
+    """A file that could not be written (disk full, folder not writable); its temporary file is
+    already gone."""
 
 
 def fail(message, code=1):
-    """Stop the script: `error: message` on stderr and exit status `code` (1; 2 for a wrong setting)."""
+    """Stop the script: `error: message` on stderr and exit status `code` (1; 2 for a wrong
+    setting)."""
     print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(code)
 
 
 def run(main):
-    """Run a script's main; a UserError raised anywhere below ends it with `error: ...`, not a traceback."""
+    """Run a script's main; a UserError raised anywhere below ends it with `error: ...`, not a
+    traceback."""
     try:
         return main()
     except UserError as error:
@@ -85,7 +96,8 @@ def _type_name(value):
 
 
 def _parse_value(name, text, current):
-    """Turn the text of an override into the type of the constant it replaces, or raise ValueError."""
+    """Turn the text of an override into the type of the constant it replaces, or raise
+    ValueError."""
     if isinstance(current, bool):
         lowered = text.strip().lower()
         if lowered in ("true", "1", "yes", "on"):
@@ -107,8 +119,8 @@ def _parse_value(name, text, current):
 
 
 def overridable_constants(namespace):
-    """The constants a script exposes: UPPER_CASE names assigned at the top level of its own source (not
-    imported ones) and bound to a bool, int, float or str."""
+    """The constants a script exposes: UPPER_CASE names assigned at the top level of its own source
+    (not imported ones) and bound to a bool, int, float or str."""
     declared = _constant_comments(namespace.get("__file__", ""))
     return {k: v for k, v in namespace.items()
             if k.isupper() and not k.startswith("_") and isinstance(v, (bool, int, float, str))
@@ -116,9 +128,11 @@ def overridable_constants(namespace):
 
 
 def configure(namespace, argv=None, allow_positional=0):
-    """Apply `--name=value` overrides to a script's constants in place; return (config, positional args).
+    """Apply `--name=value` overrides to a script's constants in place; return
+    (config, positional args).
 
-    `namespace` is the script's globals(). `allow_positional` is how many bare arguments the script accepts.
+    `namespace` is the script's globals(). `allow_positional` is how many bare arguments the script
+    accepts.
     """
     argv = sys.argv[1:] if argv is None else argv
     constants = overridable_constants(namespace)
@@ -126,7 +140,8 @@ def configure(namespace, argv=None, allow_positional=0):
     script = os.path.basename(namespace.get("__file__", "script"))
 
     def reject(message):
-        fail(f"{script}: {message}\nvalid names: {', '.join('--' + k.lower() for k in constants)}\n"
+        fail(f"{script}: {message}\n"
+             f"valid names: {', '.join('--' + k.lower() for k in constants)}\n"
              f"see: python {script} --help", code=2)
 
     if any(a in ("-h", "--help") for a in argv):
@@ -158,7 +173,8 @@ def configure(namespace, argv=None, allow_positional=0):
         print(f"overriding: {name} = {value!r}")
         namespace[name] = value
     if len(positional) > allow_positional:
-        reject(f"unexpected argument(s) {positional[allow_positional:]}: settings are written --name=value")
+        reject(f"unexpected argument(s) {positional[allow_positional:]}: settings are written "
+               "--name=value")
     return overridable_constants(namespace), positional
 
 
@@ -181,8 +197,9 @@ def one_of(*choices):
 def check_settings(config, rules):
     """Stop at start-up, before any data is read, on the first constant outside what it may be.
 
-    `rules` maps a constant's name to (test, what it may be), e.g. {"BATCH_SIZE": at_least(1)}; the message names
-    the constant, its value and the allowed range, and the exit status is 2, as for a malformed override.
+    `rules` maps a constant's name to (test, what it may be), e.g. {"BATCH_SIZE": at_least(1)}; the
+    message names the constant, its value and the allowed range, and the exit status is 2, as for a
+    malformed override.
     """
     for name, (allowed, description) in rules.items():
         if not allowed(config[name]):
@@ -190,11 +207,12 @@ def check_settings(config, rules):
                  f"(edit it at the top of the script or pass --{name.lower()}=...)", code=2)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # device and precision: CUDA if available, else MPS, else CPU; autocast only on CUDA.
 
 def pick_device(requested="auto"):
-    """CUDA if available, else MPS, else the CPU; a requested device that is not there stops the script."""
+    """CUDA if available, else MPS, else the CPU; a requested device that is not there stops the
+    script."""
     import torch
     if requested == "auto":
         if torch.cuda.is_available():
@@ -205,14 +223,20 @@ def pick_device(requested="auto"):
     try:
         device = torch.device(requested)
     except RuntimeError:
-        fail(f"DEVICE = {requested!r} is not a device: use auto, cpu, cuda, cuda:N or mps.", code=2)
-    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        fail(f"DEVICE = {requested!r} is not a device: use auto, cpu, cuda, cuda:N or mps.",
+             code=2)
+    if device.type == "cuda" and (not torch.cuda.is_available()
+                                  or (device.index or 0) >= torch.cuda.device_count()):
         fail(f"DEVICE = {requested!r}, but PyTorch sees {torch.cuda.device_count()} CUDA GPU(s) "
-             f"(CUDA build: {torch.version.cuda or 'none'}). Use --device=auto or --device=cpu.", code=2)
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        fail("DEVICE = 'mps', but this machine has no Apple GPU available to PyTorch. Use --device=auto.", code=2)
+             f"(CUDA build: {torch.version.cuda or 'none'}). Use --device=auto or --device=cpu.",
+             code=2)
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None)
+                                     and torch.backends.mps.is_available()):
+        fail("DEVICE = 'mps', but this machine has no Apple GPU available to PyTorch. "
+             "Use --device=auto.", code=2)
     if device.type not in ("cpu", "cuda", "mps"):
-        fail(f"DEVICE = {requested!r}: only auto, cpu, cuda, cuda:N and mps are supported.", code=2)
+        fail(f"DEVICE = {requested!r}: only auto, cpu, cuda, cuda:N and mps are supported.",
+             code=2)
     return device
 
 
@@ -220,7 +244,8 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
 def cpu_has_native_bf16():
-    """True where the CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower."""
+    """True where the CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is
+    emulated and slower."""
     import torch
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -229,12 +254,15 @@ def cpu_has_native_bf16():
 
 
 def amp_dtype_for(device, amp="auto"):
-    """(autocast dtype, or None for fp32; the reason, for the log) for AMP = auto | bf16 | fp16 | off.
+    """(autocast dtype, or None for fp32; the reason, for the log) for AMP =
+    auto | bf16 | fp16 | off.
 
-    auto: on CUDA, bf16 where the card computes it natively (compute capability 8.0 and up: Ampere, Ada, Hopper),
-    else fp16 with a grad scaler: below 8.0 (Turing, Volta, T4) bf16 is emulated and cuDNN has no bf16
-    convolutions, although torch.cuda.is_bf16_supported() says yes. On a CPU or MPS, auto is fp32.
-    bf16 / fp16 force one (on a CPU, bf16 only where it is native, fp16 never); off is fp32 everywhere.
+    auto: on CUDA, bf16 where the card computes it natively (compute capability 8.0 and up: Ampere,
+    Ada, Hopper), else fp16 with a grad scaler: below 8.0 (Turing, Volta, T4) bf16 is emulated and
+    cuDNN has no bf16 convolutions, although torch.cuda.is_bf16_supported() says yes. On a CPU or
+    MPS, auto is fp32.
+    bf16 / fp16 force one (on a CPU, bf16 only where it is native, fp16 never); off is fp32
+    everywhere.
     """
     import torch
     if amp == "off":
@@ -246,20 +274,20 @@ def amp_dtype_for(device, amp="auto"):
             return torch.float16, "forced by AMP = 'fp16', with a grad scaler"
         if amp == "bf16":
             return torch.bfloat16, ("forced by AMP = 'bf16'" if major >= 8 else
-                                    f"forced by AMP = 'bf16' on {capability}, where bf16 is emulated and slow; "
-                                    "'auto' would use fp16")
+                                    f"forced by AMP = 'bf16' on {capability}, where bf16 is "
+                                    "emulated and slow; 'auto' would use fp16")
         if major >= 8:
             return torch.bfloat16, f"{capability} computes bf16 natively"
         return torch.float16, f"{capability} has no native bf16: fp16 with a grad scaler"
     if amp == "fp16":
-        fail(f"AMP = 'fp16' needs a CUDA GPU; this run is on {device.type}. Use --amp=auto (or bf16 on a CPU "
-             "with native bf16).", code=2)
+        fail(f"AMP = 'fp16' needs a CUDA GPU; this run is on {device.type}. Use --amp=auto "
+             "(or bf16 on a CPU with native bf16).", code=2)
     native = device.type == "cpu" and cpu_has_native_bf16()
     if amp == "bf16" and native:
         return torch.bfloat16, "AMP = 'bf16' on a CPU with native bf16 (AVX512-BF16 or AMX)"
     if amp == "bf16":
-        return None, (f"AMP = 'bf16' ignored on {device.type}: no native bf16 (AVX512-BF16 or AMX), where bf16 "
-                      "is slower than fp32")
+        return None, (f"AMP = 'bf16' ignored on {device.type}: no native bf16 (AVX512-BF16 or "
+                      "AMX), where bf16 is slower than fp32")
     return None, f"AMP = 'auto' keeps {device.type} in fp32" + (
         "; --amp=bf16 is faster on this CPU, which has native bf16" if native else "")
 
@@ -270,11 +298,13 @@ def precision_name(amp_dtype):
 
 
 def speed_up_cuda(device):
-    """cuDNN autotuning and TF32 matrix products on CUDA; returns what was turned on ("" elsewhere).
+    """cuDNN autotuning and TF32 matrix products on CUDA; returns what was turned on
+    ("" elsewhere).
 
-    Safe here: every training batch has the same shape (drop_last), so autotuning runs once per shape, and TF32
-    only touches what is left in fp32 under autocast (the loss, the linear head) with a 10-bit mantissa that
-    SGD does not notice. Results are then not bit-for-bit repeatable on a GPU (they never are with cuDNN).
+    Safe here: every training batch has the same shape (drop_last), so autotuning runs once per
+    shape, and TF32 only touches what is left in fp32 under autocast (the loss, the linear head)
+    with a 10-bit mantissa that SGD does not notice. Results are then not bit-for-bit repeatable on
+    a GPU (they never are with cuDNN).
     """
     import torch
     if device.type != "cuda":
@@ -286,7 +316,8 @@ def speed_up_cuda(device):
 
 
 def channels_last_for(device, amp_dtype, enabled=True):
-    """channels_last pays off on CUDA and under CPU bf16 (oneDNN's fast convolutions); elsewhere it only costs."""
+    """channels_last pays off on CUDA and under CPU bf16 (oneDNN's fast convolutions); elsewhere it
+    only costs."""
     return enabled and (device.type == "cuda" or amp_dtype is not None)
 
 
@@ -298,9 +329,9 @@ def autocast_for(device, amp_dtype):
 
 
 def restore_grad_scaler(scaler, state):
-    """Load a saved GradScaler state whatever precision wrote it: a bf16 or fp32 run saves an empty state, which
-    an enabled fp16 scaler cannot load (it starts from its initial scale instead), and a disabled scaler has
-    nothing to restore."""
+    """Load a saved GradScaler state whatever precision wrote it: a bf16 or fp32 run saves an empty
+    state, which an enabled fp16 scaler cannot load (it starts from its initial scale instead), and
+    a disabled scaler has nothing to restore."""
     if scaler.is_enabled() and state:
         scaler.load_state_dict(state)
         return "restored"
@@ -308,19 +339,21 @@ def restore_grad_scaler(scaler, state):
 
 
 def epoch_generator(seed, epoch, augment_stream=None):
-    """The CPU generator of one epoch: the data order (the same on every rank) or, with augment_stream = rank + 1,
-    that rank's augmentations. Seeding per epoch, not once per run, lets a resumed run replay exactly the epoch
-    it would have had, without saving generator states."""
+    """The CPU generator of one epoch: the data order (the same on every rank) or, with
+    augment_stream = rank + 1, that rank's augmentations. Seeding per epoch, not once per run, lets
+    a resumed run replay exactly the epoch it would have had, without saving generator states."""
     import torch
     offset = epoch if augment_stream is None else epoch * 7_919 + augment_stream
     return torch.Generator().manual_seed(seed * 100_003 + offset)
 
 
 def warmup_cosine(step, total_steps, warmup_steps, peak):
-    """The lr of every training script: linear warm-up to `peak` over warmup_steps, then half-cosine to 0."""
+    """The lr of every training script: linear warm-up to `peak` over warmup_steps, then
+    half-cosine to 0."""
     if step < warmup_steps:
         return peak * (step + 1) / warmup_steps
-    return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
+    return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup_steps)
+                                      / max(1, total_steps - warmup_steps)))
 
 
 def seed_everything(seed):
@@ -337,7 +370,8 @@ def library_versions():
     import torchvision
     return {"python": platform.python_version(), "torch": str(torch.__version__),
             "torchvision": str(torchvision.__version__), "numpy": str(np.__version__),
-            "cuda": str(torch.version.cuda or "none"), "machine": f"{platform.machine()} {os.cpu_count()} cores"}
+            "cuda": str(torch.version.cuda or "none"),
+            "machine": f"{platform.machine()} {os.cpu_count()} cores"}
 
 
 def describe_device(device):
@@ -348,13 +382,14 @@ def describe_device(device):
     return f"{device.type} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # files: output folders, locks, atomic writes and checked loads
 
-# Every temporary file of the project is `.<final name>.tmp<pid>` beside its final file: hidden from image
-# listings, and the pid tells whether the process that wrote it is still alive.
+# Every temporary file of the project is `.<final name>.tmp<pid>` beside its final file: hidden
+# from image listings, and the pid tells whether the process that wrote it is still alive.
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>\d+)$")
-_held_locks = []  # open lock files: kept for the life of the process, released by the kernel when it ends
+# open lock files: kept for the life of the process, released by the kernel when it ends
+_held_locks = []
 
 
 def temp_path_for(path):
@@ -373,12 +408,14 @@ def _alive(pid):
 
 
 def remove_stale_temp_files(folder):
-    """Delete the temporary files that processes now dead left in `folder` (a kill mid-write); returns their count.
-    A live process's files are left alone, so a run never deletes another live run's work."""
+    """Delete the temporary files that processes now dead left in `folder` (a kill mid-write);
+    returns their count. A live process's files are left alone, so a run never deletes another live
+    run's work."""
     removed = 0
     for name in os.listdir(folder) if os.path.isdir(folder) else []:
         match = _TEMP_NAME.match(name)
-        if match and int(match.group("pid")) != os.getpid() and not _alive(int(match.group("pid"))):
+        if (match and int(match.group("pid")) != os.getpid()
+                and not _alive(int(match.group("pid")))):
             with contextlib.suppress(OSError):
                 os.remove(os.path.join(folder, name))
                 removed += 1
@@ -387,9 +424,10 @@ def remove_stale_temp_files(folder):
 
 @contextlib.contextmanager
 def atomic_write(path, mode="wb", durable=True):
-    """Open a temporary file beside `path`; when the block ends, flush it (to disk when `durable`) and rename it
-    over `path`, so readers see the old file or the new one, never half of one. On any failure the temporary file
-    is removed; an OSError becomes a WriteError that names the file."""
+    """Open a temporary file beside `path`; when the block ends, flush it (to disk when `durable`)
+    and rename it over `path`, so readers see the old file or the new one, never half of one. On
+    any failure the temporary file is removed; an OSError becomes a WriteError that names the
+    file."""
     path = str(path)
     tmp = temp_path_for(path)
     text = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}
@@ -411,19 +449,21 @@ def atomic_write(path, mode="wb", durable=True):
 
 
 def atomic_save(obj, path):
-    """torch.save through atomic_write: a kill or a full disk never leaves a half checkpoint under `path`."""
+    """torch.save through atomic_write: a kill or a full disk never leaves a half checkpoint under
+    `path`."""
     import torch
     with atomic_write(path) as f:
         torch.save(obj, f)
 
 
 def prepare_output_dir(folder, lock_name=None, need_bytes=0, setting="OUTPUT_DIR"):
-    """Check at start-up, before any training time is spent, that `folder` can take this run's files.
+    """Check at start-up, before any training time is spent, that `folder` can take this run's
+    files.
 
-    Creates it; stops if it is a file, not writable, or has less than `need_bytes` free; removes temporary files
-    of dead runs; with `lock_name`, takes `folder/.<lock_name>.lock` so that a second run writing the same files
-    is refused. The lock is an flock: the kernel drops it when the process ends, so a killed run never leaves
-    it stuck.
+    Creates it; stops if it is a file, not writable, or has less than `need_bytes` free; removes
+    temporary files of dead runs; with `lock_name`, takes `folder/.<lock_name>.lock` so that a
+    second run writing the same files is refused. The lock is an flock: the kernel drops it when
+    the process ends, so a killed run never leaves it stuck.
     """
     import fcntl
     if os.path.exists(folder) and not os.path.isdir(folder):
@@ -435,12 +475,14 @@ def prepare_output_dir(folder, lock_name=None, need_bytes=0, setting="OUTPUT_DIR
             f.write(b"ok")
         os.remove(probe)
     except OSError as error:
-        fail(f"cannot write to {setting} {folder!r} ({getattr(error, 'strerror', None) or error}): choose "
+        fail(f"cannot write to {setting} {folder!r} "
+             f"({getattr(error, 'strerror', None) or error}): choose "
              f"another --{setting.lower()} on a writable disk.")
     free = shutil.disk_usage(folder).free
     if free < need_bytes:
         fail(f"{setting} {folder!r} has {free / 2**30:.2f} GiB free, and this run needs about "
-             f"{need_bytes / 2**30:.2f} GiB: free some space or choose another --{setting.lower()}.")
+             f"{need_bytes / 2**30:.2f} GiB: free some space or choose another "
+             f"--{setting.lower()}.")
     removed = remove_stale_temp_files(folder)
     if removed:
         print(f"removed {removed} temporary file(s) of an interrupted run from {folder}")
@@ -451,18 +493,21 @@ def prepare_output_dir(folder, lock_name=None, need_bytes=0, setting="OUTPUT_DIR
         except OSError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
-            fail(f"{folder!r} is in use by another {lock_name} run ({holder}); two runs would overwrite each "
-                 f"other's files. Wait for it to end, stop it, or pass another --{setting.lower()}.")
+            fail(f"{folder!r} is in use by another {lock_name} run ({holder}); two runs would "
+                 "overwrite each other's files. Wait for it to end, stop it, or pass another "
+                 f"--{setting.lower()}.")
         handle.seek(0)
         handle.truncate()
-        handle.write(f"pid {os.getpid()} on {platform.node()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.write(f"pid {os.getpid()} on {platform.node()}, "
+                     f"started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         handle.flush()
         _held_locks.append(handle)
 
 
 def die_with_parent():
-    """In a worker process: ask Linux to end it when its parent dies, so a killed script leaves no worker
-    writing on (a Pool initializer). Elsewhere a no-op; workers then stop at their next task."""
+    """In a worker process: ask Linux to end it when its parent dies, so a killed script leaves no
+    worker writing on (a Pool initializer). Elsewhere a no-op; workers then stop at their next
+    task."""
     import ctypes
     import signal
     with contextlib.suppress(OSError, AttributeError):
@@ -472,29 +517,35 @@ def die_with_parent():
 def load_checkpoint(path, kinds=None):
     """torch.load(weights_only=True): a pickle that would run code is refused without running it.
 
-    `kinds` lists the acceptable values of the checkpoint's "kind" entry (None accepts any dict checkpoint).
+    `kinds` lists the acceptable values of the checkpoint's "kind" entry (None accepts any dict
+    checkpoint).
     """
     import torch
     path = str(path)
     if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: no such checkpoint file. Check the path, or run the step that writes it.")
+        raise CheckpointError(f"{path}: no such checkpoint file. Check the path, or run the step "
+                              "that writes it.")
     if os.path.getsize(path) == 0:
-        raise CheckpointError(f"{path}: the file is empty (0 bytes), probably from an interrupted copy. "
-                              "Delete it and rerun the step that writes it.")
+        raise CheckpointError(f"{path}: the file is empty (0 bytes), probably from an interrupted "
+                              "copy. Delete it and rerun the step that writes it.")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for truncated, foreign and unsafe files
+    except Exception as error:
+        # torch raises several types for truncated, foreign and unsafe files
         text = str(error)
         if "Weights only load failed" in text or "Unsupported global" in text or "GLOBAL" in text:
-            reason = ("it holds Python objects that loading would have to execute code for, so it was refused "
-                      "without running anything. Only load checkpoints written by this project")
+            reason = ("it holds Python objects that loading would have to execute code for, so "
+                      "it was refused without running anything. Only load checkpoints written by "
+                      "this project")
         else:
-            reason = (f"it is not a readable PyTorch checkpoint ({type(error).__name__}: {text.splitlines()[0][:120]}); "
-                      "it may be truncated or not a checkpoint at all. Re-copy it or rerun the step that writes it")
+            reason = ("it is not a readable PyTorch checkpoint "
+                      f"({type(error).__name__}: {text.splitlines()[0][:120]}); "
+                      "it may be truncated or not a checkpoint at all. Re-copy it or rerun the "
+                      "step that writes it")
         raise CheckpointError(f"{path}: {reason}.") from None
     if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a checkpoint dict written by this project, found a "
-                              f"{type(obj).__name__}.")
+        raise CheckpointError(f"{path}: expected a checkpoint dict written by this project, "
+                              f"found a {type(obj).__name__}.")
     if kinds is not None and obj.get("kind") not in kinds:
         raise CheckpointError(f"{path}: this is a {obj.get('kind', 'foreign')!r} file, but a "
                               f"{' or '.join(repr(k) for k in kinds)} checkpoint is needed here.")

@@ -1,15 +1,19 @@
-"""Data for SimSiam pre-training and EuroSAT evaluation. Pure definitions: no paths of its own, no device.
+"""Data for SimSiam pre-training and EuroSAT evaluation.
+Pure definitions: no paths of its own, no device.
 
 Two pre-training pipelines give the same augmentation distribution:
-- reference (the write-up's): `PretrainImageDataset` decodes each image in DataLoader workers and applies
-  `simsiam_transform_v1` / `simsiam_transform_v2` per sample with PIL;
-- fast (the default): `build_image_cache` decodes every image once into a uint8 memory map, then `BatchAugment`
-  augments whole batches as tensors on the training device, with per-sample random parameters.
+- reference (the write-up's): `PretrainImageDataset` decodes each image in DataLoader workers and
+  applies `simsiam_transform_v1` / `simsiam_transform_v2` per sample with PIL;
+- fast (the default): `build_image_cache` decodes every image once into a uint8 memory map, then
+  `BatchAugment` augments whole batches as tensors on the training device, with per-sample random
+  parameters.
 
-EuroSAT: `read_eurosat_split` reads train.csv / validation.csv / test.csv through label_map.json and checks them;
-`load_eurosat_cached` returns a split as a named record (images, labels, paths, class_names).
+EuroSAT: `read_eurosat_split` reads train.csv / validation.csv / test.csv through label_map.json
+and checks them; `load_eurosat_cached` returns a split as a named record
+(images, labels, paths, class_names).
 
-Problems with the user's files are raised as runtime.DataError, whose message names the file and the fix.
+Problems with the user's files are raised as runtime.DataError, whose message names the file and
+the fix.
 """
 import contextlib
 import functools
@@ -32,23 +36,27 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.ops import roi_align
 from tqdm import tqdm
 
-from runtime import DataError, atomic_write, die_with_parent, remove_stale_temp_files, temp_path_for
+from runtime import (DataError, atomic_write, die_with_parent, remove_stale_temp_files,
+                     temp_path_for)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2, as PIL and torchvision use
-JITTER = (0.4, 0.4, 0.4, 0.1)  # ColorJitter brightness, contrast, saturation, hue of the write-up and the paper
-# what reading one image can raise: broken or foreign files, and images over PIL's decompression-bomb limit
-IMAGE_READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
-PARALLEL_CACHE_MIN = 4096  # below this many images the cache is decoded in-process: starting workers costs more
+JITTER = (0.4, 0.4, 0.4, 0.1)  # ColorJitter brightness/contrast/saturation/hue (write-up, paper)
+# what reading one image can raise: broken or foreign files, and images over PIL's
+# decompression-bomb limit
+IMAGE_READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError,
+                     Image.DecompressionBombError)
+PARALLEL_CACHE_MIN = 4096  # below this many images, decode in-process: starting workers costs more
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # reading images
 
 def list_images(root):
-    """Every image file under `root` (recursive), sorted so the order is the same on every machine."""
+    """Every image file under `root` (recursive), sorted so the order is the same on every
+    machine."""
     found = []
     for folder, _, files in os.walk(root):
         found += [os.path.join(folder, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
@@ -56,7 +64,8 @@ def list_images(root):
 
 
 def open_rgb(path):
-    """Open any image PIL reads as 8-bit RGB. 16-bit and float images are scaled by their maximum, not clipped."""
+    """Open any image PIL reads as 8-bit RGB. 16-bit and float images are scaled by their maximum,
+    not clipped."""
     with Image.open(path) as image:
         image.load()
         if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
@@ -67,29 +76,33 @@ def open_rgb(path):
 
 
 def gaussian_kernel_size(image_size):
-    """Odd kernel about 10% of the image side (23 at 224 px), as in BYOL / SimSiam implementations."""
+    """Odd kernel about 10% of the image side (23 at 224 px), as in BYOL / SimSiam
+    implementations."""
     return max(3, int(0.1 * image_size) // 2 * 2 + 1)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # reference pipeline: the write-up's per-sample PIL transforms
 
-def simsiam_transform_v1(image_size=224, crop_scale_min=0.2, jitter_strength=1.0, gray_p=0.2, blur_p=0.5):
-    """View 1 as the write-up lists it; the keyword defaults are the write-up's (and the paper's) values."""
+def simsiam_transform_v1(image_size=224, crop_scale_min=0.2, jitter_strength=1.0, gray_p=0.2,
+                         blur_p=0.5):
+    """View 1 as the write-up lists it; the keyword defaults are the write-up's (and the paper's)
+    values."""
     b, c, s, h = (jitter_strength * v for v in JITTER)
     return T.Compose([
         T.RandomResizedCrop(image_size, scale=(crop_scale_min, 1.0)),
         T.RandomHorizontalFlip(),
         T.RandomApply([T.ColorJitter(b, c, s, h)], p=0.8),
         T.RandomGrayscale(p=gray_p),
-        T.RandomApply([T.GaussianBlur(gaussian_kernel_size(image_size), sigma=(0.1, 2.0))], p=blur_p),
+        T.RandomApply([T.GaussianBlur(gaussian_kernel_size(image_size), sigma=(0.1, 2.0))],
+                      p=blur_p),
         T.ToTensor(),
         T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 def simsiam_transform_v2(image_size=224, crop_scale_min=0.2, solarize=True, **strengths):
-    """View 2: v1 plus solarisation (p=0.2) on the PIL image before ToTensor (as BYOL); solarize=False is the
-    paper's symmetric recipe."""
+    """View 2: v1 plus solarisation (p=0.2) on the PIL image before ToTensor (as BYOL);
+    solarize=False is the paper's symmetric recipe."""
     steps = simsiam_transform_v1(image_size, crop_scale_min, **strengths).transforms
     if solarize:
         steps.insert(5, T.RandomSolarize(threshold=128, p=0.2))
@@ -97,7 +110,8 @@ def simsiam_transform_v2(image_size=224, crop_scale_min=0.2, solarize=True, **st
 
 
 class PretrainImageDataset(torch.utils.data.Dataset):
-    """Two augmented views of each image in a folder. An unreadable image yields None (see `collate_skipping`)."""
+    """Two augmented views of each image in a folder. An unreadable image yields None (see
+    `collate_skipping`)."""
 
     def __init__(self, paths, transform1, transform2):
         self.paths, self.transform1, self.transform2 = list(paths), transform1, transform2
@@ -114,7 +128,8 @@ class PretrainImageDataset(torch.utils.data.Dataset):
 
 
 def collate_skipping(items):
-    """Batch the readable samples; pass the unreadable ones on by name so the training loop can count them."""
+    """Batch the readable samples; pass the unreadable ones on by name so the training loop can
+    count them."""
     good = [views for views, _ in items if views is not None]
     bad = [message for views, message in items if views is None]
     if not good:
@@ -122,7 +137,7 @@ def collate_skipping(items):
     return torch.stack([v[0] for v in good]), torch.stack([v[1] for v in good]), bad
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # decode once: a uint8 memory map of all images
 
 def _cache_key(paths, size):
@@ -131,15 +146,16 @@ def _cache_key(paths, size):
         try:
             stat = os.stat(path)
         except OSError as error:
-            raise DataError(f"{path}: cannot read it ({error.strerror}); was it moved or deleted while the run "
-                            "started? Fix the file or the list that names it.") from None
+            raise DataError(f"{path}: cannot read it ({error.strerror}); was it moved or "
+                            "deleted while the run started? Fix the file or the list that "
+                            "names it.") from None
         digest.update(f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
 
 def _common_size(paths):
-    """The side of the cached images when none is asked for: the images' own when all share one square size (a
-    sample of headers decides: EuroSAT 64 px, SSL4EO 264 px), otherwise 256 px."""
+    """The side of the cached images when none is asked for: the images' own when all share one
+    square size (a sample of headers decides: EuroSAT 64 px, SSL4EO 264 px), otherwise 256 px."""
     sizes = set()
     for path in paths[:: max(1, len(paths) // 200)]:
         with contextlib.suppress(*IMAGE_READ_ERRORS), Image.open(path) as image:
@@ -149,8 +165,8 @@ def _common_size(paths):
 
 
 def _decode_into(task):
-    """Decode paths into rows start.. of the .npy at npy_path; returns [(row, message)] of unreadable ones.
-    Runs in worker processes, each opening the shared file itself."""
+    """Decode paths into rows start.. of the .npy at npy_path; returns [(row, message)] of
+    unreadable ones. Runs in worker processes, each opening the shared file itself."""
     npy_path, start, paths, size = task
     array = np.load(npy_path, mmap_mode="r+")
     bad = []
@@ -167,14 +183,16 @@ def _decode_into(task):
 
 
 def build_image_cache(paths, cache_dir, size=0, workers=0, desc=None, log=print):
-    """Decode every image once into `cache_dir/images_<key>.npy` (N, H, W, 3) uint8; returns (array, kept, bad).
+    """Decode every image once into `cache_dir/images_<key>.npy` (N, H, W, 3) uint8; returns
+    (array, kept, bad).
 
-    size=0 keeps the native size when all images share one, else 256 px; size>0 resizes to size x size.
-    Unreadable images are left out and listed in `bad`. The key covers the file list, sizes, modification times
-    and `size`, so changed data builds a new cache. workers=0 decodes with one process per core (in-process
-    below PARALLEL_CACHE_MIN images). One process builds a given cache; any other (another rank under torchrun,
-    another run) waits for it, then opens the result. The free disk space is checked first; a killed build
-    leaves only a temporary file, which the next build removes.
+    size=0 keeps the native size when all images share one, else 256 px; size>0 resizes to
+    size x size. Unreadable images are left out and listed in `bad`. The key covers the file list,
+    sizes, modification times and `size`, so changed data builds a new cache. workers=0 decodes
+    with one process per core (in-process below PARALLEL_CACHE_MIN images). One process builds a
+    given cache; any other (another rank under torchrun, another run) waits for it, then opens the
+    result. The free disk space is checked first; a killed build leaves only a temporary file,
+    which the next build removes.
     """
     paths = list(paths)
     if not paths:
@@ -185,8 +203,9 @@ def build_image_cache(paths, cache_dir, size=0, workers=0, desc=None, log=print)
         os.makedirs(cache_dir, exist_ok=True)
         lock = open(os.path.join(cache_dir, f".{os.path.basename(stem)}.lock"), "a")
     except OSError as error:
-        raise DataError(f"cannot write the image cache in CACHE_DIR {cache_dir!r} ({error.strerror}): pass "
-                        "--cache_dir=FOLDER on a writable disk.") from None
+        raise DataError(f"cannot write the image cache in CACHE_DIR {cache_dir!r} "
+                        f"({error.strerror}): pass --cache_dir=FOLDER "
+                        "on a writable disk.") from None
     with lock:
         import fcntl
         try:
@@ -207,29 +226,35 @@ def _build(paths, stem, size, workers, desc, log):
     need = len(paths) * size * size * 3
     free = shutil.disk_usage(cache_dir).free
     if free < need * 1.02:
-        raise DataError(f"the decoded-once image cache needs {need / 2**30:.2f} GiB in CACHE_DIR {cache_dir!r} "
-                        f"({len(paths)} images x {size} x {size} x 3 bytes), but only {free / 2**30:.2f} GiB is "
-                        "free. Pass --cache_dir=FOLDER on a bigger disk (or, for pre-training, "
-                        "--pipeline=reference, which needs no cache).")
+        raise DataError(f"the decoded-once image cache needs {need / 2**30:.2f} GiB in CACHE_DIR "
+                        f"{cache_dir!r} ({len(paths)} images x {size} x {size} x 3 bytes), but "
+                        f"only {free / 2**30:.2f} GiB is free. Pass --cache_dir=FOLDER on a "
+                        "bigger disk (or, for pre-training, --pipeline=reference, which needs "
+                        "no cache).")
     if workers == 0:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                 else (os.cpu_count() or 1))
         workers = cores if len(paths) >= PARALLEL_CACHE_MIN else 1
-    log(f"decoding {len(paths)} images once into {stem}.npy ({size}x{size} px, {need / 2**30:.2f} GiB, "
-        f"{workers} process(es))")
+    log(f"decoding {len(paths)} images once into {stem}.npy ({size}x{size} px, "
+        f"{need / 2**30:.2f} GiB, {workers} process(es))")
     tmp = temp_path_for(stem + ".npy")
     pool = None
     try:
-        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3)).flush()
+        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                  shape=(len(paths), size, size, 3)).flush()
         chunk = 256
-        tasks = [(tmp, start, paths[start:start + chunk], size) for start in range(0, len(paths), chunk)]
+        tasks = [(tmp, start, paths[start:start + chunk], size)
+                 for start in range(0, len(paths), chunk)]
         if workers > 1:
-            # spawn, not fork: the caller may hold CUDA or OpenMP state that a forked child must not inherit
+            # spawn, not fork: the caller may hold CUDA or OpenMP state that a forked child must
+            # not inherit
             pool = mp.get_context("spawn").Pool(workers, initializer=die_with_parent)
             results = pool.imap(_decode_into, tasks)
         else:
             results = map(_decode_into, tasks)
         bad = []
-        with tqdm(total=len(paths), desc=desc or "decoding images once", disable=desc is False) as bar:
+        with tqdm(total=len(paths), desc=desc or "decoding images once",
+                  disable=desc is False) as bar:
             for task, chunk_bad in zip(tasks, results):
                 bad += chunk_bad
                 bar.update(len(task[2]))
@@ -249,7 +274,8 @@ def _build(paths, stem, size, workers, desc, log):
 
 
 def _drop_rows(npy_path, bad_rows, kept_count, block=1024):
-    """Rewrite the .npy without the unreadable rows, a block at a time (the cache may not fit in memory)."""
+    """Rewrite the .npy without the unreadable rows, a block at a time (the cache may not fit in
+    memory)."""
     full = np.load(npy_path, mmap_mode="r")
     compact_path = temp_path_for(npy_path + ".compact")
     try:
@@ -267,18 +293,20 @@ def _drop_rows(npy_path, bad_rows, kept_count, block=1024):
 
 
 def batch_rows(order, batch_size, drop_last=True):
-    """The rows of each batch of `order`, sorted within a batch (a memory map reads sorted rows faster): the one
-    definition of the batches, for iterate_batches and for whatever walks them over another array."""
+    """The rows of each batch of `order`, sorted within a batch (a memory map reads sorted rows
+    faster): the one definition of the batches, for iterate_batches and for whatever walks them
+    over another array."""
     stop = len(order) - len(order) % batch_size if drop_last else len(order)
-    return [np.sort(np.asarray(order[start:start + batch_size])) for start in range(0, stop, batch_size)]
+    return [np.sort(np.asarray(order[start:start + batch_size]))
+            for start in range(0, stop, batch_size)]
 
 
 def iterate_batches(array, order, batch_size, device, drop_last=True, prefetch=2):
-    """Yield (rows, batch) for each batch of `order` (see batch_rows): the array rows and those images as a uint8
-    NHWC tensor on `device`. Labels of the batch are labels[rows].
+    """Yield (rows, batch) for each batch of `order` (see batch_rows): the array rows and those
+    images as a uint8 NHWC tensor on `device`. Labels of the batch are labels[rows].
 
-    A background thread reads ahead (into pinned memory on CUDA). An error there is raised here, in the loop
-    that consumes the batches, instead of leaving it waiting forever.
+    A background thread reads ahead (into pinned memory on CUDA). An error there is raised here, in
+    the loop that consumes the batches, instead of leaving it waiting forever.
     """
     pin = device.type == "cuda"
     ready = queue.Queue(maxsize=prefetch)
@@ -308,8 +336,9 @@ def iterate_batches(array, order, batch_size, device, drop_last=True, prefetch=2
         while (item := ready.get()) is not None:
             if isinstance(item, BaseException):
                 if isinstance(item, OSError):
-                    raise DataError(f"reading a batch of cached images failed ({type(item).__name__}: {item}). "
-                                    "If CACHE_DIR is damaged, delete it; it is rebuilt on the next run.") from item
+                    raise DataError("reading a batch of cached images failed "
+                                    f"({type(item).__name__}: {item}). If CACHE_DIR is damaged, "
+                                    "delete it; it is rebuilt on the next run.") from item
                 raise item
             rows, batch = item
             yield rows, batch.to(device, non_blocking=True)
@@ -317,7 +346,7 @@ def iterate_batches(array, order, batch_size, device, drop_last=True, prefetch=2
         done.set()
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # fast pipeline: the same augmentations on whole batches, per-sample random parameters
 
 def _to_gray(x):
@@ -350,7 +379,8 @@ def _hsv_to_rgb(hue, saturation, value):
     q = (value * (1 - saturation * fraction)).clamp(0, 1)
     t = (value * (1 - saturation * (1 - fraction))).clamp(0, 1)
     # channel values for sectors 0..5 of the hue circle
-    table = {0: (value, t, p), 1: (q, value, p), 2: (p, value, t), 3: (p, q, value), 4: (t, p, value), 5: (value, p, q)}
+    table = {0: (value, t, p), 1: (q, value, p), 2: (p, value, t), 3: (p, q, value),
+             4: (t, p, value), 5: (value, p, q)}
     out = torch.zeros(hue.shape[0], 3, *hue.shape[1:], device=hue.device, dtype=hue.dtype)
     for s, channels in table.items():
         mask = (sector == s).unsqueeze(1)
@@ -371,18 +401,21 @@ def _adjust(x, op, factor):
 
 
 def sample_crop_boxes(n, height, width, scale, ratio, generator):
-    """torchvision's RandomResizedCrop.get_params for n samples at once: (n, 4) boxes x0, y0, x1, y1."""
+    """torchvision's RandomResizedCrop.get_params for n samples at once:
+    (n, 4) boxes x0, y0, x1, y1."""
     tries = 10
     area = height * width
     target = area * torch.empty(n, tries).uniform_(scale[0], scale[1], generator=generator)
-    log_ratio = torch.empty(n, tries).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    log_ratio = torch.empty(n, tries).uniform_(math.log(ratio[0]), math.log(ratio[1]),
+                                               generator=generator)
     aspect = torch.exp(log_ratio)
     w = torch.round(torch.sqrt(target * aspect))
     h = torch.round(torch.sqrt(target / aspect))
     ok = (w > 0) & (h > 0) & (w <= width) & (h <= height)
     first = ok.float().argmax(dim=1, keepdim=True)
     w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
-    # fallback when no try fits: the central crop at the closest allowed aspect ratio, as torchvision does
+    # fallback when no try fits: the central crop at the closest allowed aspect ratio, as
+    # torchvision does
     in_ratio = width / height
     if in_ratio < ratio[0]:
         fallback_w, fallback_h = width, round(width / ratio[0])
@@ -394,39 +427,48 @@ def sample_crop_boxes(n, height, width, scale, ratio, generator):
     w = torch.where(fitted, w, torch.full_like(w, fallback_w))
     h = torch.where(fitted, h, torch.full_like(h, fallback_h))
     u = torch.rand(n, 2, generator=generator)
-    top = torch.where(fitted, torch.floor(u[:, 0] * (height - h + 1)), torch.floor((height - h) / 2))
-    left = torch.where(fitted, torch.floor(u[:, 1] * (width - w + 1)), torch.floor((width - w) / 2))
+    top = torch.where(fitted, torch.floor(u[:, 0] * (height - h + 1)),
+                      torch.floor((height - h) / 2))
+    left = torch.where(fitted, torch.floor(u[:, 1] * (width - w + 1)),
+                       torch.floor((width - w) / 2))
     return torch.stack([left, top, left + w, top + h], dim=1)
 
 
-def batch_augment_pair(image_size, crop_scale_min=0.2, solarize=True, jitter_strength=1.0, gray_p=0.2, blur_p=0.5):
-    """The two views of pre-training as BatchAugments, with the same arguments as simsiam_transform_v1/v2."""
-    common = dict(crop_scale=(crop_scale_min, 1.0), jitter=tuple(jitter_strength * v for v in JITTER),
-                  gray_p=gray_p, blur_p=blur_p)
-    return BatchAugment(image_size, **common), BatchAugment(image_size, solarize_p=0.2 if solarize else 0.0, **common)
+def batch_augment_pair(image_size, crop_scale_min=0.2, solarize=True, jitter_strength=1.0,
+                       gray_p=0.2, blur_p=0.5):
+    """The two views of pre-training as BatchAugments, with the same arguments as
+    simsiam_transform_v1/v2."""
+    common = dict(crop_scale=(crop_scale_min, 1.0),
+                  jitter=tuple(jitter_strength * v for v in JITTER), gray_p=gray_p, blur_p=blur_p)
+    return (BatchAugment(image_size, **common),
+            BatchAugment(image_size, solarize_p=0.2 if solarize else 0.0, **common))
 
 
 class BatchAugment:
-    """SimSiam augmentations for a uint8 NHWC batch on any device, each sample with its own random parameters.
+    """SimSiam augmentations for a uint8 NHWC batch on any device, each sample with its own random
+    parameters.
 
-    Same distribution as `simsiam_transform_v1/v2`: random resized crop (bilinear, area-averaged when shrinking),
-    horizontal flip, colour jitter in a random order per sample, grayscale, Gaussian blur, optional solarisation,
-    normalisation. Random numbers come from a CPU generator, so results do not depend on the device; they reach
-    the device in one non-blocking copy, and every per-sample choice is a mask, so a training step on CUDA never
-    waits for the GPU here. Autocast is off inside: the same fp32 result whatever context calls it.
+    Same distribution as `simsiam_transform_v1/v2`: random resized crop (bilinear, area-averaged
+    when shrinking), horizontal flip, colour jitter in a random order per sample, grayscale,
+    Gaussian blur, optional solarisation, normalisation. Random numbers come from a CPU generator,
+    so results do not depend on the device; they reach the device in one non-blocking copy, and
+    every per-sample choice is a mask, so a training step on CUDA never waits for the GPU here.
+    Autocast is off inside: the same fp32 result whatever context calls it.
     Set jitter_p = gray_p = blur_p = 0 for the light augmentation of fine-tuning.
     """
 
     # columns of the packed parameter tensor that travels to the device
-    COLUMNS = ("x0", "y0", "x1", "y1", "flip", "vflip", "jitter", "brightness", "contrast", "saturation", "hue",
+    COLUMNS = ("x0", "y0", "x1", "y1", "flip", "vflip", "jitter",
+               "brightness", "contrast", "saturation", "hue",
                "order0", "order1", "order2", "order3", "gray", "blur", "sigma", "solarize")
 
-    def __init__(self, image_size, crop_scale=(0.2, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_p=0.5, vflip_p=0.0,
-                 jitter_p=0.8, jitter=JITTER, gray_p=0.2, blur_p=0.5, blur_sigma=(0.1, 2.0),
-                 solarize_p=0.0, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    def __init__(self, image_size, crop_scale=(0.2, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_p=0.5,
+                 vflip_p=0.0, jitter_p=0.8, jitter=JITTER, gray_p=0.2, blur_p=0.5,
+                 blur_sigma=(0.1, 2.0), solarize_p=0.0, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         self.image_size, self.crop_scale, self.crop_ratio = image_size, crop_scale, crop_ratio
         self.flip_p, self.vflip_p, self.jitter_p, self.jitter = flip_p, vflip_p, jitter_p, jitter
-        self.gray_p, self.blur_p, self.blur_sigma, self.solarize_p = gray_p, blur_p, blur_sigma, solarize_p
+        self.gray_p, self.blur_p, self.blur_sigma, self.solarize_p = (
+            gray_p, blur_p, blur_sigma, solarize_p)
         self.kernel_size = gaussian_kernel_size(image_size)
         self.mean, self.std = tuple(mean), tuple(std)
 
@@ -434,9 +476,12 @@ class BatchAugment:
         b, c, s, h = self.jitter
         u = lambda low, high: torch.empty(n).uniform_(low, high, generator=generator)  # noqa: E731
         coin = lambda p: torch.rand(n, generator=generator) < p  # noqa: E731
-        params = {"boxes": sample_crop_boxes(n, height, width, self.crop_scale, self.crop_ratio, generator),
-                  "flip": coin(self.flip_p), "vflip": coin(self.vflip_p), "jitter": coin(self.jitter_p),
-                  "factors": torch.stack([u(1 - b, 1 + b), u(1 - c, 1 + c), u(1 - s, 1 + s), u(-h, h)], 1),
+        params = {"boxes": sample_crop_boxes(n, height, width, self.crop_scale, self.crop_ratio,
+                                             generator),
+                  "flip": coin(self.flip_p), "vflip": coin(self.vflip_p),
+                  "jitter": coin(self.jitter_p),
+                  "factors": torch.stack([u(1 - b, 1 + b), u(1 - c, 1 + c), u(1 - s, 1 + s),
+                                          u(-h, h)], 1),
                   "order": torch.argsort(torch.rand(n, 4, generator=generator), dim=1),
                   "gray": coin(self.gray_p), "blur": coin(self.blur_p),
                   "sigma": u(*self.blur_sigma), "solarize": coin(self.solarize_p)}
@@ -445,26 +490,33 @@ class BatchAugment:
     def __call__(self, images, generator=None, return_params=False):
         n, height, width, _ = images.shape
         params = self.sample_params(n, height, width, generator)
-        packed = torch.cat([params["boxes"], torch.stack([params[k].float() for k in ("flip", "vflip", "jitter")], 1),
+        packed = torch.cat([params["boxes"],
+                            torch.stack([params[k].float()
+                                         for k in ("flip", "vflip", "jitter")], 1),
                             params["factors"], params["order"].float(),
-                            torch.stack([params[k].float() for k in ("gray", "blur", "sigma", "solarize")], 1)], 1)
-        if images.device.type == "cuda":  # from pinned memory a copy is asynchronous: no stream synchronisation
+                            torch.stack([params[k].float()
+                                         for k in ("gray", "blur", "sigma", "solarize")], 1)], 1)
+        if images.device.type == "cuda":
+            # from pinned memory a copy is asynchronous: no stream synchronisation
             packed = packed.pin_memory()
         x = self.apply(images, packed.to(images.device, non_blocking=True))
         return (x, params) if return_params else x
 
     def apply(self, images, packed):
-        """The augmentation itself, on the device, given the packed parameters (one row per sample, COLUMNS)."""
+        """The augmentation itself, on the device, given the packed parameters (one row per sample,
+        COLUMNS)."""
         p = dict(zip(self.COLUMNS, packed.unbind(1)))
-        guard = (torch.autocast(images.device.type, enabled=False) if images.device.type in ("cuda", "cpu")
-                 else contextlib.nullcontext())
+        guard = (torch.autocast(images.device.type, enabled=False)
+                 if images.device.type in ("cuda", "cpu") else contextlib.nullcontext())
         with guard:
             n = images.shape[0]
             x = images.permute(0, 3, 1, 2).float().div_(255)
-            # crop + resize in one batched op; aligned=True puts box edges on pixel borders like PIL
+            # crop + resize in one batched op; aligned=True puts box edges on pixel borders
+            # like PIL
             index = torch.arange(n, device=x.device, dtype=x.dtype).view(-1, 1)
             boxes = torch.cat([index, packed[:, 0:4]], 1)
-            x = roi_align(x, boxes, output_size=self.image_size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+            x = roi_align(x, boxes, output_size=self.image_size, spatial_scale=1.0,
+                          sampling_ratio=2, aligned=True)
             x = torch.where(_per_sample(p["flip"]), x.flip(3), x)
             x = torch.where(_per_sample(p["vflip"]), x.flip(2), x)
             if self.jitter_p > 0:
@@ -480,7 +532,8 @@ class BatchAugment:
             return (x - mean) / std
 
     def _blur(self, x, sigma):
-        """Separable Gaussian blur with one sigma per image (grouped convolution), reflect padding."""
+        """Separable Gaussian blur with one sigma per image (grouped convolution), reflect
+        padding."""
         n, c, h, w = x.shape
         k = self.kernel_size
         offsets = torch.arange(k, device=x.device, dtype=x.dtype) - (k - 1) / 2
@@ -501,10 +554,11 @@ def _per_sample(flag):
 def _color_jitter(x, jitter, factors, order):
     """ColorJitter with a random order of its four operations per sample, by masks alone.
 
-    Brightness, contrast and saturation are each a blend with something (black, the mean grey, the grey image),
-    so the three of one position are one masked blend, and a blend with factor 1 is exactly the identity. Hue,
-    the costly one, is applied once to the whole batch; each sample gets the blends ordered before its hue, then
-    hue, then the blends after: the same sequence, per sample, as torchvision's ColorJitter.
+    Brightness, contrast and saturation are each a blend with something (black, the mean grey, the
+    grey image), so the three of one position are one masked blend, and a blend with factor 1 is
+    exactly the identity. Hue, the costly one, is applied once to the whole batch; each sample gets
+    the blends ordered before its hue, then hue, then the blends after: the same sequence, per
+    sample, as torchvision's ColorJitter.
     """
     hue_position = (order == 3).int().argmax(1)
     for before_hue in (True, False):
@@ -512,30 +566,36 @@ def _color_jitter(x, jitter, factors, order):
             op = order[:, position]
             in_turn = position < hue_position if before_hue else position > hue_position
             active = jitter & (op != 3) & in_turn
-            factor = torch.where(active, factors.gather(1, op.clamp(max=2).view(-1, 1)).squeeze(1), 1.0)
+            factor = torch.where(active, factors.gather(1, op.clamp(max=2).view(-1, 1)).squeeze(1),
+                                 1.0)
             gray = _to_gray(x)
             other = torch.where(_per_sample(op == 0), 0.0,
-                                torch.where(_per_sample(op == 1), gray.mean(dim=(1, 2, 3), keepdim=True), gray))
+                                torch.where(_per_sample(op == 1),
+                                            gray.mean(dim=(1, 2, 3), keepdim=True), gray))
             x = _blend(x, other, factor)
         if before_hue:
             hue, saturation, value = _rgb_to_hsv(x)
-            shifted = _hsv_to_rgb(torch.remainder(hue + factors[:, 3].view(-1, 1, 1), 1.0), saturation, value)
+            shifted = _hsv_to_rgb(torch.remainder(hue + factors[:, 3].view(-1, 1, 1), 1.0),
+                                  saturation, value)
             x = torch.where(_per_sample(jitter), shifted, x)
     return x
 
 
 @functools.lru_cache(maxsize=16)
 def _normalization(device, mean, std):
-    """Mean and std as (1, 3, 1, 1) tensors on `device`, made once: a new copy at every batch would wait for the
-    GPU each time."""
-    return (torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1))
+    """Mean and std as (1, 3, 1, 1) tensors on `device`, made once: a new copy at every batch would
+    wait for the GPU each time."""
+    return (torch.tensor(mean, device=device).view(1, 3, 1, 1),
+            torch.tensor(std, device=device).view(1, 3, 1, 1))
 
 
 def eval_batch(images, image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """The evaluation transform on a uint8 NHWC batch: resize to image_size (antialiased bilinear), normalise."""
+    """The evaluation transform on a uint8 NHWC batch: resize to image_size (antialiased bilinear),
+    normalise."""
     x = images.permute(0, 3, 1, 2).float().div_(255)
     if x.shape[-1] != image_size or x.shape[-2] != image_size:
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True,
+                          align_corners=False)
     mean, std = _normalization(x.device, tuple(mean), tuple(std))
     return (x - mean) / std
 
@@ -545,7 +605,7 @@ def eval_transform(image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     return T.Compose([T.Resize((image_size, image_size)), T.ToTensor(), T.Normalize(mean, std)])
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # EuroSAT splits
 
 class SplitFiles(NamedTuple):
@@ -568,16 +628,18 @@ def read_label_map(label_map_path):
         with open(label_map_path) as f:
             label_map = json.load(f)
     except FileNotFoundError:
-        raise DataError(f"{label_map_path}: missing. Run `python make_dataset.py --mode=eurosat_splits` to "
-                        "write the EuroSAT split files.") from None
+        raise DataError(f"{label_map_path}: missing. Run "
+                        "`python make_dataset.py --mode=eurosat_splits` to write the EuroSAT "
+                        "split files.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DataError(f"{label_map_path}: not valid JSON ({error}).") from None
     except OSError as error:
         raise DataError(f"{label_map_path}: cannot read it ({error.strerror}).") from None
     if (not isinstance(label_map, dict) or not label_map
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in label_map.values())):
-        raise DataError(f"{label_map_path}: must be a JSON mapping of class name to integer label, "
-                        'e.g. {"AnnualCrop": 0, "Forest": 1}.')
+            or not all(isinstance(v, int) and not isinstance(v, bool)
+                       for v in label_map.values())):
+        raise DataError(f"{label_map_path}: must be a JSON mapping of class name to integer "
+                        'label, e.g. {"AnnualCrop": 0, "Forest": 1}.')
     if sorted(label_map.values()) != list(range(len(label_map))):
         raise DataError(f"{label_map_path}: labels must be 0..{len(label_map) - 1}, each once; "
                         f"found {sorted(label_map.values())}.")
@@ -585,11 +647,12 @@ def read_label_map(label_map_path):
 
 
 def read_eurosat_split(root, csv_path, label_map_path, require_files=True):
-    """A split CSV as SplitFiles (absolute image paths, integer labels, class names in label order).
+    """A split CSV as SplitFiles (absolute image paths, integer labels, class names in label
+    order).
 
-    Uses the `Filename` and `ClassName` columns (a leading unnamed index column is fine). Every problem, including
-    an image that does not exist (unless require_files=False), is a DataError naming the file, the line and the
-    fix.
+    Uses the `Filename` and `ClassName` columns (a leading unnamed index column is fine). Every
+    problem, including an image that does not exist (unless require_files=False), is a DataError
+    naming the file, the line and the fix.
     """
     label_map = read_label_map(label_map_path)
     class_names = [name for name, _ in sorted(label_map.items(), key=lambda item: item[1])]
@@ -597,9 +660,11 @@ def read_eurosat_split(root, csv_path, label_map_path, require_files=True):
         # as text: a numeric file name must not turn into a number
         table = pd.read_csv(csv_path, dtype={"Filename": str, "ClassName": str})
     except FileNotFoundError:
-        raise DataError(f"{csv_path}: missing. Run `python make_dataset.py --mode=eurosat_splits` to write "
-                        "the EuroSAT split files.") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as error:
+        raise DataError(f"{csv_path}: missing. Run "
+                        "`python make_dataset.py --mode=eurosat_splits` to write the EuroSAT "
+                        "split files.") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError,
+            ValueError) as error:
         raise DataError(f"{csv_path}: not a readable CSV ({error}).") from None
     except OSError as error:
         raise DataError(f"{csv_path}: cannot read it ({error.strerror}).") from None
@@ -612,9 +677,10 @@ def read_eurosat_split(root, csv_path, label_map_path, require_files=True):
     duplicated = table["Filename"].duplicated()
     if duplicated.any():
         row = int(duplicated.idxmax())
-        raise DataError(f"{csv_path}: line {row + 2} repeats {table['Filename'][row]!r}; each image may appear "
-                        "once. Remove the duplicate rows.")
-    root_abs = os.path.abspath(root)  # abspath, not realpath: symlinked class folders are fine, ".." is not
+        raise DataError(f"{csv_path}: line {row + 2} repeats {table['Filename'][row]!r}; "
+                        "each image may appear once. Remove the duplicate rows.")
+    # abspath, not realpath: symlinked class folders are fine, ".." is not
+    root_abs = os.path.abspath(root)
     paths, labels = [], []
     for row, (filename, class_name) in enumerate(zip(table["Filename"], table["ClassName"])):
         line = row + 2  # 1-based, after the header
@@ -622,18 +688,20 @@ def read_eurosat_split(root, csv_path, label_map_path, require_files=True):
             raise DataError(f"{csv_path}: line {line} has an empty Filename.")
         path = os.path.normpath(os.path.join(root_abs, filename))
         if os.path.isabs(filename) or not path.startswith(root_abs + os.sep):
-            raise DataError(f"{csv_path}: line {line}: Filename {filename!r} points outside the data folder "
-                            f"{root}. Filenames must be relative paths inside it.")
+            raise DataError(f"{csv_path}: line {line}: Filename {filename!r} points outside the "
+                            f"data folder {root}. Filenames must be relative paths inside it.")
         if class_name not in label_map:
-            raise DataError(f"{csv_path}: line {line}: class {class_name!r} is not in {label_map_path} "
-                            f"(known: {', '.join(class_names)}).")
+            raise DataError(f"{csv_path}: line {line}: class {class_name!r} is not in "
+                            f"{label_map_path} (known: {', '.join(class_names)}).")
         if "Label" in table.columns and table["Label"][row] != label_map[class_name]:
             raise DataError(f"{csv_path}: line {line}: Label {table['Label'][row]} disagrees with "
-                            f"{label_map_path}, which maps {class_name!r} to {label_map[class_name]}.")
+                            f"{label_map_path}, which maps {class_name!r} to "
+                            f"{label_map[class_name]}.")
         if require_files and not os.path.isfile(path):
-            raise DataError(f"{csv_path}: line {line}: image {filename!r} does not exist in {root}. Restore it, "
-                            "or remove the line (make_dataset.py --mode=eurosat_splits writes the split files "
-                            "afresh when all three are deleted).")
+            raise DataError(f"{csv_path}: line {line}: image {filename!r} does not exist in "
+                            f"{root}. Restore it, or remove the line (make_dataset.py "
+                            "--mode=eurosat_splits writes the split files afresh when all three "
+                            "are deleted).")
         paths.append(path)
         labels.append(label_map[class_name])
     return SplitFiles(paths, labels, class_names)
@@ -648,17 +716,19 @@ def load_eurosat_splits(eurosat_dir, cache_dir, device, splits=("train", "valida
 def load_eurosat_cached(eurosat_dir, split, cache_dir):
     """One split as a EuroSATSplit, decoded once into cache_dir.
 
-    Raises DataError naming the problem and the fix; an unreadable image is an error here, since an evaluation set
-    with holes would give a silently different accuracy.
+    Raises DataError naming the problem and the fix; an unreadable image is an error here, since an
+    evaluation set with holes would give a silently different accuracy.
     """
     if not os.path.isdir(eurosat_dir):
-        raise DataError(f"EuroSAT folder {eurosat_dir!r} does not exist. Download it with `bash scripts/data.sh`, "
-                        "write the split files with `python make_dataset.py --mode=eurosat_splits`, or pass "
+        raise DataError(f"EuroSAT folder {eurosat_dir!r} does not exist. Download it with "
+                        "`bash scripts/data.sh`, write the split files with "
+                        "`python make_dataset.py --mode=eurosat_splits`, or pass "
                         "--eurosat_dir=FOLDER.")
     files = read_eurosat_split(eurosat_dir, os.path.join(eurosat_dir, f"{split}.csv"),
                                os.path.join(eurosat_dir, "label_map.json"))
     images, _, bad = build_image_cache(files.paths, cache_dir, desc=f"decoding {split}")
     if bad:
-        raise DataError(f"{len(bad)} unreadable image(s) in {split}.csv, first: {bad[0]}. Evaluation sets must "
-                        "be complete: re-download EuroSAT or remove the rows.")
+        raise DataError(f"{len(bad)} unreadable image(s) in {split}.csv, first: {bad[0]}. "
+                        "Evaluation sets must be complete: "
+                        "re-download EuroSAT or remove the rows.")
     return EuroSATSplit(images, files.labels, files.paths, files.class_names)

@@ -1,14 +1,17 @@
-"""SimSiam (Chen and He, CVPR 2021) and the classifiers built on its backbone. Pure definitions: no paths, no device.
+"""SimSiam (Chen and He, CVPR 2021) and the classifiers built on its backbone.
+Pure definitions: no paths, no device.
 
-- `SimSiam`: torchvision ResNet backbone (fc removed), 3-layer projector (last BN without affine), 2-layer
-  bottleneck predictor; `forward(x1, x2)` returns p1, p2 and the detached z1, z2 (the stop-gradient).
+- `SimSiam`: torchvision ResNet backbone (fc removed), 3-layer projector (last BN without affine),
+  2-layer bottleneck predictor; `forward(x1, x2)` returns p1, p2 and the detached z1, z2 (the
+  stop-gradient).
 - `negative_cosine_loss`: the symmetric loss D(p1, z2)/2 + D(p2, z1)/2, in [-1, 1].
-- `backbone_state_dict`: the backbone as a plain torchvision state dict (loads into resnet50() with only fc.* missing).
-- `backbone_from_checkpoint`, `classifier_from_checkpoint`: rebuild models from any checkpoint of this project,
-  strictly, from the checkpoint's own config.
+- `backbone_state_dict`: the backbone as a plain torchvision state dict (loads into resnet50() with
+  only fc.* missing).
+- `backbone_from_checkpoint`, `classifier_from_checkpoint`: rebuild models from any checkpoint of
+  this project, strictly, from the checkpoint's own config.
 - `knn_predict`: the weighted kNN monitor (Wu et al. 2018) on l2-normalised features.
-- `evaluation_metrics`, `record_evaluation_epoch`, `test_results`: the metrics file of Linear_evaluation.py and
-  finetune_model.py (one schema), its per-epoch line and its test report.
+- `evaluation_metrics`, `record_evaluation_epoch`, `test_results`: the metrics file of
+  Linear_evaluation.py and finetune_model.py (one schema), its per-epoch line and its test report.
 """
 import math
 import os
@@ -22,11 +25,12 @@ import torchvision
 from runtime import CheckpointError, library_versions, load_checkpoint
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
-# the "kind" entry of every file the project writes: a script loading a file checks it is the kind it needs
+# the "kind" entry of every file the project writes: a script loading a file checks it is the
+# kind it needs
 PRETRAIN_KIND = "simsiam_pretrain"  # simsiam_<arch>_epoch_X.pth: the model, for evaluation
-PRETRAIN_LAST_KIND = "simsiam_pretrain_last"  # checkpoint_last.pth: model, optimiser, scaler, metrics, for resuming
+PRETRAIN_LAST_KIND = "simsiam_pretrain_last"  # checkpoint_last.pth: full training state, to resume
 PRETRAIN_METRICS_KIND = "simsiam_pretrain_metrics"  # pretrain_metrics.pth
-CLASSIFIER_KIND = "eurosat_classifier"  # linear_eval_eurosat_best_model.pth, finetuned_eurosat_best_model.pth
+CLASSIFIER_KIND = "eurosat_classifier"  # {linear_eval,finetuned}_eurosat_best_model.pth
 LINEAR_METRICS_KIND = "linear_eval_metrics"  # linear_eval_metrics.pth
 FINETUNE_METRICS_KIND = "finetune_metrics"  # finetune_metrics.pth
 # collapse warning: the std of l2-normalised z below this fraction of the healthy 1/sqrt(dim)
@@ -37,18 +41,20 @@ KNOWN_PREFIXES = ("module.", "_orig_mod.", "backbone.", "encoder.")
 def build_backbone(arch="resnet50", in_channels=3, small_stem=False, stem_stride=1):
     """A torchvision ResNet with `fc` replaced by Identity; returns (backbone, feature_dim).
 
-    small_stem=True swaps the 7x7/2 conv + max-pool for a 3x3/1 conv (as for CIFAR): on 32-64 px inputs the
-    standard stem leaves a 2x2 map at the last stage, which throws most of the image away. stem_stride=2 makes that
-    conv stride 2: a 64 px input then costs what a 32 px one does with stride 1, yet the first conv sees every pixel.
+    small_stem=True swaps the 7x7/2 conv + max-pool for a 3x3/1 conv (as for CIFAR): on 32-64 px
+    inputs the standard stem leaves a 2x2 map at the last stage, which throws most of the image
+    away. stem_stride=2 makes that conv stride 2: a 64 px input then costs what a 32 px one does
+    with stride 1, yet the first conv sees every pixel.
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
     if stem_stride not in (1, 2) or (stem_stride != 1 and not small_stem):
-        raise ValueError(f"stem_stride must be 1, or 2 with the small stem (got {stem_stride} with small_stem="
-                         f"{small_stem})")
+        raise ValueError(f"stem_stride must be 1, or 2 with the small stem (got {stem_stride} "
+                         f"with small_stem={small_stem})")
     backbone = getattr(torchvision.models, arch)(weights=None)
     if small_stem:
-        backbone.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=stem_stride, padding=1, bias=False)
+        backbone.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=stem_stride, padding=1,
+                                   bias=False)
         backbone.maxpool = nn.Identity()
     elif in_channels != 3:
         backbone.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -58,7 +64,8 @@ def build_backbone(arch="resnet50", in_channels=3, small_stem=False, stem_stride
 
 
 class SimSiam(nn.Module):
-    def __init__(self, arch="resnet50", dim=2048, pred_dim=512, in_channels=3, small_stem=False, stem_stride=1):
+    def __init__(self, arch="resnet50", dim=2048, pred_dim=512, in_channels=3, small_stem=False,
+                 stem_stride=1):
         super().__init__()
         self.backbone, feature_dim = build_backbone(arch, in_channels, small_stem, stem_stride)
         self.projector = nn.Sequential(
@@ -70,8 +77,8 @@ class SimSiam(nn.Module):
             nn.Linear(pred_dim, dim))
 
     def forward(self, x1, x2):
-        # one backbone pass over both views: BatchNorm sees each view's batch separately below, as in the paper,
-        # because the projector and predictor run per view
+        # one backbone pass over both views: BatchNorm sees each view's batch separately below, as
+        # in the paper, because the projector and predictor run per view
         z1 = self.projector(self.backbone(x1))
         z2 = self.projector(self.backbone(x2))
         p1, p2 = self.predictor(z1), self.predictor(z2)
@@ -80,11 +87,13 @@ class SimSiam(nn.Module):
 
 def negative_cosine_loss(p1, p2, z1, z2):
     """Symmetric negative cosine similarity; z must already be detached (stop-gradient)."""
-    return -(F.cosine_similarity(p1, z2, dim=-1).mean() + F.cosine_similarity(p2, z1, dim=-1).mean()) / 2
+    return -(F.cosine_similarity(p1, z2, dim=-1).mean()
+             + F.cosine_similarity(p2, z1, dim=-1).mean()) / 2
 
 
 def normalized_std(z):
-    """Mean per-dimension std of l2-normalised z: about 1/sqrt(dim) when healthy, towards 0 when collapsed."""
+    """Mean per-dimension std of l2-normalised z: about 1/sqrt(dim) when healthy, towards 0 when
+    collapsed."""
     return F.normalize(z.float(), dim=1).std(dim=0).mean().item()
 
 
@@ -115,43 +124,51 @@ def backbone_state_dict(model):
 
 
 def stem_label(small_stem, stem_stride=1):
-    """How logs and tables name the stem: "" (ImageNet stem), " (small stem)" or " (small stem, stride 2)"."""
+    """How logs and tables name the stem: "" (ImageNet stem), " (small stem)" or
+    " (small stem, stride 2)"."""
     if not small_stem:
         return ""
     return " (small stem)" if stem_stride == 1 else f" (small stem, stride {stem_stride})"
 
 
 def model_config_from(checkpoint, path):
-    """arch / in_channels / small_stem / stem_stride / image_size as recorded in any checkpoint of this project,
-    checked: an edited or foreign config is a CheckpointError naming what is wrong."""
+    """arch / in_channels / small_stem / stem_stride / image_size as recorded in any checkpoint of
+    this project, checked: an edited or foreign config is a CheckpointError naming what is
+    wrong."""
     config = checkpoint.get("config")
     if not isinstance(config, dict) or "ARCH" not in config:
-        raise CheckpointError(f"{path}: the checkpoint records no config with ARCH, so it was not written by this "
-                              "project's train_simsiam.py, Linear_evaluation.py or finetune_model.py.")
+        raise CheckpointError(f"{path}: the checkpoint records no config with ARCH, so it was not "
+                              "written by this project's train_simsiam.py, Linear_evaluation.py "
+                              "or finetune_model.py.")
     try:
         found = {"arch": config["ARCH"], "in_channels": int(config.get("IN_CHANNELS", 3)),
                  "small_stem": bool(config.get("SMALL_STEM", False)),
-                 "stem_stride": int(config.get("STEM_STRIDE", 1)), "image_size": int(config.get("IMAGE_SIZE", 224))}
+                 "stem_stride": int(config.get("STEM_STRIDE", 1)),
+                 "image_size": int(config.get("IMAGE_SIZE", 224))}
     except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{path}: its config holds a value of the wrong type ({error}).") from None
+        raise CheckpointError(f"{path}: its config holds a value of the wrong type "
+                              f"({error}).") from None
     problems = []
     if found["arch"] not in ARCHS:
         problems.append(f"ARCH {found['arch']!r} (known: {', '.join(ARCHS)})")
     if found["in_channels"] < 1:
         problems.append(f"IN_CHANNELS {found['in_channels']}")
-    if found["stem_stride"] not in (1, 2) or (found["stem_stride"] == 2 and not found["small_stem"]):
-        problems.append(f"STEM_STRIDE {found['stem_stride']} with SMALL_STEM {found['small_stem']}")
+    if (found["stem_stride"] not in (1, 2)
+            or (found["stem_stride"] == 2 and not found["small_stem"])):
+        problems.append(f"STEM_STRIDE {found['stem_stride']} with SMALL_STEM "
+                        f"{found['small_stem']}")
     if found["image_size"] < 8:
         problems.append(f"IMAGE_SIZE {found['image_size']} (at least 8)")
     if problems:
-        raise CheckpointError(f"{path}: its config is not usable: {'; '.join(problems)}. Was the file edited? "
-                              "Rerun the step that writes it.")
+        raise CheckpointError(f"{path}: its config is not usable: {'; '.join(problems)}. "
+                              "Was the file edited? Rerun the step that writes it.")
     return found
 
 
 def load_backbone_weights(backbone, state_dict, path, model_config):
-    """Strict load after stripping known prefixes: every key present, no other, every shape as the config's
-    architecture has it; otherwise a CheckpointError that names the file and what does not match."""
+    """Strict load after stripping known prefixes: every key present, no other, every shape as the
+    config's architecture has it; otherwise a CheckpointError that names the file and what does not
+    match."""
     state_dict = {k: v for k, v in strip_prefixes(state_dict).items() if not k.startswith("fc.")}
     expected = backbone.state_dict()
     missing = [k for k in expected if k not in state_dict]
@@ -159,21 +176,25 @@ def load_backbone_weights(backbone, state_dict, path, model_config):
     reshaped = [f"{k} is {tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__}, "
                 f"{tuple(expected[k].shape)} expected"
                 for k, v in state_dict.items()
-                if k in expected and (not isinstance(v, torch.Tensor) or v.shape != expected[k].shape)]
+                if k in expected
+                and (not isinstance(v, torch.Tensor) or v.shape != expected[k].shape)]
     if missing or unexpected or reshaped:
         found = []
-        for name, keys in (("missing", missing), ("unexpected", unexpected), ("mismatched", reshaped)):
+        for name, keys in (("missing", missing), ("unexpected", unexpected),
+                           ("mismatched", reshaped)):
             if keys:
-                found.append(f"{len(keys)} {name}: {', '.join(keys[:3])}{'...' if len(keys) > 3 else ''}")
+                found.append(f"{len(keys)} {name}: {', '.join(keys[:3])}"
+                             f"{'...' if len(keys) > 3 else ''}")
         described = ", ".join(f"{k}={v}" for k, v in model_config.items() if k != "image_size")
-        raise CheckpointError(f"{path}: the backbone weights do not match the architecture its config names "
-                              f"({described}): {'; '.join(found)}. Was the file edited, its config changed, or "
-                              "was it written by another project?")
+        raise CheckpointError(f"{path}: the backbone weights do not match the architecture its "
+                              f"config names ({described}): {'; '.join(found)}. Was the file "
+                              "edited, its config changed, or was it written by another project?")
     backbone.load_state_dict(state_dict)
 
 
 def backbone_from_checkpoint(path):
-    """Rebuild the backbone of any checkpoint of this project; returns (backbone, feature_dim, model_config)."""
+    """Rebuild the backbone of any checkpoint of this project; returns (backbone, feature_dim,
+    model_config)."""
     return _backbone_from(load_checkpoint(path, kinds=(PRETRAIN_KIND, CLASSIFIER_KIND)), path)
 
 
@@ -183,10 +204,13 @@ def _backbone_from(checkpoint, path):
                                            model_config["small_stem"], model_config["stem_stride"])
     weights = checkpoint.get("model" if checkpoint["kind"] == PRETRAIN_KIND else "backbone")
     if not isinstance(weights, dict):
-        raise CheckpointError(f"{path}: holds no weights (no {'model' if checkpoint['kind'] == PRETRAIN_KIND else 'backbone'} "
-                              "state dict). Rerun the step that writes it.")
+        raise CheckpointError(
+            f"{path}: holds no weights "
+            f"(no {'model' if checkpoint['kind'] == PRETRAIN_KIND else 'backbone'} "
+            "state dict). Rerun the step that writes it.")
     if checkpoint["kind"] == PRETRAIN_KIND:
-        # keep only the backbone part of the SimSiam state dict (projector and predictor are dropped)
+        # keep only the backbone part of the SimSiam state dict (projector and predictor are
+        # dropped)
         weights = {k: v for k, v in strip_wrappers(weights).items() if k.startswith("backbone.")}
     load_backbone_weights(backbone, weights, path, model_config)
     return backbone, feature_dim, model_config
@@ -203,7 +227,8 @@ def strip_wrappers(state_dict):
 
 
 def newest_pretrained(output_dir):
-    """The simsiam_<arch>_epoch_X.pth in output_dir with the highest X (tie: newest modification time), or None."""
+    """The simsiam_<arch>_epoch_X.pth in output_dir with the highest X (tie: newest modification
+    time), or None."""
     found = []
     for name in os.listdir(output_dir) if os.path.isdir(output_dir) else []:
         match = re.fullmatch(r"simsiam_(.+)_epoch_(\d+)\.pth", name)
@@ -215,36 +240,41 @@ def newest_pretrained(output_dir):
 
 def backbone_for_evaluation(config):
     """The backbone that Linear_evaluation.py and finetune_model.py start from, from their config's
-    PRETRAINED_PATH: a checkpoint, "" for the newest simsiam_<arch>_epoch_X.pth in OUTPUT_DIR, or "random" for a
-    randomly initialised ARCH (the honest baseline, with SMALL_STEM and STEM_STRIDE).
+    PRETRAINED_PATH: a checkpoint, "" for the newest simsiam_<arch>_epoch_X.pth in OUTPUT_DIR, or
+    "random" for a randomly initialised ARCH (the honest baseline, with SMALL_STEM and
+    STEM_STRIDE).
 
-    Returns (backbone, feature_dim, the config resolved with what was actually used: the checkpoint's
-    architecture, IMAGE_SIZE 0 replaced, the checkpoint path; the size the checkpoint was pre-trained at).
-    Raises CheckpointError with the fix.
+    Returns (backbone, feature_dim, the config resolved with what was actually used: the
+    checkpoint's architecture, IMAGE_SIZE 0 replaced, the checkpoint path; the size the checkpoint
+    was pre-trained at). Raises CheckpointError with the fix.
     """
     image_size = config["IMAGE_SIZE"]
     if config["PRETRAINED_PATH"] == "random":
         try:
-            backbone, feature_dim = build_backbone(config["ARCH"], 3, config["SMALL_STEM"], config["STEM_STRIDE"])
+            backbone, feature_dim = build_backbone(config["ARCH"], 3, config["SMALL_STEM"],
+                                                   config["STEM_STRIDE"])
         except ValueError as error:
             raise CheckpointError(f"--pretrained_path=random: {error}") from None
         resolved = dict(config, IN_CHANNELS=3, IMAGE_SIZE=image_size or 224)
         return backbone, feature_dim, resolved, image_size or 224
     path = config["PRETRAINED_PATH"] or newest_pretrained(config["OUTPUT_DIR"])
     if not path:
-        raise CheckpointError(f"no simsiam_<arch>_epoch_X.pth in {config['OUTPUT_DIR']!r}. Run train_simsiam.py "
-                              "first, pass --pretrained_path=PATH, or --pretrained_path=random for a random "
-                              "initialisation.")
+        raise CheckpointError(f"no simsiam_<arch>_epoch_X.pth in {config['OUTPUT_DIR']!r}. "
+                              "Run train_simsiam.py first, pass --pretrained_path=PATH, or "
+                              "--pretrained_path=random for a random initialisation.")
     backbone, feature_dim, found = backbone_from_checkpoint(path)
     if found["in_channels"] != 3:
-        raise CheckpointError(f"{path} was pre-trained on {found['in_channels']} bands; EuroSAT here is RGB.")
-    resolved = dict(config, ARCH=found["arch"], SMALL_STEM=found["small_stem"], STEM_STRIDE=found["stem_stride"],
-                    IN_CHANNELS=3, IMAGE_SIZE=image_size or found["image_size"], PRETRAINED_PATH=path)
+        raise CheckpointError(f"{path} was pre-trained on {found['in_channels']} bands; "
+                              "EuroSAT here is RGB.")
+    resolved = dict(config, ARCH=found["arch"], SMALL_STEM=found["small_stem"],
+                    STEM_STRIDE=found["stem_stride"], IN_CHANNELS=3,
+                    IMAGE_SIZE=image_size or found["image_size"], PRETRAINED_PATH=path)
     return backbone, feature_dim, resolved, found["image_size"]
 
 
 class Classifier(nn.Module):
-    """Backbone + linear head: what linear evaluation and fine-tuning train and classify_image.py uses."""
+    """Backbone + linear head: what linear evaluation and fine-tuning train and classify_image.py
+    uses."""
 
     def __init__(self, backbone, feature_dim, num_classes):
         super().__init__()
@@ -258,48 +288,55 @@ class Classifier(nn.Module):
 def classifier_checkpoint(model, config, class_names, mean, std, extra=None):
     """A self-describing classifier file: arch, image size, normalisation, class names, weights."""
     model = unwrap(model)
-    checkpoint = {"kind": CLASSIFIER_KIND, "config": dict(config), "class_names": list(class_names),
-                  "mean": list(mean), "std": list(std),
+    checkpoint = {"kind": CLASSIFIER_KIND, "config": dict(config),
+                  "class_names": list(class_names), "mean": list(mean), "std": list(std),
                   "backbone": backbone_state_dict(model.backbone),
-                  "head": {k: v.detach().cpu().clone() for k, v in model.head.state_dict().items()}}
+                  "head": {k: v.detach().cpu().clone()
+                           for k, v in model.head.state_dict().items()}}
     checkpoint.update(extra or {})
     return checkpoint
 
 
 def classifier_from_checkpoint(path):
-    """Rebuild a Classifier from linear_eval_eurosat_best_model.pth or finetuned_eurosat_best_model.pth;
-    returns (model, checkpoint, model_config). Anything that does not fit is a CheckpointError naming it."""
+    """Rebuild a Classifier from linear_eval_eurosat_best_model.pth or
+    finetuned_eurosat_best_model.pth; returns (model, checkpoint, model_config). Anything that does
+    not fit is a CheckpointError naming it."""
     checkpoint = load_checkpoint(path)
     if checkpoint.get("kind") != CLASSIFIER_KIND:
-        hint = (" It is a pre-training checkpoint: run Linear_evaluation.py or finetune_model.py on it first."
+        hint = (" It is a pre-training checkpoint: run Linear_evaluation.py or finetune_model.py "
+                "on it first."
                 if checkpoint.get("kind") == PRETRAIN_KIND else "")
-        raise CheckpointError(f"{path}: not a classifier checkpoint (kind {checkpoint.get('kind', 'unknown')!r})."
-                              + hint)
+        raise CheckpointError(f"{path}: not a classifier checkpoint "
+                              f"(kind {checkpoint.get('kind', 'unknown')!r})." + hint)
     names, mean, std = checkpoint.get("class_names"), checkpoint.get("mean"), checkpoint.get("std")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise CheckpointError(f"{path}: class_names must be a list of class names, found {type(names).__name__} "
-                              f"{str(names)[:60]!r}. Was the file edited? Rerun the step that writes it.")
+        raise CheckpointError(f"{path}: class_names must be a list of class names, found "
+                              f"{type(names).__name__} {str(names)[:60]!r}. Was the file edited? "
+                              "Rerun the step that writes it.")
     for name, values in (("mean", mean), ("std", std)):
         if (not isinstance(values, list) or len(values) != 3
                 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
                 or (name == "std" and min(values) <= 0)):
             raise CheckpointError(f"{path}: {name} must be 3 numbers (one per RGB channel"
-                                  f"{', all positive' if name == 'std' else ''}), found {values!r}.")
+                                  f"{', all positive' if name == 'std' else ''}), "
+                                  f"found {values!r}.")
     backbone, feature_dim, model_config = _backbone_from(checkpoint, path)
     model = Classifier(backbone, feature_dim, len(names))
     try:
         model.head.load_state_dict(checkpoint["head"])
     except (RuntimeError, KeyError, TypeError, AttributeError) as error:
         raise CheckpointError(f"{path}: the classifier head does not fit {len(names)} classes of "
-                              f"{feature_dim}-d features ({str(error).splitlines()[0][:160]}).") from None
+                              f"{feature_dim}-d features "
+                              f"({str(error).splitlines()[0][:160]}).") from None
     return model, checkpoint, model_config
 
 
 @torch.no_grad()
 def effective_rank(features):
-    """exp(entropy of the normalised squared singular values) of the standardised features (Roy and Vetterli 2007):
-    how many directions the features really use. Far below the feature dimension means dimensional collapse, a
-    partial collapse the z-std check does not see; a linear probe can only use what these directions carry."""
+    """exp(entropy of the normalised squared singular values) of the standardised features (Roy and
+    Vetterli 2007): how many directions the features really use. Far below the feature dimension
+    means dimensional collapse, a partial collapse the z-std check does not see; a linear probe can
+    only use what these directions carry."""
     features = features.float()
     standardized = (features - features.mean(dim=0)) / features.std(dim=0).clamp_min(1e-6)
     energy = torch.linalg.svdvals(standardized) ** 2
@@ -308,7 +345,8 @@ def effective_rank(features):
 
 
 @torch.no_grad()
-def knn_predict(train_features, train_labels, query_features, num_classes, k=200, temperature=0.2, chunk=1024):
+def knn_predict(train_features, train_labels, query_features, num_classes, k=200, temperature=0.2,
+                chunk=1024):
     """Weighted kNN: cosine similarity, the k nearest vote with weight exp(sim / temperature)."""
     train_features = F.normalize(train_features.float(), dim=1)
     k = min(k, train_features.shape[0])
@@ -323,59 +361,68 @@ def knn_predict(train_features, train_labels, query_features, num_classes, k=200
     return torch.cat(predictions)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # evaluation scaffolding shared by Linear_evaluation.py and finetune_model.py: one metrics schema
 
 def evaluation_outputs(config, metrics_name, best_name):
-    """(metrics file, best model file, lock name) in OUTPUT_DIR; `_random` names for the random-init baseline, so
-    that it never overwrites the results of a pre-trained backbone."""
+    """(metrics file, best model file, lock name) in OUTPUT_DIR; `_random` names for the
+    random-init baseline, so that it never overwrites the results of a pre-trained backbone."""
     suffix = "_random" if config["PRETRAINED_PATH"] == "random" else ""
     return (os.path.join(config["OUTPUT_DIR"], f"{metrics_name}{suffix}.pth"),
-            os.path.join(config["OUTPUT_DIR"], f"{best_name}{suffix}.pth"), f"{metrics_name}{suffix}")
+            os.path.join(config["OUTPUT_DIR"], f"{best_name}{suffix}.pth"),
+            f"{metrics_name}{suffix}")
 
 
 def describe_evaluation(config, device_text, feature_dim, pretrained_size, verb, outputs):
-    """The lines Linear_evaluation.py and finetune_model.py print first: what runs, where, from which backbone."""
+    """The lines Linear_evaluation.py and finetune_model.py print first: what runs, where, from
+    which backbone."""
     lines = [f"config: {config}", f"device: {device_text}",
-             f"backbone: {config['ARCH']}{stem_label(config['SMALL_STEM'], config['STEM_STRIDE'])} from "
+             f"backbone: {config['ARCH']}"
+             f"{stem_label(config['SMALL_STEM'], config['STEM_STRIDE'])} from "
              f"{config['PRETRAINED_PATH']}, {feature_dim}-d features, {config['IMAGE_SIZE']} px"]
     if config["IMAGE_SIZE"] != pretrained_size:
-        lines.append(f"note: {verb} at {config['IMAGE_SIZE']} px; the checkpoint was pre-trained at "
-                     f"{pretrained_size} px")
+        lines.append(f"note: {verb} at {config['IMAGE_SIZE']} px; the checkpoint was pre-trained "
+                     f"at {pretrained_size} px")
     if config["PRETRAINED_PATH"] == "random":
         lines.append(f"random-init baseline: results go to {outputs[0]} and {outputs[1]}")
     return lines
 
 
-def evaluation_metrics(kind, config, pretrained, image_size, class_names, test_files, best_path, device, **extra):
-    """A new metrics dict; lists grow by one entry per epoch, the test entries are filled at the end."""
+def evaluation_metrics(kind, config, pretrained, image_size, class_names, test_files, best_path,
+                       device, **extra):
+    """A new metrics dict; lists grow by one entry per epoch, the test entries are filled at the
+    end."""
     return {"kind": kind, "config": config, "versions": library_versions(), "seed": config["SEED"],
             "pretrained_path": pretrained, "arch": config["ARCH"], "image_size": image_size,
-            "class_names": list(class_names), "epochs": [], "train_loss": [], "train_acc": [], "val_loss": [],
-            "val_acc": [], "lr": [], "epoch_time_s": [], "best_epoch": 0, "best_val_acc": 0.0, "test_acc": None,
-            "test_loss": None, "per_class_acc": None, "confusion_matrix": None, "test_predictions": None,
-            "test_files": list(test_files), "knn": None, "wall_time_s": 0.0, "best_model_path": best_path,
-            "device": device, **extra}
+            "class_names": list(class_names), "epochs": [], "train_loss": [], "train_acc": [],
+            "val_loss": [], "val_acc": [], "lr": [], "epoch_time_s": [], "best_epoch": 0,
+            "best_val_acc": 0.0, "test_acc": None, "test_loss": None, "per_class_acc": None,
+            "confusion_matrix": None, "test_predictions": None, "test_files": list(test_files),
+            "knn": None, "wall_time_s": 0.0, "best_model_path": best_path, "device": device,
+            **extra}
 
 
 def record_evaluation_epoch(metrics, epoch, num_epochs, row, lr_format=".4f", note=""):
-    """Append one epoch (row: train_loss, train_acc, val_loss, val_acc, lr, epoch_time_s, and any other list the
-    metrics hold); return its log line, with `note` before the time."""
+    """Append one epoch (row: train_loss, train_acc, val_loss, val_acc, lr, epoch_time_s, and any
+    other list the metrics hold); return its log line, with `note` before the time."""
     metrics["epochs"].append(epoch + 1)
     for key, value in row.items():
         metrics[key].append(value)
-    return (f"epoch {epoch + 1}/{num_epochs} train loss {row['train_loss']:.4f} acc {row['train_acc']:.1f}% val "
-            f"loss {row['val_loss']:.4f} acc {row['val_acc']:.1f}% lr {row['lr']:{lr_format}} (best "
-            f"{metrics['best_val_acc']:.1f}% @{metrics['best_epoch']}) {note + ' ' if note else ''}"
-            f"{row['epoch_time_s']:.1f} s")
+    return (f"epoch {epoch + 1}/{num_epochs} train loss {row['train_loss']:.4f} "
+            f"acc {row['train_acc']:.1f}% val loss {row['val_loss']:.4f} "
+            f"acc {row['val_acc']:.1f}% lr {row['lr']:{lr_format}} "
+            f"(best {metrics['best_val_acc']:.1f}% @{metrics['best_epoch']}) "
+            f"{note + ' ' if note else ''}{row['epoch_time_s']:.1f} s")
 
 
 def test_results(labels, predictions, loss, class_names):
-    """The test entries of the metrics: accuracy, loss, per-class accuracy, confusion matrix, predictions."""
+    """The test entries of the metrics: accuracy, loss, per-class accuracy, confusion matrix,
+    predictions."""
     num_classes = len(class_names)
     confusion = torch.bincount(labels * num_classes + predictions, minlength=num_classes ** 2)
     confusion = confusion.view(num_classes, num_classes).cpu()
-    per_class = {name: (confusion[i, i] / confusion[i].sum() * 100).item() if confusion[i].sum() else float("nan")
+    per_class = {name: ((confusion[i, i] / confusion[i].sum() * 100).item()
+                        if confusion[i].sum() else float("nan"))
                  for i, name in enumerate(class_names)}
     return {"test_acc": (predictions == labels).float().mean().item() * 100, "test_loss": loss,
             "per_class_acc": per_class, "confusion_matrix": confusion.tolist(),

@@ -1,12 +1,16 @@
-"""SimSiam pre-training on a folder of unlabeled RGB images (default: the SSL4EO-S12 PNGs in barlow_data/train).
+"""SimSiam pre-training on a folder of unlabeled RGB images
+(default: the SSL4EO-S12 PNGs in barlow_data/train).
 
-    python train_simsiam.py                        # the write-up's recipe: ResNet-50, 224 px, batch 32, 90 epochs
+    python train_simsiam.py                        # the write-up's recipe: ResNet-50, 224 px,
+                                                   # batch 32, 90 epochs
     python train_simsiam.py --arch=resnet18 --image_size=64 --batch_size=128
-    torchrun --nproc_per_node=4 train_simsiam.py   # several GPUs: DDP + SyncBatchNorm, lr scaled by global batch
+    torchrun --nproc_per_node=4 train_simsiam.py   # several GPUs: DDP + SyncBatchNorm,
+                                                   # lr scaled by global batch
 
-Writes into OUTPUT_DIR: `pretrain_metrics.pth` and `checkpoint_last.pth` after every epoch (rerunning the same
-command resumes from it), and `simsiam_<arch>_epoch_X.pth` every SAVE_EVERY epochs and at the end. Every write is
-atomic, and a second run on the same OUTPUT_DIR is refused while this one runs. Prints one line per epoch:
+Writes into OUTPUT_DIR: `pretrain_metrics.pth` and `checkpoint_last.pth` after every epoch
+(rerunning the same command resumes from it), and `simsiam_<arch>_epoch_X.pth` every SAVE_EVERY
+epochs and at the end. Every write is atomic, and a second run on the same OUTPUT_DIR is refused
+while this one runs. Prints one line per epoch:
     epoch 3/90 loss -0.8123 lr 0.01250 z_std 0.0208 (healthy 0.0221) 61.2 pairs/s 334 s
 What it reaches, and how fast, on named machines: see the README's results.
 """
@@ -22,23 +26,24 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import simsiam_data as data
-from runtime import (AMP_MODES, CheckpointError, DataError, above, amp_dtype_for, at_least, atomic_save,
-                     autocast_for, between, channels_last_for, check_settings, configure, describe_device,
-                     epoch_generator, fail, library_versions, load_checkpoint, one_of, pick_device,
-                     precision_name, prepare_output_dir, restore_grad_scaler, run, seed_everything, speed_up_cuda,
-                     warmup_cosine)
-from simsiam_model import (ARCHS, COLLAPSE_RATIO, PRETRAIN_KIND, PRETRAIN_LAST_KIND, PRETRAIN_METRICS_KIND,
-                           SimSiam, knn_predict, negative_cosine_loss, normalized_std, unwrap)
+from runtime import (AMP_MODES, CheckpointError, DataError, above, amp_dtype_for, at_least,
+                     atomic_save, autocast_for, between, channels_last_for, check_settings,
+                     configure, describe_device, epoch_generator, fail, library_versions,
+                     load_checkpoint, one_of, pick_device, precision_name, prepare_output_dir,
+                     restore_grad_scaler, run, seed_everything, speed_up_cuda, warmup_cosine)
+from simsiam_model import (ARCHS, COLLAPSE_RATIO, PRETRAIN_KIND, PRETRAIN_LAST_KIND,
+                           PRETRAIN_METRICS_KIND, SimSiam, knn_predict, negative_cosine_loss,
+                           normalized_std, unwrap)
 
-# ----------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 DATA_DIR = "barlow_data/train"  # unlabeled images (png/jpg/tif, searched recursively)
-FILE_LIST = ""  # optional: only these images of DATA_DIR (a CSV with a Filename column, or one path per line)
+FILE_LIST = ""  # optional subset of DATA_DIR: a CSV with a Filename column, or one path per line
 OUTPUT_DIR = "outputs"  # checkpoints and pretrain_metrics.pth land here
 CACHE_DIR = "cache"  # decoded-once image arrays (fast pipeline); safe to delete
 ARCH = "resnet50"  # resnet18 | resnet34 | resnet50
 IN_CHANNELS = 3  # input bands; 3 for the RGB PNGs
 SMALL_STEM = False  # 3x3 stride-1 first conv, no max-pool: for 32-64 px inputs
-STEM_STRIDE = 1  # stride of the small stem's conv: 2 reads a 64 px input at the cost of a 32 px one
+STEM_STRIDE = 1  # small stem's conv stride: 2 reads a 64 px input at the cost of a 32 px one
 IMAGE_SIZE = 224  # crop size in pixels fed to the network
 PROJ_DIM = 2048  # projector width and output dim (paper: 2048)
 PRED_DIM = 512  # predictor bottleneck (paper: 512)
@@ -51,27 +56,28 @@ WARMUP_EPOCHS = 10  # linear warm-up epochs, then half-cosine to 0, updated ever
 FIX_PRED_LR = True  # keep the predictor's lr constant (paper: +0.4 points); False decays it too
 CROP_SCALE_MIN = 0.2  # RandomResizedCrop lower area bound (paper: 0.2)
 SOLARIZE = True  # write-up: solarise view 2 with p=0.2; False = the paper's symmetric recipe
-JITTER_STRENGTH = 1.0  # scales ColorJitter(0.4, 0.4, 0.4, 0.1), applied with p=0.8; 1.0 = write-up and paper
+JITTER_STRENGTH = 1.0  # scales ColorJitter(0.4, 0.4, 0.4, 0.1) at p=0.8; 1.0 = write-up and paper
 GRAY_P = 0.2  # probability of random grayscale (write-up and paper: 0.2)
 BLUR_P = 0.5  # probability of Gaussian blur, sigma 0.1-2 (write-up and paper: 0.5)
-PIPELINE = "fast"  # fast: decode once + batched augmentation on the device | reference: PIL per sample in workers
+PIPELINE = "fast"  # fast: decode once, device batch augment | reference: PIL per sample in workers
 NUM_WORKERS = 4  # DataLoader workers (reference pipeline only)
 DECODE_PROCESSES = 0  # processes that decode the fast pipeline's image cache; 0 = one per core
-AMP = "auto"  # auto: bf16 on GPUs that have it natively (compute capability 8.0+), fp16 below, fp32 on a CPU | bf16 | fp16 | off
-CHANNELS_LAST = True  # channels_last memory format on CUDA and under bf16 on a CPU (faster convolutions)
-COMPILE = False  # torch.compile the model (CUDA; slower start, faster steps; compile time reported apart)
+AMP = "auto"  # auto: GPU bf16 if native (capability 8.0+) else fp16; CPU fp32 | bf16 | fp16 | off
+CHANNELS_LAST = True  # channels_last memory format on CUDA and under bf16 on a CPU (faster convs)
+COMPILE = False  # torch.compile (CUDA; slower start, faster steps; compile time reported apart)
 SYNC_BN = True  # SyncBatchNorm when running under torchrun with several processes (paper)
 SAVE_EVERY = 10  # write simsiam_<arch>_epoch_X.pth every this many epochs (and at the end)
 RESUME = True  # continue from OUTPUT_DIR/checkpoint_last.pth when it exists
-KNN_DATA_DIR = ""  # labelled EuroSAT folder (train.csv, validation.csv) for a kNN monitor; "" = off
+KNN_DATA_DIR = ""  # labelled EuroSAT dir (train.csv, validation.csv) for a kNN monitor; "" = off
 KNN_EVERY = 5  # epochs between kNN monitor runs (when KNN_DATA_DIR is set)
 KNN_K = 200  # neighbours for the kNN monitor (paper: 200, cosine, temperature 0.2)
-SAMPLE_EVERY = 20  # steps between samples of the loss and z std (each sample waits for the GPU once)
+SAMPLE_EVERY = 20  # steps between samples of loss and z std (each sample waits for the GPU once)
 SEED = 0  # seeds data order, augmentation and initialisation
 DEVICE = "auto"  # auto | cuda | cpu | mps
-# ----------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 
-# settings that change the model's shape or wiring: a checkpoint_last.pth written with others cannot be resumed
+# settings that change the model's shape or wiring: a checkpoint_last.pth written with others
+# cannot be resumed
 SHAPE_KEYS = ("ARCH", "IN_CHANNELS", "SMALL_STEM", "STEM_STRIDE", "PROJ_DIM", "PRED_DIM")
 LAST_KEYS = ("config", "epoch", "global_step", "model", "optimizer", "scaler", "metrics")
 
@@ -83,13 +89,16 @@ def settings_rules():
             "NUM_EPOCHS": at_least(1), "BASE_LR": above(0), "MOMENTUM": between(0.0, 1.0),
             "WEIGHT_DECAY": at_least(0), "WARMUP_EPOCHS": between(0, NUM_EPOCHS),
             "CROP_SCALE_MIN": between(0.01, 1.0),
-            "JITTER_STRENGTH": between(0.0, 2.5),  # above 2.5 the brightness range would go below 0
-            "GRAY_P": between(0.0, 1.0), "BLUR_P": between(0.0, 1.0), "PIPELINE": one_of("fast", "reference"),
+            # above 2.5 the brightness range would go below 0
+            "JITTER_STRENGTH": between(0.0, 2.5),
+            "GRAY_P": between(0.0, 1.0), "BLUR_P": between(0.0, 1.0),
+            "PIPELINE": one_of("fast", "reference"),
             "NUM_WORKERS": at_least(0), "DECODE_PROCESSES": at_least(0), "AMP": one_of(*AMP_MODES),
-            "SAVE_EVERY": at_least(1), "SAMPLE_EVERY": at_least(1), "KNN_EVERY": at_least(1), "KNN_K": at_least(1), "SEED": at_least(0)}
+            "SAVE_EVERY": at_least(1), "SAMPLE_EVERY": at_least(1), "KNN_EVERY": at_least(1),
+            "KNN_K": at_least(1), "SEED": at_least(0)}
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # processes and devices
 
 def process_layout():
@@ -102,80 +111,86 @@ def training_device(local_rank, world_size):
     device = pick_device(DEVICE)
     if world_size > 1 and device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            fail(f"LOCAL_RANK {local_rank}, but this node has {torch.cuda.device_count()} GPU(s): start torchrun "
-                 "with --nproc_per_node at most the number of GPUs.")
+            fail(f"LOCAL_RANK {local_rank}, but this node has {torch.cuda.device_count()} GPU(s): "
+                 "start torchrun with --nproc_per_node at most the number of GPUs.")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     return device
 
 
 def ranks_agree(value, what):
-    """Stop every rank with the same message unless all hold the same `value`: replicas that start from different
-    data or different checkpoints would silently diverge, then hang in a collective."""
+    """Stop every rank with the same message unless all hold the same `value`: replicas that
+    start from different data or different checkpoints would silently diverge, then hang in a
+    collective."""
     values = [None] * dist.get_world_size()
     dist.all_gather_object(values, value)
     if any(v != values[0] for v in values):
         fail(f"the {len(values)} processes disagree on {what}: "
              + "; ".join(f"rank {rank}: {v}" for rank, v in enumerate(values))
-             + ". A multi-node run needs DATA_DIR, CACHE_DIR and OUTPUT_DIR on a file system that every node "
-               "shares (see the README).")
+             + ". A multi-node run needs DATA_DIR, CACHE_DIR and OUTPUT_DIR on a file system "
+               "that every node shares (see the README).")
 
 
 def batch_usable_on_every_rank(x1, device):
-    """False on every rank when any rank's batch is wholly unreadable (reference pipeline): all then skip the step
-    together, where one skipping alone would leave the others waiting in the gradient all-reduce."""
+    """False on every rank when any rank's batch is wholly unreadable (reference pipeline): all
+    then skip the step together, where one skipping alone would leave the others waiting in the
+    gradient all-reduce."""
     usable = torch.tensor([0 if x1 is None else 1], device=device)
     dist.all_reduce(usable, op=dist.ReduceOp.MIN)
     return bool(usable.item())
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # data
 
 def list_pretraining_images():
     if not os.path.isdir(DATA_DIR):
-        raise DataError(f"data folder {DATA_DIR!r} does not exist. Prepare it with `python make_dataset.py` "
-                        "(or pass --data_dir=FOLDER of images).")
+        raise DataError(f"data folder {DATA_DIR!r} does not exist. Prepare it with "
+                        "`python make_dataset.py` (or pass --data_dir=FOLDER of images).")
     paths = data.list_images(DATA_DIR)
     if not paths:
-        raise DataError(f"no images (png/jpg/jpeg/tif) under {DATA_DIR!r}. Run `python make_dataset.py` first, or "
-                        "point --data_dir at a folder of images.")
+        raise DataError(f"no images (png/jpg/jpeg/tif) under {DATA_DIR!r}. Run "
+                        "`python make_dataset.py` first, or point --data_dir at a folder of "
+                        "images.")
     return select_listed(paths) if FILE_LIST else paths
 
 
 def select_listed(paths):
-    """The images of DATA_DIR named in FILE_LIST (e.g. EuroSAT's train.csv, so pre-training never sees test
-    images)."""
+    """The images of DATA_DIR named in FILE_LIST (e.g. EuroSAT's train.csv, so pre-training never
+    sees test images)."""
     if not os.path.isfile(FILE_LIST):
         raise DataError(f"FILE_LIST {FILE_LIST!r} does not exist.")
     try:
         if FILE_LIST.endswith(".csv"):
             table = pd.read_csv(FILE_LIST, dtype=str)
             if "Filename" not in table.columns:
-                raise DataError(f"{FILE_LIST}: needs a Filename column; found {list(table.columns)}.")
+                raise DataError(f"{FILE_LIST}: needs a Filename column; found "
+                                f"{list(table.columns)}.")
             names = table["Filename"].dropna().tolist()
         else:
             with open(FILE_LIST, encoding="utf-8") as f:
                 names = [line.strip() for line in f if line.strip()]
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise DataError(f"FILE_LIST {FILE_LIST}: not a readable list ({type(error).__name__}: {error}).") from None
+        raise DataError(f"FILE_LIST {FILE_LIST}: not a readable list "
+                        f"({type(error).__name__}: {error}).") from None
     if not names:
-        raise DataError(f"FILE_LIST {FILE_LIST} names no image: list paths relative to DATA_DIR, or pass "
-                        "--file_list= to use every image of DATA_DIR.")
+        raise DataError(f"FILE_LIST {FILE_LIST} names no image: list paths relative to DATA_DIR, "
+                        "or pass --file_list= to use every image of DATA_DIR.")
     wanted = {os.path.normpath(os.path.join(DATA_DIR, name)) for name in names}
     selected = [p for p in paths if os.path.normpath(p) in wanted]
     if not selected:
-        raise DataError(f"none of the images listed in {FILE_LIST} is under {DATA_DIR!r}: paths must be relative "
-                        "to DATA_DIR.")
+        raise DataError(f"none of the images listed in {FILE_LIST} is under {DATA_DIR!r}: paths "
+                        "must be relative to DATA_DIR.")
     if len(selected) < len(wanted):
-        print(f"warning: {len(wanted) - len(selected)} of the {len(wanted)} images in {FILE_LIST} are not under "
-              f"{DATA_DIR}")
+        print(f"warning: {len(wanted) - len(selected)} of the {len(wanted)} images in "
+              f"{FILE_LIST} are not under {DATA_DIR}")
     return selected
 
 
 def decode_once(paths, main_process, log):
-    """(images, usable paths, unreadable) of the fast pipeline: every image decoded once into CACHE_DIR (one process
-    builds it, the other ranks wait for it). The reference pipeline reads the files as it goes: (None, paths, [])."""
+    """(images, usable paths, unreadable) of the fast pipeline: every image decoded once into
+    CACHE_DIR (one process builds it, the other ranks wait for it). The reference pipeline reads
+    the files as it goes: (None, paths, [])."""
     if PIPELINE == "reference":
         return None, paths, []
     return data.build_image_cache(paths, CACHE_DIR, workers=DECODE_PROCESSES,
@@ -184,13 +199,16 @@ def decode_once(paths, main_process, log):
 
 
 def epoch_batches(epoch, images, paths, steps, rank, world_size, device, augment_pair):
-    """The (x1, x2, unreadable) of one epoch on this rank; x1 None marks a step that every rank skips.
+    """The (x1, x2, unreadable) of one epoch on this rank; x1 None marks a step that every rank
+    skips.
 
-    Per-epoch seeds: a resumed epoch replays exactly the data order and augmentations it would have had."""
+    Per-epoch seeds: a resumed epoch replays exactly the data order and augmentations it would
+    have had."""
     order_generator = epoch_generator(SEED, epoch)
     augment_generator = epoch_generator(SEED, epoch, augment_stream=rank + 1)
     if PIPELINE == "fast":
-        order = torch.randperm(len(paths), generator=order_generator).numpy()[:steps * BATCH_SIZE * world_size]
+        order = (torch.randperm(len(paths), generator=order_generator)
+                 .numpy()[:steps * BATCH_SIZE * world_size])
         augment1, augment2 = augment_pair
         for _, batch in data.iterate_batches(images, order[rank::world_size], BATCH_SIZE, device):
             yield augment1(batch, augment_generator), augment2(batch, augment_generator), []
@@ -201,14 +219,15 @@ def epoch_batches(epoch, images, paths, steps, rank, world_size, device, augment
         data.simsiam_transform_v2(IMAGE_SIZE, CROP_SCALE_MIN, solarize=SOLARIZE, **strengths))
     sampler = None
     if world_size > 1:
-        sampler = torch.utils.data.DistributedSampler(dataset, world_size, rank, shuffle=True, seed=SEED,
-                                                      drop_last=True)
+        sampler = torch.utils.data.DistributedSampler(dataset, world_size, rank, shuffle=True,
+                                                      seed=SEED, drop_last=True)
         sampler.set_epoch(epoch)
-    torch.manual_seed(augment_generator.initial_seed())  # the DataLoader's worker seeds derive from this
+    # the DataLoader's worker seeds derive from this
+    torch.manual_seed(augment_generator.initial_seed())
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=BATCH_SIZE, shuffle=sampler is None, sampler=sampler, drop_last=True,
-        num_workers=NUM_WORKERS, pin_memory=device.type == "cuda", collate_fn=data.collate_skipping,
-        generator=order_generator)
+        num_workers=NUM_WORKERS, pin_memory=device.type == "cuda",
+        collate_fn=data.collate_skipping, generator=order_generator)
     for x1, x2, unreadable in loader:
         if world_size > 1 and not batch_usable_on_every_rank(x1, device):
             x1 = x2 = None
@@ -216,50 +235,58 @@ def epoch_batches(epoch, images, paths, steps, rank, world_size, device, augment
 
 
 def load_knn_data(log):
-    """{split: (images, labels)} of KNN_DATA_DIR's train.csv (the bank) and validation.csv (the queries)."""
+    """{split: (images, labels)} of KNN_DATA_DIR's train.csv (the bank) and validation.csv
+    (the queries)."""
     knn_data = {}
     for split in ("train", "validation"):
-        files = data.read_eurosat_split(KNN_DATA_DIR, os.path.join(KNN_DATA_DIR, f"{split}.csv"),
+        files = data.read_eurosat_split(KNN_DATA_DIR,
+                                        os.path.join(KNN_DATA_DIR, f"{split}.csv"),
                                         os.path.join(KNN_DATA_DIR, "label_map.json"))
-        images, _, bad = data.build_image_cache(files.paths, CACHE_DIR, desc=f"decoding kNN {split}", log=log)
+        images, _, bad = data.build_image_cache(files.paths, CACHE_DIR,
+                                                desc=f"decoding kNN {split}", log=log)
         if bad:
-            raise DataError(f"{len(bad)} unreadable image(s) in {KNN_DATA_DIR}/{split}.csv, first: {bad[0]}")
+            raise DataError(f"{len(bad)} unreadable image(s) in {KNN_DATA_DIR}/{split}.csv, "
+                            f"first: {bad[0]}")
         knn_data[split] = (images, torch.tensor(files.labels))
     return knn_data
 
 
 def knn_monitor(model, knn_data, device, amp_dtype):
-    """Top-1 of a weighted kNN on validation.csv with train.csv as the bank (l2-normalised backbone features)."""
+    """Top-1 of a weighted kNN on validation.csv with train.csv as the bank
+    (l2-normalised backbone features)."""
     backbone = unwrap(model).backbone
     backbone.eval()
     features = {}
     with torch.no_grad():
         for split, (images, _) in knn_data.items():
             chunks = []
-            for _, batch in data.iterate_batches(images, np.arange(len(images)), 256, device, drop_last=False):
+            for _, batch in data.iterate_batches(images, np.arange(len(images)), 256, device,
+                                                 drop_last=False):
                 with autocast_for(device, amp_dtype):
                     chunks.append(backbone(data.eval_batch(batch, IMAGE_SIZE)).float())
             features[split] = torch.cat(chunks)
     backbone.train()
     bank_labels = knn_data["train"][1].to(device)
-    predicted = knn_predict(features["train"], bank_labels, features["validation"], int(bank_labels.max()) + 1,
-                            k=KNN_K, temperature=0.2)
+    predicted = knn_predict(features["train"], bank_labels, features["validation"],
+                            int(bank_labels.max()) + 1, k=KNN_K, temperature=0.2)
     return (predicted.cpu() == knn_data["validation"][1]).float().mean().item() * 100
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # resuming and saving
 
 def new_metrics():
-    return {"kind": PRETRAIN_METRICS_KIND, "epochs": [], "loss": [], "lr": [], "z_std": [], "epoch_time_s": [],
-            "pairs_per_s": [], "knn_top1": [], "skipped_images": [], "step": [], "step_lr": [], "step_loss": []}
+    return {"kind": PRETRAIN_METRICS_KIND, "epochs": [], "loss": [], "lr": [], "z_std": [],
+            "epoch_time_s": [], "pairs_per_s": [], "knn_top1": [], "skipped_images": [],
+            "step": [], "step_lr": [], "step_loss": []}
 
 
 def resume_or_start(model, optimizer, scaler, config, world_size, log):
-    """(metrics, epochs done, optimiser steps done), from OUTPUT_DIR/checkpoint_last.pth when RESUME and it exists.
+    """(metrics, epochs done, optimiser steps done), from OUTPUT_DIR/checkpoint_last.pth
+    when RESUME and it exists.
 
-    Under torchrun every rank decides from its own file system, so the ranks must agree on the file and on what
-    it holds; otherwise every rank stops with the same message."""
+    Under torchrun every rank decides from its own file system, so the ranks must agree on the
+    file and on what it holds; otherwise every rank stops with the same message."""
     last_path = os.path.join(OUTPUT_DIR, "checkpoint_last.pth")
     found = RESUME and os.path.exists(last_path)
     if world_size > 1:
@@ -274,35 +301,40 @@ def resume_or_start(model, optimizer, scaler, config, world_size, log):
     missing = [key for key in LAST_KEYS if key not in last]
     if missing:
         raise CheckpointError(f"{last_path}: lacks {missing}, so it cannot be resumed. {fix}")
-    recorded = {"STEM_STRIDE": 1, **last["config"]}  # checkpoints from before STEM_STRIDE existed used 1
+    # checkpoints from before STEM_STRIDE existed used 1
+    recorded = {"STEM_STRIDE": 1, **last["config"]}
     changed = [f"{k}={recorded.get(k)!r}" for k in SHAPE_KEYS if recorded.get(k) != config[k]]
     if changed:
-        raise CheckpointError(f"{last_path} was written with different model settings ({', '.join(changed)}). "
-                              f"Use the same settings, another --output_dir, or --resume=False. {fix}")
+        raise CheckpointError(f"{last_path} was written with different model settings "
+                              f"({', '.join(changed)}). Use the same settings, another "
+                              f"--output_dir, or --resume=False. {fix}")
     try:
         unwrap(model).load_state_dict(last["model"])
         optimizer.load_state_dict(last["optimizer"])
     except (RuntimeError, ValueError, KeyError) as error:
-        raise CheckpointError(f"{last_path}: its weights do not match the model its config describes "
-                              f"({str(error).splitlines()[0][:200]}). {fix}") from None
+        raise CheckpointError(f"{last_path}: its weights do not match the model its config "
+                              f"describes ({str(error).splitlines()[0][:200]}). {fix}") from None
     scaler_state = restore_grad_scaler(scaler, last["scaler"])
     if scaler_state == "fresh":
-        log(f"note: {last_path} was written without fp16; the grad scaler starts from its initial scale")
+        log(f"note: {last_path} was written without fp16; the grad scaler starts from its "
+            "initial scale")
     if world_size > 1:
         ranks_agree((last["epoch"], last["global_step"]), f"the epoch that {last_path} holds")
-    log(f"resuming from {last_path}: {last['epoch']} of {NUM_EPOCHS} epochs done, step {last['global_step']}")
+    log(f"resuming from {last_path}: {last['epoch']} of {NUM_EPOCHS} epochs done, step "
+        f"{last['global_step']}")
     return last["metrics"], last["epoch"], last["global_step"]
 
 
 def checkpoint_bytes(param_count):
-    """Disk the run's checkpoints need: the epoch files, and checkpoint_last.pth (weights and SGD momentum)
-    twice while it is rewritten."""
+    """Disk the run's checkpoints need: the epoch files, and checkpoint_last.pth (weights and SGD
+    momentum) twice while it is rewritten."""
     return 4 * param_count * (NUM_EPOCHS // SAVE_EVERY + 1 + 4)
 
 
 def save_epoch(model, optimizer, scaler, metrics, config, epoch, global_step):
-    """This epoch's files. The epoch file goes first: a kill before checkpoint_last.pth is rewritten replays this
-    epoch on resume and writes the file again, where the other order could resume past a file never written."""
+    """This epoch's files. The epoch file goes first: a kill before checkpoint_last.pth is
+    rewritten replays this epoch on resume and writes the file again, where the other order could
+    resume past a file never written."""
     model_state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
     if (epoch + 1) % SAVE_EVERY == 0 or epoch + 1 == NUM_EPOCHS:
         path = os.path.join(OUTPUT_DIR, f"simsiam_{ARCH}_epoch_{epoch + 1}.pth")
@@ -310,36 +342,41 @@ def save_epoch(model, optimizer, scaler, metrics, config, epoch, global_step):
         atomic_save({"kind": PRETRAIN_KIND, "arch": ARCH, "config": config, "epoch": epoch + 1,
                      "model": model_state}, path)
     atomic_save({"kind": PRETRAIN_LAST_KIND, "arch": ARCH, "config": config, "epoch": epoch + 1,
-                 "global_step": global_step, "model": model_state, "optimizer": optimizer.state_dict(),
-                 "scaler": scaler.state_dict(), "metrics": metrics}, os.path.join(OUTPUT_DIR, "checkpoint_last.pth"))
+                 "global_step": global_step, "model": model_state,
+                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                 "metrics": metrics}, os.path.join(OUTPUT_DIR, "checkpoint_last.pth"))
     atomic_save(metrics, os.path.join(OUTPUT_DIR, "pretrain_metrics.pth"))
 
 
 def finish_epoch(metrics, epoch, summary, samples, run_facts):
-    """Append one epoch to the metrics (the epoch's summary, the per-step samples, the run's facts); return the
-    epoch's line, and a collapse warning when z std has fallen far below the healthy 1/sqrt(PROJ_DIM)."""
+    """Append one epoch to the metrics (the epoch's summary, the per-step samples, the run's
+    facts); return the epoch's line, and a collapse warning when z std has fallen far below the
+    healthy 1/sqrt(PROJ_DIM)."""
     metrics["epochs"].append(epoch + 1)
     for key, value in summary.items():
         metrics[key].append(value)  # z_std is added below, from the samples
-    for key in ("step", "step_loss", "step_lr"):  # step_lr: every step; step, step_loss: every SAMPLE_EVERY
+    # step_lr: every step; step, step_loss: every SAMPLE_EVERY
+    for key in ("step", "step_loss", "step_lr"):
         metrics[key] += samples[key]
     summary["z_std"] = sum(samples["z_std"]) / len(samples["z_std"])  # sampled with the loss
     metrics["z_std"].append(summary["z_std"])
     metrics.update(versions=library_versions(), seed=SEED, **run_facts)
     healthy = run_facts["z_std_healthy"]
-    line = (f"epoch {epoch + 1}/{NUM_EPOCHS} loss {summary['loss']:.4f} lr {summary['lr']:.5f} z_std "
-            f"{summary['z_std']:.4f} (healthy {healthy:.4f}) {summary['pairs_per_s']:.1f} pairs/s "
-            f"{summary['epoch_time_s']:.0f} s")
+    line = (f"epoch {epoch + 1}/{NUM_EPOCHS} loss {summary['loss']:.4f} lr {summary['lr']:.5f} "
+            f"z_std {summary['z_std']:.4f} (healthy {healthy:.4f}) "
+            f"{summary['pairs_per_s']:.1f} pairs/s {summary['epoch_time_s']:.0f} s")
     line += f" knn {summary['knn_top1']:.1f}%" if summary["knn_top1"] is not None else ""
     line += f" skipped {summary['skipped_images']} unreadable" if summary["skipped_images"] else ""
     if summary["z_std"] < COLLAPSE_RATIO * healthy:
-        line += (f"\nwarning: z_std {summary['z_std']:.4f} is far below the healthy {healthy:.4f}: the "
-                 "representation may be collapsing. Check the augmentations, or lower --base_lr.")
+        line += (f"\nwarning: z_std {summary['z_std']:.4f} is far below the healthy "
+                 f"{healthy:.4f}: the representation may be collapsing. Check the augmentations, "
+                 "or lower --base_lr.")
     return line
 
 
 def build_model(main_process):
-    """The SimSiam model; rank 0 also makes sure OUTPUT_DIR can take its checkpoints, and locks it."""
+    """The SimSiam model; rank 0 also makes sure OUTPUT_DIR can take its checkpoints,
+    and locks it."""
     try:
         model = SimSiam(ARCH, PROJ_DIM, PRED_DIM, IN_CHANNELS, SMALL_STEM, STEM_STRIDE)
     except ValueError as error:
@@ -351,26 +388,29 @@ def build_model(main_process):
 
 
 def prepare_data(world_size, device, main_process, log):
-    """(images, usable paths, unreadable, steps per epoch). The images are decoded once before the process group
-    exists, so that a long decode cannot time out a collective; then every rank must see the same images."""
+    """(images, usable paths, unreadable, steps per epoch). The images are decoded once before the
+    process group exists, so that a long decode cannot time out a collective; then every rank must
+    see the same images."""
     images, paths, unreadable = decode_once(list_pretraining_images(), main_process, log)
     if unreadable:
         log(f"warning: skipping {len(unreadable)} unreadable image(s), e.g. {unreadable[0]}")
     if world_size > 1:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        listing = hashlib.sha1("\n".join(os.path.relpath(p, DATA_DIR) for p in paths).encode()).hexdigest()[:12]
+        listing = hashlib.sha1(
+            "\n".join(os.path.relpath(p, DATA_DIR) for p in paths).encode()).hexdigest()[:12]
         ranks_agree((len(paths), listing), "the images of DATA_DIR (count, hash of the list)")
     steps_per_epoch = len(paths) // (BATCH_SIZE * world_size)
     if steps_per_epoch == 0:
-        raise DataError(f"only {len(paths)} usable images in {DATA_DIR!r}, fewer than one global batch of "
-                        f"{BATCH_SIZE * world_size} pairs. Lower --batch_size (at most "
-                        f"{max(2, len(paths) // world_size)}) or add images.")
+        raise DataError(f"only {len(paths)} usable images in {DATA_DIR!r}, fewer than one "
+                        f"global batch of {BATCH_SIZE * world_size} pairs. Lower --batch_size "
+                        f"(at most {max(2, len(paths) // world_size)}) or add images.")
     return images, paths, unreadable, steps_per_epoch
 
 
 def sample_step(loss_sum, loss, z1, steps, world_size, samples, where):
-    """Every SAMPLE_EVERY steps: the running loss (a NaN stops the run: the last good state is on disk), the
-    step's loss and z std. Each sample waits for the GPU once; returns the running loss."""
+    """Every SAMPLE_EVERY steps: the running loss (a NaN stops the run: the last good state is on
+    disk), the step's loss and z std. Each sample waits for the GPU once; returns the running
+    loss."""
     running = loss_sum.clone()  # the running sum turns NaN as soon as one step does
     if world_size > 1:
         dist.all_reduce(running)  # every rank sees the same value, so all stop together
@@ -384,27 +424,31 @@ def sample_step(loss_sum, loss, z1, steps, world_size, samples, where):
 
 
 def optimizer_for(model, base_lr):
-    """SGD over two groups: the predictor's lr stays at base_lr when FIX_PRED_LR (the paper's +0.4 points)."""
+    """SGD over two groups: the predictor's lr stays at base_lr when FIX_PRED_LR
+    (the paper's +0.4 points)."""
     predictor = list(model.predictor.parameters())
     others = [p for name, p in model.named_parameters() if not name.startswith("predictor.")]
-    return torch.optim.SGD([{"params": others, "fix_lr": False}, {"params": predictor, "fix_lr": FIX_PRED_LR}],
+    return torch.optim.SGD([{"params": others, "fix_lr": False},
+                            {"params": predictor, "fix_lr": FIX_PRED_LR}],
                            lr=base_lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
 
 
 def for_training(model, device, world_size, log):
-    """The module the steps call: SyncBatchNorm (the paper normalises over all GPUs) and DDP under torchrun,
-    torch.compile when asked. The parameters stay the model's own, so the optimiser needs no change."""
+    """The module the steps call: SyncBatchNorm (the paper normalises over all GPUs) and DDP under
+    torchrun, torch.compile when asked. The parameters stay the model's own, so the optimiser
+    needs no change."""
     if world_size > 1 and SYNC_BN and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     elif world_size > 1 and SYNC_BN:
-        log("note: SyncBatchNorm needs GPUs; on the CPU each process normalises over its own batch")
+        log("note: SyncBatchNorm needs GPUs; on the CPU each process normalises over its own "
+            "batch")
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     return torch.compile(model) if COMPILE else model
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 
 def main():
     config, _ = configure(globals())
@@ -418,9 +462,11 @@ def main():
                      else torch.contiguous_format)
     seed_everything(SEED + rank)
     model = build_model(main_process)
-    images, paths, unreadable, steps_per_epoch = prepare_data(world_size, device, main_process, log)
+    images, paths, unreadable, steps_per_epoch = prepare_data(
+        world_size, device, main_process, log)
     knn_data = load_knn_data(log) if KNN_DATA_DIR and main_process else None
-    augment_pair = data.batch_augment_pair(IMAGE_SIZE, CROP_SCALE_MIN, SOLARIZE, JITTER_STRENGTH, GRAY_P, BLUR_P)
+    augment_pair = data.batch_augment_pair(IMAGE_SIZE, CROP_SCALE_MIN, SOLARIZE, JITTER_STRENGTH,
+                                           GRAY_P, BLUR_P)
 
     # ---- optimiser, resume ----
     model = model.to(device, memory_format=memory_format)
@@ -428,41 +474,49 @@ def main():
     base_lr = BASE_LR * global_batch / 256
     optimizer = optimizer_for(model, base_lr)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    metrics, start_epoch, global_step = resume_or_start(model, optimizer, scaler, config, world_size, log)
+    metrics, start_epoch, global_step = resume_or_start(model, optimizer, scaler, config,
+                                                        world_size, log)
     train_model = for_training(model, device, world_size, log)
     run_facts = dict(config=config, z_std_healthy=1 / math.sqrt(PROJ_DIM), num_images=len(paths),
                      param_count=sum(p.numel() for p in model.parameters()), world_size=world_size,
-                     device=describe_device(device), precision=precision_name(amp_dtype), compile_time_s=None)
+                     device=describe_device(device), precision=precision_name(amp_dtype),
+                     compile_time_s=None)
     log(f"config: {config}")
-    log(f"device: {run_facts['device']}, processes: {world_size}, precision: {run_facts['precision']} "
-        f"({precision_reason}){', ' + speed_up_cuda(device) if device.type == 'cuda' else ''}")
-    log(f"model: SimSiam {ARCH}, {run_facts['param_count'] / 1e6:.2f} M parameters; {len(paths)} images, global "
-        f"batch {global_batch}, {steps_per_epoch} steps per epoch, lr {base_lr:.5f} (= {BASE_LR} x {global_batch} "
-        f"/ 256), epochs {start_epoch + 1}..{NUM_EPOCHS}")
+    log(f"device: {run_facts['device']}, processes: {world_size}, precision: "
+        f"{run_facts['precision']} ({precision_reason})"
+        f"{', ' + speed_up_cuda(device) if device.type == 'cuda' else ''}")
+    log(f"model: SimSiam {ARCH}, {run_facts['param_count'] / 1e6:.2f} M parameters; "
+        f"{len(paths)} images, global batch {global_batch}, {steps_per_epoch} steps per epoch, "
+        f"lr {base_lr:.5f} (= {BASE_LR} x {global_batch} / 256), epochs "
+        f"{start_epoch + 1}..{NUM_EPOCHS}")
 
     # ---- training loop ----
     for epoch in range(start_epoch, NUM_EPOCHS):
         model.train()
         loss_sum = torch.zeros((), device=device)
         steps, skipped, samples = 0, [], {"step": [], "step_loss": [], "step_lr": [], "z_std": []}
-        started, compiling = time.time(), 0.0  # compiling: the first step under COMPILE, left out of pairs/s
-        batches = epoch_batches(epoch, images, paths, steps_per_epoch, rank, world_size, device, augment_pair)
-        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{NUM_EPOCHS}", leave=False,
-                   disable=not main_process)
+        # compiling: the first step under COMPILE, left out of pairs/s
+        started, compiling = time.time(), 0.0
+        batches = epoch_batches(epoch, images, paths, steps_per_epoch, rank, world_size, device,
+                                augment_pair)
+        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{NUM_EPOCHS}",
+                   leave=False, disable=not main_process)
         try:
             for x1, x2, bad in bar:
                 skipped += bad
-                if x1 is None:  # the reference pipeline found no readable image in some rank's batch
+                # the reference pipeline found no readable image in some rank's batch
+                if x1 is None:
                     continue
                 step_started = time.time()
-                lr = warmup_cosine(global_step, NUM_EPOCHS * steps_per_epoch, WARMUP_EPOCHS * steps_per_epoch,
-                                   base_lr)
+                lr = warmup_cosine(global_step, NUM_EPOCHS * steps_per_epoch,
+                                   WARMUP_EPOCHS * steps_per_epoch, base_lr)
                 for group in optimizer.param_groups:
                     group["lr"] = base_lr if group["fix_lr"] else lr
                 x1 = x1.to(device, non_blocking=True).contiguous(memory_format=memory_format)
                 x2 = x2.to(device, non_blocking=True).contiguous(memory_format=memory_format)
                 with autocast_for(device, amp_dtype):
-                    p1, p2, z1, z2 = train_model(x1, x2)  # z1, z2 come back detached: the stop-gradient
+                    # z1, z2 come back detached: the stop-gradient
+                    p1, p2, z1, z2 = train_model(x1, x2)
                     loss = negative_cosine_loss(p1.float(), p2.float(), z1.float(), z2.float())
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()  # the scale is 1 and the scaler a no-op unless fp16
@@ -472,7 +526,8 @@ def main():
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)
                     run_facts["compile_time_s"] = compiling = time.time() - step_started
-                    log(f"torch.compile: the first step took {compiling:.1f} s (compilation; not in pairs/s)")
+                    log(f"torch.compile: the first step took {compiling:.1f} s (compilation; "
+                        "not in pairs/s)")
                 loss_sum += loss.detach()
                 steps += 1
                 global_step += 1
@@ -483,11 +538,12 @@ def main():
                                           f"epoch {epoch + 1}, step {global_step}")
                     bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr:.5f}")
         except torch.cuda.OutOfMemoryError:
-            fail(f"out of GPU memory at batch {BATCH_SIZE} x {IMAGE_SIZE} px with {ARCH}. Try a smaller "
-                 f"--batch_size (e.g. {max(2, BATCH_SIZE // 2)}; the lr scales with it), a smaller --image_size, "
-                 "or --arch=resnet18.")
+            fail(f"out of GPU memory at batch {BATCH_SIZE} x {IMAGE_SIZE} px with {ARCH}. Try a "
+                 f"smaller --batch_size (e.g. {max(2, BATCH_SIZE // 2)}; the lr scales with it), "
+                 "a smaller --image_size, or --arch=resnet18.")
         if steps == 0:
-            raise DataError(f"epoch {epoch + 1} produced no batch: every image of {DATA_DIR} was unreadable?")
+            raise DataError(f"epoch {epoch + 1} produced no batch: every image of {DATA_DIR} was "
+                            "unreadable?")
         elapsed = time.time() - started
         if world_size > 1:
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
@@ -496,16 +552,20 @@ def main():
         knn = (knn_monitor(model, knn_data, device, amp_dtype)
                if knn_data and ((epoch + 1) % KNN_EVERY == 0 or epoch + 1 == NUM_EPOCHS) else None)
         if main_process:  # rank 0 alone records and writes; every write is atomic
-            summary = {"loss": loss_sum.item() / steps, "lr": lr, "epoch_time_s": elapsed, "knn_top1": knn,
-                       "pairs_per_s": (steps - (compiling > 0)) * global_batch / max(elapsed - compiling, 1e-9),
+            summary = {"loss": loss_sum.item() / steps, "lr": lr, "epoch_time_s": elapsed,
+                       "knn_top1": knn,
+                       "pairs_per_s": ((steps - (compiling > 0)) * global_batch
+                                       / max(elapsed - compiling, 1e-9)),
                        "skipped_images": len(unreadable) + len(set(skipped))}
-            line = finish_epoch(metrics, epoch, summary, samples, dict(run_facts, global_step=global_step))
+            line = finish_epoch(metrics, epoch, summary, samples,
+                                dict(run_facts, global_step=global_step))
             save_epoch(model, optimizer, scaler, metrics, config, epoch, global_step)
             print(line, flush=True)
     if main_process:
-        print(f"done: {NUM_EPOCHS} epochs, final loss {metrics['loss'][-1]:.4f}; outputs in {OUTPUT_DIR}/"
-              if start_epoch < NUM_EPOCHS else f"nothing to do: {OUTPUT_DIR}/checkpoint_last.pth already holds all "
-              f"{NUM_EPOCHS} epochs (pass --resume=False to train again, or a larger --num_epochs to go on)")
+        print(f"done: {NUM_EPOCHS} epochs, final loss {metrics['loss'][-1]:.4f}; outputs in "
+              f"{OUTPUT_DIR}/" if start_epoch < NUM_EPOCHS else
+              f"nothing to do: {OUTPUT_DIR}/checkpoint_last.pth already holds all {NUM_EPOCHS} "
+              "epochs (pass --resume=False to train again, or a larger --num_epochs to go on)")
     if world_size > 1:
         dist.destroy_process_group()
 

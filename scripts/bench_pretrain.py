@@ -1,17 +1,20 @@
-"""Pre-training throughput: the model alone (ceiling), the write-up's pipeline (reference) and the default (fast).
+"""Pre-training throughput: the model alone (ceiling), the write-up's pipeline (reference) and the
+default (fast).
 
-    python scripts/bench_pretrain.py --arch=resnet18 --image_size=64 --batch_size=64      # CPU
-    python scripts/bench_pretrain.py --arch=resnet50 --image_size=224 --batch_size=256    # GPU (bf16)
+    python scripts/bench_pretrain.py --arch=resnet18 --image_size=64 --batch_size=64   # CPU
+    python scripts/bench_pretrain.py --arch=resnet50 --image_size=224 --batch_size=256 # GPU (bf16)
 
 All four run the same SimSiam training step (forward, backward, SGD step) on the same images:
 - ceiling:       batches already on the device, normalised; no data work at all
-- reference:     PNG decode + per-sample PIL transforms (simsiam_transform_v1/v2) in DataLoader workers, fp32, NCHW
-                 (the write-up's pipeline as written)
-- reference_amp: the same pipeline with the default's precision and memory format: what precision alone gains
-- default:       train_simsiam.py's PIPELINE="fast": decoded-once uint8 memory map, BatchAugment on the device,
-                 AMP as train_simsiam.py chooses it, channels_last on CUDA (and under bf16 on a CPU)
-Warm-up steps are excluded. Prints a table; OUTPUT_JSON is rewritten after each pipeline, so a late failure (out of
-memory at a large batch, a killed run) keeps the rows already measured.
+- reference:     PNG decode + per-sample PIL transforms (simsiam_transform_v1/v2) in DataLoader
+                 workers, fp32, NCHW (the write-up's pipeline as written)
+- reference_amp: the same pipeline with the default's precision and memory format: what precision
+                 alone gains
+- default:       train_simsiam.py's PIPELINE="fast": decoded-once uint8 memory map, BatchAugment on
+                 the device, AMP as train_simsiam.py chooses it, channels_last on CUDA (and under
+                 bf16 on a CPU)
+Warm-up steps are excluded. Prints a table; OUTPUT_JSON is rewritten after each pipeline, so a late
+failure (out of memory at a large batch, a killed run) keeps the rows already measured.
 """
 import json
 import os
@@ -27,33 +30,34 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import simsiam_data as data  # noqa: E402
 from runtime import (AMP_MODES, amp_dtype_for, at_least, atomic_write, autocast_for,  # noqa: E402
-                     channels_last_for, check_settings, configure, describe_device, fail, library_versions,
-                     one_of, pick_device, precision_name, run, speed_up_cuda)
+                     channels_last_for, check_settings, configure, describe_device, fail,
+                     library_versions, one_of, pick_device, precision_name, run, speed_up_cuda)
 from simsiam_model import SimSiam, negative_cosine_loss  # noqa: E402
 
-# ----------------------------------------------------------------------------------------------------------------
-DATA_DIR = ""  # folder of images to read; "" = generate NUM_IMAGES PNGs of SOURCE_SIZE px in a temp folder
+# -------------------------------------------------------------------------------------------------
+DATA_DIR = ""  # folder of images; "" = generate NUM_IMAGES PNGs of SOURCE_SIZE px in a temp folder
 NUM_IMAGES = 512  # generated images (when DATA_DIR is "")
-SOURCE_SIZE = 0  # side of generated images in px; 0 = 264 (an SSL4EO-S12 patch) when IMAGE_SIZE > 64, else 64
+SOURCE_SIZE = 0  # generated image side, px; 0 = 264 (SSL4EO-S12 patch) if IMAGE_SIZE > 64, else 64
 ARCH = "resnet18"  # resnet18 | resnet34 | resnet50
-SMALL_STEM = False  # 3x3 stride-1 first conv, no max-pool (train_simsiam.py's option for 32-64 px inputs)
+SMALL_STEM = False  # 3x3 stride-1 first conv, no max-pool (train_simsiam.py's option for 32-64 px)
 IMAGE_SIZE = 64  # crop size fed to the network
 BATCH_SIZE = 64  # pairs per step
 STEPS = 10  # timed steps per pipeline
 WARMUP_STEPS = 3  # untimed steps first (allocations, cudnn autotune, worker start-up)
-NUM_WORKERS = 2  # DataLoader workers for the reference pipeline (the write-up's way of feeding the GPU)
-AMP = "auto"  # precision of ceiling, reference_amp and default, as train_simsiam.py's AMP (reference: fp32)
-CHANNELS_LAST = True  # channels_last on CUDA (and under bf16 on a CPU) for ceiling, reference_amp and default
+NUM_WORKERS = 2  # DataLoader workers, reference pipeline (the write-up's way of feeding the GPU)
+AMP = "auto"  # as train_simsiam.py's AMP, for ceiling, reference_amp, default (reference: fp32)
+CHANNELS_LAST = True  # channels_last on CUDA (and bf16 on CPU) for ceiling, reference_amp, default
 CACHE_DIR = ""  # where the default pipeline keeps its decoded array; "" = a temp folder
 DEVICE = "auto"  # auto | cuda | cpu
 OUTPUT_JSON = "bench_results/bench_pretrain.json"  # the table as JSON
-# ----------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 
 
 def peak_memory_mib(device):
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
+    # process peak RSS (Linux: KiB)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def make_images(folder, count, size):
@@ -61,13 +65,15 @@ def make_images(folder, count, size):
     for i in range(count):
         yy, xx = np.mgrid[0:size, 0:size] / size
         base = rng.uniform(40, 200, size=3)
-        pixels = base + 40 * np.sin(2 * np.pi * (rng.uniform(1, 6) * xx + rng.uniform(1, 6) * yy))[..., None]
+        pixels = base + 40 * np.sin(2 * np.pi * (rng.uniform(1, 6) * xx
+                                                 + rng.uniform(1, 6) * yy))[..., None]
         pixels = np.clip(pixels + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
         Image.fromarray(pixels).save(os.path.join(folder, f"img_{i:05d}.png"))
 
 
 def timed(name, batches, model, optimizer, device, amp_dtype, channels_last, scaler):
-    """Run WARMUP_STEPS + STEPS training steps over `batches`; return pairs/s of the timed steps."""
+    """Run WARMUP_STEPS + STEPS training steps over `batches`; return pairs/s of the timed
+    steps."""
     model.train()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -79,7 +85,8 @@ def timed(name, batches, model, optimizer, device, amp_dtype, channels_last, sca
             started = time.perf_counter()
         x1, x2 = x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
         if channels_last:
-            x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
+            x1, x2 = (x1.contiguous(memory_format=torch.channels_last),
+                      x2.contiguous(memory_format=torch.channels_last))
         with autocast_for(device, amp_dtype):
             p1, p2, z1, z2 = model(x1, x2)
             loss = negative_cosine_loss(p1.float(), p2.float(), z1.float(), z2.float())
@@ -97,7 +104,8 @@ def timed(name, batches, model, optimizer, device, amp_dtype, channels_last, sca
     pairs_per_s = STEPS * BATCH_SIZE / elapsed
     print(f"{name:<10} {pairs_per_s:8.1f} pairs/s  ({elapsed / STEPS * 1000:.0f} ms/step, "
           f"peak {peak_memory_mib(device):.0f} MiB)", flush=True)
-    return {"pairs_per_s": pairs_per_s, "ms_per_step": elapsed / STEPS * 1000, "peak_mib": peak_memory_mib(device)}
+    return {"pairs_per_s": pairs_per_s, "ms_per_step": elapsed / STEPS * 1000,
+            "peak_mib": peak_memory_mib(device)}
 
 
 def write_json(summary):
@@ -107,9 +115,11 @@ def write_json(summary):
 
 def main():
     config, _ = configure(globals())
-    check_settings(config, {"ARCH": one_of("resnet18", "resnet34", "resnet50"), "IMAGE_SIZE": at_least(8),
-                            "BATCH_SIZE": at_least(2), "STEPS": at_least(1), "WARMUP_STEPS": at_least(1),
-                            "NUM_IMAGES": at_least(1), "NUM_WORKERS": at_least(0), "AMP": one_of(*AMP_MODES)})
+    check_settings(config, {"ARCH": one_of("resnet18", "resnet34", "resnet50"),
+                            "IMAGE_SIZE": at_least(8), "BATCH_SIZE": at_least(2),
+                            "STEPS": at_least(1), "WARMUP_STEPS": at_least(1),
+                            "NUM_IMAGES": at_least(1), "NUM_WORKERS": at_least(0),
+                            "AMP": one_of(*AMP_MODES)})
     device = pick_device(DEVICE)
     amp_dtype, precision_reason = amp_dtype_for(device, AMP)
     channels_last = channels_last_for(device, amp_dtype, CHANNELS_LAST)
@@ -126,46 +136,54 @@ def main():
     paths = data.list_images(data_dir)
     needed = (WARMUP_STEPS + STEPS) * BATCH_SIZE
     if len(paths) < needed:
-        paths = (paths * (needed // max(1, len(paths)) + 1))[:needed]  # repeat files: same work per image
-    print(f"device: {describe_device(device)}; {ARCH} at {IMAGE_SIZE} px, batch {BATCH_SIZE} pairs, "
-          f"{STEPS} timed steps after {WARMUP_STEPS} warm-up; precision {precision_name(amp_dtype)} "
+        # repeat files: same work per image
+        paths = (paths * (needed // max(1, len(paths)) + 1))[:needed]
+    print(f"device: {describe_device(device)}; {ARCH} at {IMAGE_SIZE} px, batch {BATCH_SIZE} "
+          f"pairs, {STEPS} timed steps after {WARMUP_STEPS} warm-up; "
+          f"precision {precision_name(amp_dtype)} "
           f"({precision_reason}; reference: fp32){'; ' + tuned if tuned else ''}")
 
     def fresh_model(use_channels_last, precision):
         model = SimSiam(ARCH, small_stem=SMALL_STEM)
-        model = model.to(device, memory_format=torch.channels_last if use_channels_last else torch.preserve_format)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.05 * BATCH_SIZE / 256, momentum=0.9, weight_decay=1e-4)
+        model = model.to(device, memory_format=torch.channels_last if use_channels_last
+                         else torch.preserve_format)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05 * BATCH_SIZE / 256, momentum=0.9,
+                                    weight_decay=1e-4)
         scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
         return model, optimizer, scaler
 
     results = {}
     summary = {"config": config, "device": describe_device(device), "versions": library_versions(),
-               "precision": precision_name(amp_dtype), "precision_reason": precision_reason, "results": results}
+               "precision": precision_name(amp_dtype), "precision_reason": precision_reason,
+               "results": results}
     # ---- ceiling: the model step on tensors already on the device ----
     model, optimizer, scaler = fresh_model(channels_last, amp_dtype)
     fixed = [torch.randn(BATCH_SIZE, 3, IMAGE_SIZE, IMAGE_SIZE, device=device) for _ in range(2)]
-    results["ceiling"] = timed("ceiling", iter(lambda: fixed, None), model, optimizer, device, amp_dtype,
-                               channels_last, scaler)
+    results["ceiling"] = timed("ceiling", iter(lambda: fixed, None), model, optimizer, device,
+                               amp_dtype, channels_last, scaler)
     write_json(summary)
 
-    # ---- reference: the write-up's pipeline as written (fp32), then with the default's precision ----
+    # ---- reference: the write-up's pipeline as written (fp32), then with the default's
+    # precision ----
     dataset = data.PretrainImageDataset(paths, data.simsiam_transform_v1(IMAGE_SIZE),
                                         data.simsiam_transform_v2(IMAGE_SIZE))
-    for name, precision, memory_format in (("reference", None, False), ("reference_amp", amp_dtype, channels_last)):
+    for name, precision, memory_format in (("reference", None, False),
+                                           ("reference_amp", amp_dtype, channels_last)):
         model, optimizer, scaler = fresh_model(memory_format, precision)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=True, drop_last=True,
-                                             num_workers=NUM_WORKERS, pin_memory=device.type == "cuda",
-                                             collate_fn=data.collate_skipping, persistent_workers=False)
-        results[name] = timed(name, ((x1, x2) for x1, x2, _ in loader), model, optimizer, device, precision,
-                              memory_format, scaler)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=BATCH_SIZE, shuffle=True, drop_last=True,
+            num_workers=NUM_WORKERS, pin_memory=device.type == "cuda",
+            collate_fn=data.collate_skipping, persistent_workers=False)
+        results[name] = timed(name, ((x1, x2) for x1, x2, _ in loader), model, optimizer, device,
+                              precision, memory_format, scaler)
         del loader
         write_json(summary)
 
     # ---- default: decode once, batched augmentation on the device ----
     model, optimizer, scaler = fresh_model(channels_last, amp_dtype)
     started = time.perf_counter()
-    array, kept, _ = data.build_image_cache(sorted(set(paths)), CACHE_DIR or os.path.join(workdir, "cache"),
-                                            log=print)
+    array, kept, _ = data.build_image_cache(sorted(set(paths)),
+                                            CACHE_DIR or os.path.join(workdir, "cache"), log=print)
     decode_s = time.perf_counter() - started
     position = {p: i for i, p in enumerate(kept)}
     index = [position[p] for p in paths]  # the same (possibly repeated) file list as the reference
@@ -174,7 +192,8 @@ def main():
     order = np.random.default_rng(0).permutation(index)
     batches = ((augment1(b, generator), augment2(b, generator))
                for _, b in data.iterate_batches(array, order, BATCH_SIZE, device))
-    results["default"] = timed("default", batches, model, optimizer, device, amp_dtype, channels_last, scaler)
+    results["default"] = timed("default", batches, model, optimizer, device, amp_dtype,
+                               channels_last, scaler)
     results["default"]["one_time_decode_s"] = decode_s
 
     ratio_reference = results["default"]["pairs_per_s"] / results["reference"]["pairs_per_s"]
@@ -188,8 +207,10 @@ def main():
     print("| --- | --- | --- | --- |")
     for name in ("ceiling", "reference", "reference_amp", "default"):
         r = results[name]
-        print(f"| {name} | {r['pairs_per_s']:.1f} | {r['ms_per_step']:.0f} | {r['peak_mib']:.0f} |")
-    print(f"\ndefault / reference = {ratio_reference:.2f}x, default / ceiling = {ratio_ceiling:.2f}, "
+        print(f"| {name} | {r['pairs_per_s']:.1f} | {r['ms_per_step']:.0f} | "
+              f"{r['peak_mib']:.0f} |")
+    print(f"\ndefault / reference = {ratio_reference:.2f}x, "
+          f"default / ceiling = {ratio_ceiling:.2f}, "
           f"reference_amp / reference = {summary['reference_amp_over_reference']:.2f}x "
           f"(one-time decode of {len(kept)} images: {decode_s:.1f} s, not in the rates)")
     print(f"wrote {OUTPUT_JSON}")

@@ -1,15 +1,18 @@
-"""Real-data quality: does the pre-training learn? SimSiam on the unlabeled EuroSAT training images, then kNN,
-linear evaluation and fine-tuning on test.csv, beside the same evaluations from a random initialisation.
+"""Real-data quality: does the pre-training learn? SimSiam on the unlabeled EuroSAT training
+images, then kNN, linear evaluation and fine-tuning on test.csv, beside the same evaluations from a
+random initialisation.
 
-    python scripts/bench_quality.py                 # PRESET="cpu": ResNet-18, small stem, 32 px, 5 epochs, bf16
+    python scripts/bench_quality.py                 # PRESET="cpu": ResNet-18, small stem, 32 px,
+                                                    # 5 epochs, bf16
     python scripts/bench_quality.py --preset=gpu    # ResNet-50 at 224 px
-    python scripts/bench_quality.py --eurosat_dir=../shared/data/EuroSAT    # another copy of EuroSAT
+    python scripts/bench_quality.py --eurosat_dir=../shared/data/EuroSAT  # another copy of EuroSAT
 
-Pre-training sees only the images listed in train.csv (FILE_LIST), without labels; validation.csv picks the best
-linear/fine-tuned epoch; test.csv gives every reported accuracy. Each step is a plain run of the project's scripts
-(its command is printed and recorded), logged to OUTPUT_DIR/<step>.log. A rerun skips the steps that finished.
-Writes OUTPUT_DIR/quality.json and OUTPUT_DIR/quality.md (the table the README shows); how long each preset
-takes on named machines is in the README.
+Pre-training sees only the images listed in train.csv (FILE_LIST), without labels; validation.csv
+picks the best linear/fine-tuned epoch; test.csv gives every reported accuracy. Each step is a
+plain run of the project's scripts (its command is printed and recorded), logged to
+OUTPUT_DIR/<step>.log. A rerun skips the steps that finished. Writes OUTPUT_DIR/quality.json and
+OUTPUT_DIR/quality.md (the table the README shows); how long each preset takes on named machines is
+in the README.
 """
 import json
 import os
@@ -21,43 +24,46 @@ import time
 import pandas as pd
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from runtime import (AMP_MODES, CheckpointError, at_least, atomic_write, check_settings, configure,  # noqa: E402
-                     fail, load_checkpoint, one_of, run)
+from runtime import (AMP_MODES, CheckpointError, at_least, atomic_write,  # noqa: E402
+                     check_settings, configure, fail, load_checkpoint, one_of, run)
 from simsiam_model import COLLAPSE_RATIO, stem_label  # noqa: E402
 
-# ----------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 PRESET = "cpu"  # cpu | gpu (see PRESETS below)
-EUROSAT_DIR = "datae/EuroSAT"  # real EuroSAT RGB with train/validation/test CSVs and label_map.json
+EUROSAT_DIR = "datae/EuroSAT"  # real EuroSAT RGB with train/validation/test CSVs, label_map.json
 OUTPUT_DIR = ""  # "" = bench_results/quality_<PRESET>
 CACHE_DIR = "cache"  # decoded-once image arrays, shared by all steps
 PRETRAIN_EPOCHS = 0  # 0 = the preset's
 FINETUNE_EPOCHS = 0  # 0 = the preset's
 SKIP_FINETUNE = False  # only kNN and linear evaluation (fine-tuning is the slow part on a CPU)
-PRETRAIN_IMAGES = 0  # 0 = all of train.csv; N = a fixed random N of them (seed 0), for quick comparisons of settings
-PRETRAIN_ARGS = ""  # extra train_simsiam.py overrides after the preset's, e.g. "--weight_decay=5e-4 --small_stem=True"
-AMP = ""  # every step's AMP; "" = the preset's (cpu: bf16, used where the CPU has it natively; gpu: auto)
-# ----------------------------------------------------------------------------------------------------------------
+PRETRAIN_IMAGES = 0  # 0 = all of train.csv; N = a fixed random N (seed 0), for quick comparisons
+PRETRAIN_ARGS = ""  # extra train_simsiam.py overrides after preset's, e.g. "--weight_decay=5e-4"
+AMP = ""  # every step's AMP; "" = preset's (cpu: bf16, where the CPU has it natively; gpu: auto)
+# -------------------------------------------------------------------------------------------------
 
-# What each preset runs. The CPU preset departs from the write-up's defaults where measurement showed the recipe,
-# shrunk to CPU size, barely learns (README, "What held the CPU preset back"); the GPU preset is the write-up's
-# recipe at full size with the batch a GPU wants.
+# What each preset runs. The CPU preset departs from the write-up's defaults where measurement
+# showed the recipe, shrunk to CPU size, barely learns (README, "What held the CPU preset back");
+# the GPU preset is the write-up's recipe at full size with the batch a GPU wants.
 PRESETS = {
     "cpu": {"model": ["--arch=resnet18", "--small_stem=True", "--image_size=32"],
             "pretrain": ["--batch_size=32", "--base_lr=0.2", "--warmup_epochs=1", "--num_epochs=5",
-                         "--weight_decay=5e-4", "--jitter_strength=0.5", "--gray_p=0", "--blur_p=0",
-                         "--solarize=False", "--crop_scale_min=0.3", "--knn_every=1"],
+                         "--weight_decay=5e-4", "--jitter_strength=0.5", "--gray_p=0",
+                         "--blur_p=0", "--solarize=False", "--crop_scale_min=0.3",
+                         "--knn_every=1"],
             "linear": ["--batch_size=256", "--num_epochs=90"],
             "finetune": ["--batch_size=64", "--num_epochs=1", "--warmup_epochs=0"], "amp": "bf16"},
     "gpu": {"model": ["--arch=resnet50", "--image_size=224"],
-            "pretrain": ["--batch_size=256", "--num_epochs=10", "--warmup_epochs=1", "--knn_every=5"],
+            "pretrain": ["--batch_size=256", "--num_epochs=10", "--warmup_epochs=1",
+                         "--knn_every=5"],
             "linear": ["--batch_size=256", "--num_epochs=90"],
-            "finetune": ["--batch_size=128", "--num_epochs=3", "--warmup_epochs=0"], "amp": "auto"},
+            "finetune": ["--batch_size=128", "--num_epochs=3", "--warmup_epochs=0"],
+            "amp": "auto"},
 }
 
 
 def run_step(name, script, args, out_dir):
-    """Run one script of the project, appending to out_dir/name.log (a rerun keeps the earlier output);
-    returns (wall seconds, this run's output)."""
+    """Run one script of the project, appending to out_dir/name.log (a rerun keeps the earlier
+    output); returns (wall seconds, this run's output)."""
     command = [sys.executable, os.path.join(ROOT, script), *args]
     print(f"[{name}] {' '.join(command[1:])}", flush=True)
     log_path = os.path.join(out_dir, f"{name}.log")
@@ -78,8 +84,9 @@ def run_step(name, script, args, out_dir):
 
 
 def pretrain_seconds(out_dir, elapsed, output):
-    """Pre-training wall time over all the runs that built this checkpoint: a rerun that resumed (or found every
-    epoch done) adds its time to the one recorded in out_dir/pretrain_time.json; a fresh start replaces it."""
+    """Pre-training wall time over all the runs that built this checkpoint: a rerun that resumed
+    (or found every epoch done) adds its time to the one recorded in out_dir/pretrain_time.json; a
+    fresh start replaces it."""
     path = os.path.join(out_dir, "pretrain_time.json")
     continued = "resuming from" in output or "nothing to do" in output
     total = elapsed
@@ -95,7 +102,8 @@ def write_subset(train_csv, count, path):
     """A fixed random `count` rows of train.csv (seed 0) as path; the same rows on every run."""
     table = pd.read_csv(train_csv, index_col=0)
     if not 0 < count <= len(table):
-        fail(f"PRETRAIN_IMAGES must be 1 to {len(table)} (the images of {train_csv}), got {count}", code=2)
+        fail(f"PRETRAIN_IMAGES must be 1 to {len(table)} (the images of {train_csv}), got {count}",
+             code=2)
     with atomic_write(path, "w") as f:
         table.sample(count, random_state=0).to_csv(f)
     return path
@@ -134,10 +142,13 @@ def main():
     pretrain += PRETRAIN_ARGS.split()
     file_list = os.path.join(eurosat, "train.csv")
     if PRETRAIN_IMAGES:
-        file_list = write_subset(file_list, PRETRAIN_IMAGES, os.path.join(out, "pretrain_images.csv"))
-    finetune = preset["finetune"] + ([f"--num_epochs={FINETUNE_EPOCHS}"] if FINETUNE_EPOCHS else [])
+        file_list = write_subset(file_list, PRETRAIN_IMAGES,
+                                 os.path.join(out, "pretrain_images.csv"))
+    finetune = (preset["finetune"]
+                + ([f"--num_epochs={FINETUNE_EPOCHS}"] if FINETUNE_EPOCHS else []))
     precision = [f"--amp={AMP or preset['amp']}"]
-    common = [f"--eurosat_dir={eurosat}", f"--output_dir={out}", f"--cache_dir={cache}", *precision]
+    common = [f"--eurosat_dir={eurosat}", f"--output_dir={out}", f"--cache_dir={cache}",
+              *precision]
     times, commands = {}, {}
 
     # ---- pre-training on the unlabeled training images ----
@@ -151,18 +162,23 @@ def main():
     arch = pretrained_config["ARCH"]
     checkpoint = os.path.join(out, f"simsiam_{arch}_epoch_{epochs}.pth")
 
-    # ---- evaluations: pre-trained and random initialisation, same protocol, same network and input size ----
+    # ---- evaluations: pre-trained and random initialisation, same protocol, same network and
+    # input size ----
     stem_stride = pretrained_config.get("STEM_STRIDE", 1)
-    random_model = ["--pretrained_path=random", f"--arch={arch}", f"--small_stem={pretrained_config['SMALL_STEM']}",
-                    f"--stem_stride={stem_stride}", f"--image_size={pretrained_config['IMAGE_SIZE']}"]
-    steps = [("linear", "Linear_evaluation.py", [f"--pretrained_path={checkpoint}", *preset["linear"]],
+    random_model = ["--pretrained_path=random", f"--arch={arch}",
+                    f"--small_stem={pretrained_config['SMALL_STEM']}",
+                    f"--stem_stride={stem_stride}",
+                    f"--image_size={pretrained_config['IMAGE_SIZE']}"]
+    steps = [("linear", "Linear_evaluation.py",
+              [f"--pretrained_path={checkpoint}", *preset["linear"]],
               "linear_eval_metrics.pth"),
              ("linear_random", "Linear_evaluation.py", [*random_model, *preset["linear"]],
               "linear_eval_metrics_random.pth")]
     if not SKIP_FINETUNE:
         steps += [("finetune", "finetune_model.py", [f"--pretrained_path={checkpoint}", *finetune],
                    "finetune_metrics.pth"),
-                  ("finetune_random", "finetune_model.py", [*random_model, *finetune], "finetune_metrics_random.pth")]
+                  ("finetune_random", "finetune_model.py", [*random_model, *finetune],
+                   "finetune_metrics_random.pth")]
     results = {}
     for name, script, args, metrics_file in steps:
         commands[name] = f"python {script} " + " ".join(common + args)
@@ -172,7 +188,8 @@ def main():
         else:
             run_step(name, script, common + args, out)
         results[name] = load_checkpoint(path)
-        times[name] = results[name]["wall_time_s"]  # the script's own timing: the same on a rerun that skips it
+        # the script's own timing: the same on a rerun that skips it
+        times[name] = results[name]["wall_time_s"]
 
     # ---- the table ----
     size = pretrained_config["IMAGE_SIZE"]
@@ -182,38 +199,52 @@ def main():
     rows = []
     for init, suffix in (("SimSiam pre-trained", ""), ("random init", "_random")):
         linear = results[f"linear{suffix}"]
-        rows.append((init, "kNN k=20 (cosine, T=0.2)", linear["knn"]["k20"], times[f"linear{suffix}"]))
-        rows.append((init, "kNN k=200 (cosine, T=0.2)", linear["knn"]["k200"], times[f"linear{suffix}"]))
-        rows.append((init, f"linear probe ({linear['config']['NUM_EPOCHS']} epochs, best on validation)",
+        rows.append((init, "kNN k=20 (cosine, T=0.2)", linear["knn"]["k20"],
+                     times[f"linear{suffix}"]))
+        rows.append((init, "kNN k=200 (cosine, T=0.2)", linear["knn"]["k200"],
+                     times[f"linear{suffix}"]))
+        rows.append((init, f"linear probe ({linear['config']['NUM_EPOCHS']} epochs, "
+                     "best on validation)",
                      linear["test_acc"], times[f"linear{suffix}"]))
         if f"finetune{suffix}" in results:
             tuned = results[f"finetune{suffix}"]
             epochs_tuned = tuned["config"]["NUM_EPOCHS"]
-            rows.append((init, f"fine-tune ({epochs_tuned} epoch{'s' if epochs_tuned > 1 else ''}, best on validation)",
+            rows.append((init, f"fine-tune ({epochs_tuned} "
+                         f"epoch{'s' if epochs_tuned > 1 else ''}, best on validation)",
                          tuned["test_acc"], times[f"finetune{suffix}"]))
     collapsed = min(pretrain_metrics["z_std"]) < COLLAPSE_RATIO * pretrain_metrics["z_std_healthy"]
     summary = {
-        "preset": PRESET, "machine": machine(), "arch": network, "input_size": size, "pretrain_epochs": epochs,
-        "pretrain_images": pretrain_metrics["num_images"], "pretrain_wall_min": times["pretrain"] / 60,
-        "pretrain_final_loss": pretrain_metrics["loss"][-1], "z_std_final": pretrain_metrics["z_std"][-1],
+        "preset": PRESET, "machine": machine(), "arch": network, "input_size": size,
+        "pretrain_epochs": epochs,
+        "pretrain_images": pretrain_metrics["num_images"],
+        "pretrain_wall_min": times["pretrain"] / 60,
+        "pretrain_final_loss": pretrain_metrics["loss"][-1],
+        "z_std_final": pretrain_metrics["z_std"][-1],
         "z_std_healthy": pretrain_metrics["z_std_healthy"], "collapse_warning": collapsed,
         "feature_effective_rank": ranks,
         "knn_val_per_epoch": dict(zip(pretrain_metrics["epochs"], pretrain_metrics["knn_top1"])),
         "rows": [{"init": i, "protocol": p, "test_acc": a, "wall_s": w} for i, p, a, w in rows],
         "commands": commands, "config": config}
-    lines = [f"Real EuroSAT RGB, `test.csv` (2,700 images), {network} at {size} px, preset `{PRESET}` on {machine()}; "
-             f"pre-training: {epochs} epochs on the {pretrain_metrics['num_images']:,} unlabeled `train.csv` images in "
-             f"{times['pretrain'] / 60:.0f} min, final loss {summary['pretrain_final_loss']:.3f}, z std "
+    lines = [f"Real EuroSAT RGB, `test.csv` (2,700 images), {network} at {size} px, "
+             f"preset `{PRESET}` on {machine()}; "
+             f"pre-training: {epochs} epochs on the "
+             f"{pretrain_metrics['num_images']:,} unlabeled `train.csv` images in "
+             f"{times['pretrain'] / 60:.0f} min, final loss {summary['pretrain_final_loss']:.3f}, "
+             f"z std "
              f"{summary['z_std_final']:.4f} (healthy {summary['z_std_healthy']:.4f}"
              f"{', COLLAPSE WARNING' if collapsed else ', no collapse warning'}).", "",
-             "| initialisation | protocol | test accuracy | wall time |", "| --- | --- | --- | --- |"]
+             "| initialisation | protocol | test accuracy | wall time |",
+             "| --- | --- | --- | --- |"]
     lines += [f"| {i} | {p} | {a:.2f} % | {w / 60:.1f} min |" for i, p, a, w in rows]
     if None not in ranks.values():
-        lines += ["", f"Feature effective rank (train, {results['linear']['feature_dim']}-d): pre-trained "
+        lines += ["", f"Feature effective rank (train, {results['linear']['feature_dim']}-d): "
+                      f"pre-trained "
                       f"{ranks['pretrained']:.1f}, random init {ranks['random']:.1f}."]
-    knn_lines = [f"{e}: {k:.1f} %" for e, k in summary["knn_val_per_epoch"].items() if k is not None]
+    knn_lines = [f"{e}: {k:.1f} %" for e, k in summary["knn_val_per_epoch"].items()
+                 if k is not None]
     if knn_lines:
-        lines += ["", "kNN monitor (k=200, validation.csv) by pre-training epoch: " + ", ".join(knn_lines)]
+        lines += ["", "kNN monitor (k=200, validation.csv) by pre-training epoch: "
+                  + ", ".join(knn_lines)]
     lines += ["", "Commands:", ""] + [f"    {c}" for c in commands.values()]
     with atomic_write(os.path.join(out, "quality.json"), "w") as f:
         json.dump(summary, f, indent=2)

@@ -1,4 +1,5 @@
-"""The fast batched augmentation (BatchAugment) draws from the same distribution as the write-up's PIL pipeline."""
+"""The fast batched augmentation (BatchAugment) draws from the same distribution as the write-up's
+PIL pipeline."""
 import math
 
 import numpy as np
@@ -12,7 +13,8 @@ N = 4000  # parameter draws: rates then hold to about +-0.02 (3 sigma)
 
 
 def _params(**kwargs):
-    return data.BatchAugment(32, **kwargs).sample_params(N, 64, 48, torch.Generator().manual_seed(1))
+    return data.BatchAugment(32, **kwargs).sample_params(N, 64, 48,
+                                                         torch.Generator().manual_seed(1))
 
 
 def test_crop_area_and_aspect_ratio_match_torchvision():
@@ -31,21 +33,24 @@ def test_crop_area_and_aspect_ratio_match_torchvision():
     assert 0.70 <= aspect.min() and aspect.max() <= 1.40
     for ours, theirs in ((area, ref_area), (aspect, ref_aspect)):
         assert abs(ours.mean() - theirs.mean()) < 0.02
-        assert np.abs(np.quantile(ours, [0.1, 0.5, 0.9]) - np.quantile(theirs, [0.1, 0.5, 0.9])).max() < 0.04
+        assert np.abs(np.quantile(ours, [0.1, 0.5, 0.9])
+                      - np.quantile(theirs, [0.1, 0.5, 0.9])).max() < 0.04
 
 
 def test_rates_and_value_ranges():
     view1, view2 = _params(), _params(solarize_p=0.2)
     for key, rate in (("flip", 0.5), ("jitter", 0.8), ("gray", 0.2), ("blur", 0.5)):
         assert abs(view1[key].float().mean().item() - rate) < 0.03, key
-    assert view1["solarize"].sum() == 0 and abs(view2["solarize"].float().mean().item() - 0.2) < 0.03
+    assert (view1["solarize"].sum() == 0
+            and abs(view2["solarize"].float().mean().item() - 0.2) < 0.03)
     factors = view1["factors"]
     for column, (low, high) in enumerate([(0.6, 1.4), (0.6, 1.4), (0.6, 1.4), (-0.1, 0.1)]):
         assert low <= factors[:, column].min() and factors[:, column].max() <= high
         assert abs(factors[:, column].mean().item() - (low + high) / 2) < 0.02
     assert 0.1 <= view1["sigma"].min() and view1["sigma"].max() <= 2.0
     orders = view1["order"]
-    assert (orders.sort(dim=1).values == torch.arange(4)).all()  # a permutation of the 4 jitter ops per sample
+    # a permutation of the 4 jitter ops per sample
+    assert (orders.sort(dim=1).values == torch.arange(4)).all()
     assert len({tuple(o) for o in orders.tolist()}) == 24
 
 
@@ -53,14 +58,16 @@ def _gradient_images(n=8, size=24):
     g = torch.Generator().manual_seed(0)
     base = torch.rand(n, 1, 1, 3, generator=g) * 200
     ramp = torch.linspace(0, 55, size).view(1, 1, size, 1)
-    return (base + ramp + torch.rand(n, size, size, 3, generator=g) * 20).clamp(0, 255).to(torch.uint8)
+    return (base + ramp
+            + torch.rand(n, size, size, 3, generator=g) * 20).clamp(0, 255).to(torch.uint8)
 
 
 def test_each_operation_matches_torchvision_functional():
     images = _gradient_images()
     x = images.permute(0, 3, 1, 2).float() / 255
     factor = torch.full((len(x),), 1.3)
-    for op, reference in ((0, TF.adjust_brightness), (1, TF.adjust_contrast), (2, TF.adjust_saturation)):
+    for op, reference in ((0, TF.adjust_brightness), (1, TF.adjust_contrast),
+                          (2, TF.adjust_saturation)):
         ours = data._adjust(x.clone(), op, factor)
         theirs = torch.stack([reference(img, 1.3) for img in x])
         assert torch.allclose(ours, theirs, atol=1e-5), op
@@ -84,15 +91,17 @@ def test_crop_resize_matches_torchvision_resized_crop():
     out, params = augment(images, torch.Generator().manual_seed(5), return_params=True)
     for i in range(4):
         left, top, right, bottom = params["boxes"][i].int().tolist()
-        theirs = TF.resized_crop(x[i], top, left, bottom - top, right - left, [32, 32], antialias=True)
+        theirs = TF.resized_crop(x[i], top, left, bottom - top, right - left, [32, 32],
+                                 antialias=True)
         assert (out[i] - theirs).abs().mean() < 0.01
 
 
 def test_output_statistics_match_the_reference_pipeline():
     """Over many views of the same images, both pipelines give the same per-channel mean and std.
 
-    The tolerance (0.1 in normalised units, about 0.02 on the 0..1 scale) covers sampling noise and PIL's uint8
-    rounding inside ColorJitter; against torchvision's float tensor path the means agree to about 0.004.
+    The tolerance (0.1 in normalised units, about 0.02 on the 0..1 scale) covers sampling noise and
+    PIL's uint8 rounding inside ColorJitter; against torchvision's float tensor path the means
+    agree to about 0.004.
     """
     images = _gradient_images(n=16, size=48)
     pil_images = [TF.to_pil_image(img.permute(2, 0, 1)) for img in images]

@@ -1,5 +1,6 @@
-"""A corpus of bad inputs fed to every script: each gets a clear message (file named, what is wrong, what to do)
-and a non-zero exit, or is skipped with a count; never a traceback, never a silently wrong result."""
+"""A corpus of bad inputs fed to every script: each gets a clear message (file named, what is
+wrong, what to do) and a non-zero exit, or is skipped with a count; never a traceback, never a
+silently wrong result."""
 import json
 import os
 import pickle
@@ -17,7 +18,8 @@ from simsiam_model import Classifier, SimSiam, classifier_checkpoint
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """A tiny EuroSAT-shaped folder and a tiny pre-training checkpoint, shared by the cases below."""
+    """A tiny EuroSAT-shaped folder and a tiny pre-training checkpoint,
+    shared by the cases below."""
     root = tmp_path_factory.mktemp("corpus")
     eurosat = root / "EuroSAT"
     write_eurosat_like(str(eurosat), n_per_class=10, size=32)
@@ -28,13 +30,15 @@ def corpus(tmp_path_factory):
                 "model": model.state_dict()}, checkpoint)
     classifier = root / "classifier.pth"
     class_names = sorted(json.loads((eurosat / "label_map.json").read_text()))
-    torch.save(classifier_checkpoint(Classifier(model.backbone, 512, len(class_names)), config, class_names,
-                                     (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), classifier)
+    torch.save(classifier_checkpoint(Classifier(model.backbone, 512, len(class_names)), config,
+                                     class_names, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+               classifier)
     return {"root": root, "eurosat": eurosat, "checkpoint": checkpoint, "classifier": classifier}
 
 
 def _copy_eurosat(corpus, tmp_path):
-    """A private copy of the split files (images are shared through absolute symlinks to class folders)."""
+    """A private copy of the split files
+    (images are shared through absolute symlinks to class folders)."""
     target = tmp_path / "EuroSAT"
     target.mkdir()
     for entry in os.listdir(corpus["eurosat"]):
@@ -47,9 +51,10 @@ def _copy_eurosat(corpus, tmp_path):
 
 
 def _linear_eval(corpus, eurosat, tmp_path, *extra):
-    return run_script("Linear_evaluation.py", f"--eurosat_dir={eurosat}", f"--output_dir={tmp_path / 'out'}",
-                      f"--cache_dir={tmp_path / 'cache'}", f"--pretrained_path={corpus['checkpoint']}",
-                      "--num_epochs=1", "--batch_size=16", *extra)
+    return run_script("Linear_evaluation.py", f"--eurosat_dir={eurosat}",
+                      f"--output_dir={tmp_path / 'out'}", f"--cache_dir={tmp_path / 'cache'}",
+                      f"--pretrained_path={corpus['checkpoint']}", "--num_epochs=1",
+                      "--batch_size=16", *extra)
 
 
 def _assert_clear_failure(result, *needles, code=1):
@@ -60,14 +65,19 @@ def _assert_clear_failure(result, *needles, code=1):
         assert needle in output, (needle, output[-2000:])
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# EuroSAT split files (Linear_evaluation.py; finetune_model.py reads them through the same function)
+# -------------------------------------------------------------------------------------------------
+# EuroSAT split files
+# (Linear_evaluation.py; finetune_model.py reads them through the same function)
 
 @pytest.mark.parametrize("case, edit, needles", [
-    ("missing column", lambda t: t.replace("ClassName", "Class"), ["train.csv", "missing column", "Filename"]),
-    ("unknown class", lambda t: t.replace(",Forest\n", ",Forestt\n", 1), ["train.csv", "'Forestt'", "label_map.json"]),
-    ("duplicated row", lambda t: t + t.splitlines()[1] + "\n", ["train.csv", "repeats", "Remove the duplicate"]),
-    ("path with ..", lambda t: t.replace("Forest/", "../Forest/", 1), ["train.csv", "outside the data folder"]),
+    ("missing column", lambda t: t.replace("ClassName", "Class"),
+     ["train.csv", "missing column", "Filename"]),
+    ("unknown class", lambda t: t.replace(",Forest\n", ",Forestt\n", 1),
+     ["train.csv", "'Forestt'", "label_map.json"]),
+    ("duplicated row", lambda t: t + t.splitlines()[1] + "\n",
+     ["train.csv", "repeats", "Remove the duplicate"]),
+    ("path with ..", lambda t: t.replace("Forest/", "../Forest/", 1),
+     ["train.csv", "outside the data folder"]),
 ])
 def test_bad_split_csv(corpus, tmp_path, case, edit, needles):
     eurosat = _copy_eurosat(corpus, tmp_path)
@@ -83,10 +93,11 @@ def test_label_map_that_is_not_a_mapping(corpus, tmp_path):
 
 
 def test_missing_eurosat_folder(corpus, tmp_path):
-    _assert_clear_failure(_linear_eval(corpus, tmp_path / "nowhere", tmp_path), "nowhere", "make_dataset.py")
+    _assert_clear_failure(_linear_eval(corpus, tmp_path / "nowhere", tmp_path), "nowhere",
+                          "make_dataset.py")
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # checkpoints
 
 def test_checkpoint_from_the_wrong_script(corpus, tmp_path):
@@ -97,7 +108,8 @@ def test_checkpoint_from_the_wrong_script(corpus, tmp_path):
     # a pre-training checkpoint is not a classifier
     result = run_script("classify_image.py", str(corpus["eurosat"] / "Forest" / "Forest_1.jpg"),
                         f"--model_path={corpus['checkpoint']}")
-    _assert_clear_failure(result, "simsiam_resnet18_epoch_1.pth", "not a classifier", "Linear_evaluation.py")
+    _assert_clear_failure(result, "simsiam_resnet18_epoch_1.pth", "not a classifier",
+                          "Linear_evaluation.py")
 
 
 def test_truncated_checkpoint(corpus, tmp_path):
@@ -116,14 +128,17 @@ def test_checkpoint_whose_pickle_would_run_code(corpus, tmp_path):
 
     evil = tmp_path / "evil.pth"
     with open(evil, "wb") as f:
-        pickle.dump({"kind": "simsiam_pretrain", "x": Payload()}, f)  # a plain pickle, as an attacker would write
+        # a plain pickle, as an attacker would write
+        pickle.dump({"kind": "simsiam_pretrain", "x": Payload()}, f)
     for result in (_linear_eval(corpus, corpus["eurosat"], tmp_path, f"--pretrained_path={evil}"),
-                   run_script("classify_image.py", str(corpus["eurosat"] / "Forest" / "Forest_1.jpg"),
+                   run_script("classify_image.py",
+                              str(corpus["eurosat"] / "Forest" / "Forest_1.jpg"),
                               f"--model_path={evil}")):
         _assert_clear_failure(result, "evil.pth")
     assert not marker.exists()
     torch.save({"kind": "simsiam_pretrain", "x": Payload()}, evil)  # and inside a torch zip file
-    _assert_clear_failure(_linear_eval(corpus, corpus["eurosat"], tmp_path, f"--pretrained_path={evil}"),
+    _assert_clear_failure(_linear_eval(corpus, corpus["eurosat"], tmp_path,
+                                       f"--pretrained_path={evil}"),
                           "evil.pth", "refused")
     assert not marker.exists()
 
@@ -139,7 +154,7 @@ def test_truncated_resume_checkpoint(tmp_path):
     _assert_clear_failure(result, "checkpoint_last.pth", "--resume=False")
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # images
 
 def test_bad_and_unusual_images_in_the_pretraining_folder(tmp_path):
@@ -152,16 +167,19 @@ def test_bad_and_unusual_images_in_the_pretraining_folder(tmp_path):
     Image.new("L", (40, 40), 100).save(images / "gray.png")
     Image.new("RGBA", (40, 40), (1, 2, 3, 4)).save(images / "rgba.png")
     Image.fromarray(np.full((40, 40), 40000, dtype=np.uint16)).save(images / "sixteen.png")
-    result = run_script("train_simsiam.py", f"--data_dir={images}", f"--output_dir={tmp_path / 'out'}",
-                        f"--cache_dir={tmp_path / 'cache'}", *TINY_PRETRAIN, "--num_epochs=1")
+    result = run_script("train_simsiam.py", f"--data_dir={images}",
+                        f"--output_dir={tmp_path / 'out'}", f"--cache_dir={tmp_path / 'cache'}",
+                        *TINY_PRETRAIN, "--num_epochs=1")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "skipped 3 unreadable" in result.stdout  # zero-byte, truncated, not an image; 16 + 3 converted train
+    # zero-byte, truncated, not an image; 16 + 3 converted train
+    assert "skipped 3 unreadable" in result.stdout
     assert "19 images" in result.stdout
 
 
 def test_empty_and_missing_pretraining_folders(tmp_path):
     (tmp_path / "empty").mkdir()
-    for folder, needle in ((tmp_path / "empty", "no images"), (tmp_path / "missing", "does not exist")):
+    for folder, needle in ((tmp_path / "empty", "no images"),
+                           (tmp_path / "missing", "does not exist")):
         result = run_script("train_simsiam.py", f"--data_dir={folder}", *TINY_PRETRAIN)
         _assert_clear_failure(result, str(folder), needle, "make_dataset.py")
 
@@ -169,21 +187,23 @@ def test_empty_and_missing_pretraining_folders(tmp_path):
 def test_batch_larger_than_the_data_set(tmp_path):
     images = tmp_path / "images"
     write_images(str(images), 6)
-    result = run_script("train_simsiam.py", f"--data_dir={images}", f"--output_dir={tmp_path / 'out'}",
-                        f"--cache_dir={tmp_path / 'cache'}", *TINY_PRETRAIN, "--num_epochs=1")
+    result = run_script("train_simsiam.py", f"--data_dir={images}",
+                        f"--output_dir={tmp_path / 'out'}", f"--cache_dir={tmp_path / 'cache'}",
+                        *TINY_PRETRAIN, "--num_epochs=1")
     _assert_clear_failure(result, "only 6 usable images", "--batch_size")
 
 
 def test_overrides_unknown_and_wrong_type_for_every_script():
-    integer_setting = {"train_simsiam.py": "seed", "make_dataset.py": "num_processes", "Linear_evaluation.py": "seed",
-                       "finetune_model.py": "seed", "classify_image.py": "batch_size", "plot_results.py": "dpi"}
+    integer_setting = {"train_simsiam.py": "seed", "make_dataset.py": "num_processes",
+                       "Linear_evaluation.py": "seed", "finetune_model.py": "seed",
+                       "classify_image.py": "batch_size", "plot_results.py": "dpi"}
     for script, name in integer_setting.items():
-        _assert_clear_failure(run_script(script, "--no_such_setting=1"), "unknown setting", "valid names",
-                              code=2)
+        _assert_clear_failure(run_script(script, "--no_such_setting=1"), "unknown setting",
+                              "valid names", code=2)
         _assert_clear_failure(run_script(script, f"--{name}=abc"), "must be an integer", code=2)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # Zarr files
 
 def test_bad_zarr_files_are_skipped_by_name(tmp_path):
@@ -194,23 +214,27 @@ def test_bad_zarr_files_are_skipped_by_name(tmp_path):
     write_ssl4eo_zarr(str(folder / "nob04.zarr.zip"), n_samples=1, size=16, drop_bands=["B04"])
     whole = (folder / "good.zarr.zip").read_bytes()
     (folder / "truncated.zarr.zip").write_bytes(whole[:len(whole) // 2])
-    result = run_script("make_dataset.py", f"--input_dir={folder}", f"--output_dir={tmp_path / 'png'}",
+    result = run_script("make_dataset.py", f"--input_dir={folder}",
+                        f"--output_dir={tmp_path / 'png'}",
                         f"--manifest={tmp_path / 'manifest.csv'}", "--num_processes=1")
     output = result.stdout + result.stderr
     assert result.returncode == 0 and "Traceback" not in output, output[-2000:]
     for name in ("nobands.zarr.zip", "nob04.zarr.zip", "truncated.zarr.zip"):
         assert name in output
     assert "B04" in output and "3 failed" in output
-    assert len([n for n in os.listdir(tmp_path / "png") if n.endswith(".png")]) == 4  # 1 sample x 4 seasons
-    _assert_clear_failure(run_script("make_dataset.py", f"--input_dir={tmp_path / 'none'}"), "none",
-                          "data.sh")
+    # 1 sample x 4 seasons
+    assert len([n for n in os.listdir(tmp_path / "png") if n.endswith(".png")]) == 4
+    _assert_clear_failure(run_script("make_dataset.py", f"--input_dir={tmp_path / 'none'}"),
+                          "none", "data.sh")
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# second round (in-process where a subprocess adds nothing: the same main, the same messages, seconds faster)
+# -------------------------------------------------------------------------------------------------
+# second round
+# (in-process where a subprocess adds nothing: the same main, the same messages, seconds faster)
 
 def _run_in_process(script, argv, monkeypatch, capsys):
-    """Run a script's main as `python script argv...` would; return (exit status, stdout, stderr)."""
+    """Run a script's main as `python script argv...` would;
+    return (exit status, stdout, stderr)."""
     import runpy
     import sys as _sys
     from conftest import ROOT
@@ -226,39 +250,55 @@ def _run_in_process(script, argv, monkeypatch, capsys):
 
 
 def _bomb_png(path, side=20000):
-    """A PNG header that declares side x side pixels, far over PIL's decompression-bomb limit (a few bytes)."""
+    """A PNG header that declares side x side pixels, far over PIL's decompression-bomb limit
+    (a few bytes)."""
     import struct
     import zlib
 
     def chunk(kind, payload):
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+        return (struct.pack(">I", len(payload)) + kind + payload
+                + struct.pack(">I", zlib.crc32(kind + payload)))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
                      + chunk(b"IEND", b""))
 
 
-# kind 3: every constant checked at start-up, before any data is read (the data folders here do not exist)
+# kind 3: every constant checked at start-up, before any data is read
+# (the data folders here do not exist)
 @pytest.mark.parametrize("script, setting, name", [
-    ("train_simsiam.py", "--batch_size=-1", "BATCH_SIZE"), ("train_simsiam.py", "--image_size=0", "IMAGE_SIZE"),
-    ("train_simsiam.py", "--proj_dim=0", "PROJ_DIM"), ("train_simsiam.py", "--crop_scale_min=5", "CROP_SCALE_MIN"),
-    ("train_simsiam.py", "--num_workers=-1", "NUM_WORKERS"), ("train_simsiam.py", "--save_every=0", "SAVE_EVERY"),
-    ("train_simsiam.py", "--num_epochs=0", "NUM_EPOCHS"), ("train_simsiam.py", "--pipeline=fastest", "PIPELINE"),
+    ("train_simsiam.py", "--batch_size=-1", "BATCH_SIZE"),
+    ("train_simsiam.py", "--image_size=0", "IMAGE_SIZE"),
+    ("train_simsiam.py", "--proj_dim=0", "PROJ_DIM"),
+    ("train_simsiam.py", "--crop_scale_min=5", "CROP_SCALE_MIN"),
+    ("train_simsiam.py", "--num_workers=-1", "NUM_WORKERS"),
+    ("train_simsiam.py", "--save_every=0", "SAVE_EVERY"),
+    ("train_simsiam.py", "--num_epochs=0", "NUM_EPOCHS"),
+    ("train_simsiam.py", "--pipeline=fastest", "PIPELINE"),
     ("train_simsiam.py", "--amp=True", "AMP"), ("train_simsiam.py", "--device=tpu", "DEVICE"),
-    ("train_simsiam.py", "--warmup_epochs=200", "WARMUP_EPOCHS"), ("train_simsiam.py", "--base_lr=0", "BASE_LR"),
+    ("train_simsiam.py", "--warmup_epochs=200", "WARMUP_EPOCHS"),
+    ("train_simsiam.py", "--base_lr=0", "BASE_LR"),
     ("train_simsiam.py", "--stem_stride=2", "stem_stride"),
     ("Linear_evaluation.py", "--knn_temperature=0", "KNN_TEMPERATURE"),
-    ("Linear_evaluation.py", "--image_size=-3", "IMAGE_SIZE"), ("Linear_evaluation.py", "--batch_size=0", "BATCH_SIZE"),
-    ("Linear_evaluation.py", "--arch=vgg16", "ARCH"), ("finetune_model.py", "--batch_size=1", "BATCH_SIZE"),
-    ("finetune_model.py", "--crop_scale_min=0", "CROP_SCALE_MIN"), ("classify_image.py", "--top_k=0", "TOP_K"),
-    ("plot_results.py", "--dpi=0", "DPI"), ("scripts/bench_pretrain.py", "--steps=0", "STEPS"),
+    ("Linear_evaluation.py", "--image_size=-3", "IMAGE_SIZE"),
+    ("Linear_evaluation.py", "--batch_size=0", "BATCH_SIZE"),
+    ("Linear_evaluation.py", "--arch=vgg16", "ARCH"),
+    ("finetune_model.py", "--batch_size=1", "BATCH_SIZE"),
+    ("finetune_model.py", "--crop_scale_min=0", "CROP_SCALE_MIN"),
+    ("classify_image.py", "--top_k=0", "TOP_K"), ("plot_results.py", "--dpi=0", "DPI"),
+    ("scripts/bench_pretrain.py", "--steps=0", "STEPS"),
     ("scripts/bench_quality.py", "--preset=tpu", "PRESET"),
 ])
-def test_settings_are_checked_before_any_data_is_read(tmp_path, monkeypatch, capsys, script, setting, name):
+def test_settings_are_checked_before_any_data_is_read(tmp_path, monkeypatch, capsys, script,
+                                                      setting, name):
     nowhere = tmp_path / "nowhere"
     folders = {"train_simsiam.py": [f"--data_dir={nowhere}", f"--output_dir={tmp_path / 'out'}"],
-               "Linear_evaluation.py": [f"--eurosat_dir={nowhere}", f"--output_dir={tmp_path / 'out'}"],
-               "finetune_model.py": [f"--eurosat_dir={nowhere}", f"--output_dir={tmp_path / 'out'}"],
+               "Linear_evaluation.py": [f"--eurosat_dir={nowhere}",
+                                        f"--output_dir={tmp_path / 'out'}"],
+               "finetune_model.py": [f"--eurosat_dir={nowhere}",
+                                     f"--output_dir={tmp_path / 'out'}"],
                "classify_image.py": [str(nowhere)], "plot_results.py": [f"--output_dir={nowhere}"],
-               "scripts/bench_pretrain.py": [], "scripts/bench_quality.py": [f"--eurosat_dir={nowhere}"]}
+               "scripts/bench_pretrain.py": [],
+               "scripts/bench_quality.py": [f"--eurosat_dir={nowhere}"]}
     code, _, err = _run_in_process(script, [*folders[script], setting], monkeypatch, capsys)
     assert code == 2, err
     assert name in err and "nowhere" not in err  # the setting is named; no data was looked at
@@ -268,8 +308,8 @@ def test_settings_are_checked_before_any_data_is_read(tmp_path, monkeypatch, cap
 def test_a_gpu_that_is_not_there_is_a_setting_error(tmp_path, monkeypatch, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    code, _, err = _run_in_process("train_simsiam.py", [f"--data_dir={tmp_path}", "--device=cuda"], monkeypatch,
-                                   capsys)
+    code, _, err = _run_in_process("train_simsiam.py", [f"--data_dir={tmp_path}", "--device=cuda"],
+                                   monkeypatch, capsys)
     assert code == 2 and "DEVICE = 'cuda'" in err and "0 CUDA GPU(s)" in err
 
 
@@ -282,11 +322,13 @@ def test_an_image_over_the_decompression_bomb_limit(corpus, tmp_path, monkeypatc
     _bomb_png(images / "bomb.png")
     for pipeline in ("fast", "reference"):
         code, out, err = _run_in_process("train_simsiam.py", [
-            f"--data_dir={images}", f"--output_dir={tmp_path / pipeline}", f"--cache_dir={tmp_path / 'cache'}",
-            *TINY_PRETRAIN, "--num_epochs=1", f"--pipeline={pipeline}"], monkeypatch, capsys)
+            f"--data_dir={images}", f"--output_dir={tmp_path / pipeline}",
+            f"--cache_dir={tmp_path / 'cache'}", *TINY_PRETRAIN, "--num_epochs=1",
+            f"--pipeline={pipeline}"], monkeypatch, capsys)
         assert code == 0, err
         assert "bomb.png" in out and "DecompressionBombError" in out
-        assert load_checkpoint(str(tmp_path / pipeline / "pretrain_metrics.pth"))["skipped_images"] == [1]
+        assert load_checkpoint(
+            str(tmp_path / pipeline / "pretrain_metrics.pth"))["skipped_images"] == [1]
     eurosat = _copy_eurosat(corpus, tmp_path)
     os.unlink(eurosat / "Forest")
     (eurosat / "Forest").mkdir()
@@ -294,8 +336,10 @@ def test_an_image_over_the_decompression_bomb_limit(corpus, tmp_path, monkeypatc
         _bomb_png(eurosat / "Forest" / f"Forest_{i}.jpg", side=20000 + i)
     with pytest.raises(DataError, match="DecompressionBombError"):
         data.load_eurosat_cached(str(eurosat), "test", str(tmp_path / "cache"))
-    code, out, err = _run_in_process("classify_image.py", [str(eurosat / "Forest"), f"--model_path={corpus['classifier']}",
-                                                            f"--output_csv={tmp_path / 'p.csv'}"], monkeypatch, capsys)
+    code, out, err = _run_in_process("classify_image.py", [str(eurosat / "Forest"),
+                                                           f"--model_path={corpus['classifier']}",
+                                                           f"--output_csv={tmp_path / 'p.csv'}"],
+                                     monkeypatch, capsys)
     assert code == 1 and "none of the 10 images" in err and "DecompressionBombError" in out + err
 
 
@@ -309,14 +353,16 @@ def test_split_rows_naming_missing_or_numeric_files(corpus, tmp_path):
     index, filename, label, name = lines[3].split(",")
     lines[3] = ",".join([index, filename.replace("/", "/missing_"), label, name])
     csv.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataError, match=r"train\.csv: line 4: image '\w+/missing_.*does not exist"):
+    with pytest.raises(DataError,
+                       match=r"train\.csv: line 4: image '\w+/missing_.*does not exist"):
         data.read_eurosat_split(str(eurosat), str(csv), str(eurosat / "label_map.json"))
     (eurosat / "Numbers").mkdir()
     shutil_copy = (corpus["eurosat"] / "Forest" / "Forest_1.jpg").read_bytes()
     (eurosat / "Numbers" / "17").write_bytes(shutil_copy)
     (eurosat / "label_map.json").write_text('{"Numbers": 0}')
     csv.write_text(",Filename,Label,ClassName\n0,Numbers/17,0,Numbers\n1,Numbers/0018,0,Numbers\n")
-    with pytest.raises(DataError, match=r"line 3: image 'Numbers/0018' does not exist"):  # text, not the number 18
+    # text, not the number 18
+    with pytest.raises(DataError, match=r"line 3: image 'Numbers/0018' does not exist"):
         data.read_eurosat_split(str(eurosat), str(csv), str(eurosat / "label_map.json"))
     csv.write_text(",Filename,Label,ClassName\n0,17,0,Numbers\n")
     with pytest.raises(DataError, match=r"line 2: image '17' does not exist"):
@@ -326,20 +372,26 @@ def test_split_rows_naming_missing_or_numeric_files(corpus, tmp_path):
 def test_knn_folder_and_file_list_problems_are_named(corpus, tmp_path, monkeypatch, capsys):
     images = tmp_path / "images"
     write_images(str(images), 16)
-    common = [f"--data_dir={images}", f"--cache_dir={tmp_path / 'cache'}", *TINY_PRETRAIN, "--num_epochs=1"]
+    common = [f"--data_dir={images}", f"--cache_dir={tmp_path / 'cache'}", *TINY_PRETRAIN,
+              "--num_epochs=1"]
     code, _, err = _run_in_process("train_simsiam.py", [*common, f"--output_dir={tmp_path / 'a'}",
-                                                        f"--knn_data_dir={tmp_path / 'no_knn'}"], monkeypatch, capsys)
+                                                        f"--knn_data_dir={tmp_path / 'no_knn'}"],
+                                   monkeypatch, capsys)
     assert code == 1 and "no_knn" in err and "label_map.json" in err
     eurosat = _copy_eurosat(corpus, tmp_path)
-    (eurosat / "validation.csv").write_text((eurosat / "validation.csv").read_text().replace("Forest_", "Gone_", 1))
+    (eurosat / "validation.csv").write_text((eurosat / "validation.csv").read_text()
+                                            .replace("Forest_", "Gone_", 1))
     code, _, err = _run_in_process("train_simsiam.py", [*common, f"--output_dir={tmp_path / 'b'}",
-                                                        f"--knn_data_dir={eurosat}"], monkeypatch, capsys)
+                                                        f"--knn_data_dir={eurosat}"],
+                                   monkeypatch, capsys)
     assert code == 1 and "validation.csv" in err and "does not exist" in err
-    for name, text, needle in (("empty.txt", "", "names no image"), ("empty.csv", "", "not a readable list"),
+    for name, text, needle in (("empty.txt", "", "names no image"),
+                               ("empty.csv", "", "not a readable list"),
                                ("columns.csv", "File\na.png\n", "needs a Filename column")):
         (tmp_path / name).write_text(text)
-        code, _, err = _run_in_process("train_simsiam.py", [*common, f"--output_dir={tmp_path / ('out_' + name)}",
-                                                            f"--file_list={tmp_path / name}"], monkeypatch, capsys)
+        code, _, err = _run_in_process("train_simsiam.py",
+                                       [*common, f"--output_dir={tmp_path / ('out_' + name)}",
+                                        f"--file_list={tmp_path / name}"], monkeypatch, capsys)
         assert code == 1 and name in err and needle in err, err
 
 
@@ -349,9 +401,11 @@ def test_output_locations_are_checked_before_training(tmp_path, monkeypatch, cap
     write_images(str(images), 16)
     (tmp_path / "a_file").write_text("")
     common = [f"--data_dir={images}", *TINY_PRETRAIN, "--num_epochs=1"]
-    for output_dir, needle in ((tmp_path / "a_file", "is a file"), ("/proc/simsiam_outputs", "cannot write")):
+    for output_dir, needle in ((tmp_path / "a_file", "is a file"),
+                               ("/proc/simsiam_outputs", "cannot write")):
         code, _, err = _run_in_process("train_simsiam.py", [*common, f"--output_dir={output_dir}",
-                                                            f"--cache_dir={tmp_path / 'cache'}"], monkeypatch, capsys)
+                                                            f"--cache_dir={tmp_path / 'cache'}"],
+                                       monkeypatch, capsys)
         assert code == 1 and needle in err and "OUTPUT_DIR" in err
         assert not (tmp_path / "cache").exists()  # stopped before any image was decoded
     out = tmp_path / "out"
@@ -366,8 +420,8 @@ def test_output_locations_are_checked_before_training(tmp_path, monkeypatch, cap
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", save_on_a_full_disk)
-    code, out_text, err = _run_in_process("train_simsiam.py", [*common, f"--output_dir={out}",
-                                                               f"--cache_dir={tmp_path / 'cache'}"], monkeypatch, capsys)
+    code, out_text, err = _run_in_process("train_simsiam.py", [
+        *common, f"--output_dir={out}", f"--cache_dir={tmp_path / 'cache'}"], monkeypatch, capsys)
     assert code == 1 and "cannot write" in err and "disk full or not writable?" in err
     assert "removed 1 temporary file(s)" in out_text
     left = sorted(os.listdir(out))
@@ -375,7 +429,8 @@ def test_output_locations_are_checked_before_training(tmp_path, monkeypatch, cap
     with pytest.raises(runtime.WriteError, match="cannot write .*disk full"):
         with runtime.atomic_write(tmp_path / "x.bin"):
             raise OSError(28, "No space left on device")
-    assert os.listdir(tmp_path).count("x.bin") == 0 and not [n for n in os.listdir(tmp_path) if ".tmp" in n]
+    assert (os.listdir(tmp_path).count("x.bin") == 0
+            and not [n for n in os.listdir(tmp_path) if ".tmp" in n])
 
 
 # kind 5: checkpoints that do not match their own config
@@ -385,8 +440,10 @@ def test_checkpoints_whose_config_does_not_match_the_weights(corpus, tmp_path):
     good = torch.load(corpus["checkpoint"], weights_only=True)
     model_state = good["model"]
     reshaped = dict(model_state, **{"backbone.layer1.0.conv1.weight": torch.zeros(64, 64, 1, 1)})
-    cases = [("r50_config", dict(good, config=dict(good["config"], ARCH="resnet50")), "mismatched"),
-             ("small_stem", dict(good, config=dict(good["config"], SMALL_STEM=True)), "backbone.conv1"),
+    cases = [("r50_config", dict(good, config=dict(good["config"], ARCH="resnet50")),
+              "mismatched"),
+             ("small_stem", dict(good, config=dict(good["config"], SMALL_STEM=True)),
+              "backbone.conv1"),
              ("reshaped", dict(good, model=reshaped), "layer1.0.conv1.weight is (64, 64, 1, 1)"),
              ("size_zero", dict(good, config=dict(good["config"], IMAGE_SIZE=0)), "IMAGE_SIZE 0"),
              ("no_weights", {k: v for k, v in good.items() if k != "model"}, "holds no weights")]
@@ -395,12 +452,16 @@ def test_checkpoints_whose_config_does_not_match_the_weights(corpus, tmp_path):
         torch.save(checkpoint, path)
         with pytest.raises(CheckpointError) as error:
             backbone_from_checkpoint(str(path))
-        assert f"{name}.pth" in str(error.value) and needle.replace("backbone.", "") in str(error.value), (
+        assert (f"{name}.pth" in str(error.value)
+                and needle.replace("backbone.", "") in str(error.value)), (
             name, str(error.value))
     classifier = torch.load(corpus["classifier"], weights_only=True)
-    for name, edit, needle in (("names_string", {"class_names": "Forest"}, "class_names must be a list"),
+    for name, edit, needle in (("names_string", {"class_names": "Forest"},
+                                "class_names must be a list"),
                                ("std_zero", {"std": [0, 1, 1]}, "std must be 3 numbers"),
-                               ("head_shape", {"class_names": classifier["class_names"] + ["Extra"]}, "does not fit")):
+                               ("head_shape",
+                                {"class_names": classifier["class_names"] + ["Extra"]},
+                                "does not fit")):
         path = tmp_path / f"{name}.pth"
         torch.save(dict(classifier, **edit), path)
         with pytest.raises(CheckpointError, match=needle):
@@ -410,19 +471,23 @@ def test_checkpoints_whose_config_does_not_match_the_weights(corpus, tmp_path):
 def test_a_resume_checkpoint_missing_keys(tmp_path, monkeypatch, capsys):
     images = tmp_path / "images"
     write_images(str(images), 16)
-    common = [f"--data_dir={images}", f"--output_dir={tmp_path / 'out'}", f"--cache_dir={tmp_path / 'cache'}",
-              *TINY_PRETRAIN]
-    assert _run_in_process("train_simsiam.py", [*common, "--num_epochs=1"], monkeypatch, capsys)[0] == 0
+    common = [f"--data_dir={images}", f"--output_dir={tmp_path / 'out'}",
+              f"--cache_dir={tmp_path / 'cache'}", *TINY_PRETRAIN]
+    assert _run_in_process("train_simsiam.py", [*common, "--num_epochs=1"],
+                           monkeypatch, capsys)[0] == 0
     last_path = tmp_path / "out" / "checkpoint_last.pth"
     last = torch.load(last_path, weights_only=True)
     del last["optimizer"], last["global_step"]
     torch.save(last, last_path)
     import runtime
-    for handle in runtime._held_locks:  # the first run's lock: in this one process, it is already done
+    # the first run's lock: in this one process, it is already done
+    for handle in runtime._held_locks:
         handle.close()
     runtime._held_locks.clear()
-    code, _, err = _run_in_process("train_simsiam.py", [*common, "--num_epochs=2"], monkeypatch, capsys)
-    assert code == 1 and "checkpoint_last.pth: lacks ['global_step', 'optimizer']" in err and "--resume=False" in err
+    code, _, err = _run_in_process("train_simsiam.py", [*common, "--num_epochs=2"],
+                                   monkeypatch, capsys)
+    assert (code == 1 and "checkpoint_last.pth: lacks ['global_step', 'optimizer']" in err
+            and "--resume=False" in err)
 
 
 # kind 6: two runs, one folder
@@ -434,9 +499,11 @@ def test_a_second_run_on_a_folder_in_use_is_refused_and_a_killed_run_leaves_no_l
     images = tmp_path / "images"
     write_images(str(images), 16)
     command = [_sys.executable, os.path.join(ROOT, "train_simsiam.py"), f"--data_dir={images}",
-               f"--output_dir={tmp_path / 'out'}", f"--cache_dir={tmp_path / 'cache'}", *TINY_PRETRAIN]
-    first = subprocess.Popen([*command, "--num_epochs=500"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                             text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+               f"--output_dir={tmp_path / 'out'}", f"--cache_dir={tmp_path / 'cache'}",
+               *TINY_PRETRAIN]
+    first = subprocess.Popen([*command, "--num_epochs=500"], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True,
+                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
         for line in first.stdout:
             if line.startswith("model:"):

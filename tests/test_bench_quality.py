@@ -1,6 +1,7 @@
-"""scripts/bench_quality.py end to end on a tiny EuroSAT-shaped folder: pre-training on a subset of train.csv,
-kNN + linear evaluation of the checkpoint and of a random initialisation of the same network and input size, the
-JSON and Markdown it writes, and effective_rank (the dimensional-collapse diagnostic it reports)."""
+"""scripts/bench_quality.py end to end on a tiny EuroSAT-shaped folder: pre-training on a subset of
+train.csv, kNN + linear evaluation of the checkpoint and of a random initialisation of the same
+network and input size, the JSON and Markdown it writes, and effective_rank (the
+dimensional-collapse diagnostic it reports)."""
 import json
 
 import pandas as pd
@@ -13,7 +14,8 @@ from test_evaluation import make_eurosat
 
 def test_effective_rank_counts_the_directions_used():
     torch.manual_seed(0)
-    assert effective_rank(torch.randn(4000, 1) @ torch.randn(1, 64) + 1e-4 * torch.randn(4000, 64)) < 1.5
+    assert effective_rank(torch.randn(4000, 1) @ torch.randn(1, 64)
+                          + 1e-4 * torch.randn(4000, 64)) < 1.5
     assert 55 < effective_rank(torch.randn(4000, 64)) <= 64
     three = torch.randn(4000, 3) @ torch.randn(3, 64)
     assert 2 < effective_rank(three + 1e-4 * torch.randn(4000, 64)) < 3.5
@@ -24,12 +26,14 @@ def test_bench_quality_quick_run_writes_table(tmp_path):
     make_eurosat(str(eurosat))
     args = [f"--eurosat_dir={eurosat}", f"--output_dir={out}", f"--cache_dir={tmp_path / 'cache'}",
             "--pretrain_images=20", "--pretrain_epochs=1", "--skip_finetune=True",
-            "--pretrain_args=--image_size=32 --batch_size=8 --proj_dim=64 --pred_dim=16 --small_stem=True"]
+            "--pretrain_args=--image_size=32 --batch_size=8 --proj_dim=64 --pred_dim=16 "
+            "--small_stem=True"]
     result = run_script("scripts/bench_quality.py", *args, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     subset = pd.read_csv(out / "pretrain_images.csv", index_col=0)
     train = pd.read_csv(eurosat / "train.csv", index_col=0)
-    assert len(subset) == 20 and set(subset["Filename"]) <= set(train["Filename"])  # never validation or test images
+    # never validation or test images
+    assert len(subset) == 20 and set(subset["Filename"]) <= set(train["Filename"])
     summary = json.loads((out / "quality.json").read_text())
     assert summary["pretrain_images"] == 20 and summary["input_size"] == 32
     assert summary["arch"] == "resnet18 (small stem)"

@@ -15,7 +15,7 @@ from simsiam_model import (SimSiam, backbone_from_checkpoint, backbone_state_dic
                            negative_cosine_loss, strip_prefixes)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # model
 
 def test_model_shapes_and_stop_gradient():
@@ -25,7 +25,8 @@ def test_model_shapes_and_stop_gradient():
     assert p1.shape == p2.shape == z1.shape == z2.shape == (2, 128)
     assert p1.requires_grad and not z1.requires_grad and not z2.requires_grad
     last_bn = model.projector[-1]
-    assert isinstance(last_bn, torch.nn.BatchNorm1d) and last_bn.weight is None and last_bn.bias is None
+    assert (isinstance(last_bn, torch.nn.BatchNorm1d) and last_bn.weight is None
+            and last_bn.bias is None)
     assert model.projector[1].weight is not None  # the other BNs keep their affine parameters
     assert model.predictor[0].out_features == 32 and model.predictor[-1].out_features == 128
 
@@ -48,8 +49,9 @@ def test_loss_range_and_symmetry():
 
 
 def test_loss_gradient_flows_only_through_predictions():
-    """The stop-gradient: the model's gradients equal those of a loss that detaches z by hand, and differ from a
-    loss that lets gradients through z (what removing the detach in SimSiam.forward would give)."""
+    """The stop-gradient: the model's gradients equal those of a loss that detaches z by hand, and
+    differ from a loss that lets gradients through z (what removing the detach in SimSiam.forward
+    would give)."""
     torch.manual_seed(0)
     model = SimSiam("resnet18", dim=64, pred_dim=16)
     x1, x2 = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
@@ -62,18 +64,21 @@ def test_loss_gradient_flows_only_through_predictions():
     def by_hand(detach):
         z1, z2 = model.projector(model.backbone(x1)), model.projector(model.backbone(x2))
         p1, p2 = model.predictor(z1), model.predictor(z2)
-        return negative_cosine_loss(p1, p2, z1.detach() if detach else z1, z2.detach() if detach else z2)
+        return negative_cosine_loss(p1, p2, z1.detach() if detach else z1,
+                                    z2.detach() if detach else z2)
 
     through_model = gradients(lambda: negative_cosine_loss(*model(x1, x2)))
     stopped, not_stopped = gradients(lambda: by_hand(True)), gradients(lambda: by_hand(False))
     assert torch.allclose(through_model, stopped, atol=1e-6)
     assert not torch.allclose(through_model, not_stopped, atol=1e-4)
-    assert model.backbone.conv1.weight.grad is not None and model.predictor[0].weight.grad is not None
+    assert (model.backbone.conv1.weight.grad is not None
+            and model.predictor[0].weight.grad is not None)
 
 
 def test_backbone_state_dict_loads_into_torchvision():
     model = SimSiam("resnet50")
-    result = torchvision.models.resnet50().load_state_dict(backbone_state_dict(model), strict=False)
+    result = torchvision.models.resnet50().load_state_dict(backbone_state_dict(model),
+                                                           strict=False)
     assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and not result.unexpected_keys
     # wrappers (DDP, torch.compile) add prefixes that must not leak into the file
     wrapped = {"module._orig_mod.backbone.conv1.weight": 1, "backbone.fc.bias": 2}
@@ -85,12 +90,14 @@ def test_backbone_from_checkpoint_is_strict(tmp_path):
     config = {"ARCH": "resnet18", "IMAGE_SIZE": 32, "SMALL_STEM": False, "IN_CHANNELS": 3}
     good = tmp_path / "good.pth"
     state = {f"module.{k}": v for k, v in model.state_dict().items()}  # as DDP would have saved it
-    torch.save({"kind": "simsiam_pretrain", "arch": "resnet18", "config": config, "epoch": 1, "model": state}, good)
+    torch.save({"kind": "simsiam_pretrain", "arch": "resnet18", "config": config, "epoch": 1,
+                "model": state}, good)
     backbone, feature_dim, model_config = backbone_from_checkpoint(str(good))
     assert feature_dim == 512 and model_config["image_size"] == 32
     assert torch.equal(backbone.conv1.weight, model.backbone.conv1.weight)
     wrong = tmp_path / "wrong_arch.pth"
-    torch.save({"kind": "simsiam_pretrain", "config": dict(config, ARCH="resnet34"), "model": state}, wrong)
+    torch.save({"kind": "simsiam_pretrain", "config": dict(config, ARCH="resnet34"),
+                "model": state}, wrong)
     with pytest.raises(CheckpointError, match="wrong_arch.pth.*do not match"):
         backbone_from_checkpoint(str(wrong))
     foreign = tmp_path / "foreign.pth"
@@ -103,15 +110,20 @@ def test_small_stem_stride_two_reads_64px_at_the_cost_of_32px(tmp_path):
     maps = {}
     for name, size, stride in (("s1_32", 32, 1), ("s2_64", 64, 2)):
         backbone, _ = build_backbone("resnet18", small_stem=True, stem_stride=stride)
-        maps[name] = backbone.layer1(backbone.maxpool(backbone.conv1(torch.zeros(1, 3, size, size)))).shape
+        maps[name] = backbone.layer1(
+            backbone.maxpool(backbone.conv1(torch.zeros(1, 3, size, size)))).shape
     assert maps["s1_32"] == maps["s2_64"] == (1, 64, 32, 32)
     with pytest.raises(ValueError, match="stem_stride"):
         build_backbone("resnet18", small_stem=False, stem_stride=2)
-    # the stride travels with the checkpoint; files written before STEM_STRIDE existed mean stride 1
+    # the stride travels with the checkpoint; files written before STEM_STRIDE existed
+    # mean stride 1
     model = SimSiam("resnet18", dim=64, pred_dim=16, small_stem=True, stem_stride=2)
-    config = {"ARCH": "resnet18", "IMAGE_SIZE": 64, "SMALL_STEM": True, "STEM_STRIDE": 2, "IN_CHANNELS": 3}
-    for name, recorded in (("new", config), ("old", {k: v for k, v in config.items() if k != "STEM_STRIDE"})):
-        torch.save({"kind": "simsiam_pretrain", "config": recorded, "model": model.state_dict()}, tmp_path / name)
+    config = {"ARCH": "resnet18", "IMAGE_SIZE": 64, "SMALL_STEM": True, "STEM_STRIDE": 2,
+              "IN_CHANNELS": 3}
+    for name, recorded in (("new", config),
+                           ("old", {k: v for k, v in config.items() if k != "STEM_STRIDE"})):
+        torch.save({"kind": "simsiam_pretrain", "config": recorded, "model": model.state_dict()},
+                   tmp_path / name)
     assert backbone_from_checkpoint(str(tmp_path / "new"))[0].conv1.stride == (2, 2)
     assert backbone_from_checkpoint(str(tmp_path / "old"))[0].conv1.stride == (1, 1)
 
@@ -134,7 +146,7 @@ def test_checkpoint_with_code_is_refused(tmp_path):
         load_checkpoint(str(truncated))
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # transforms
 
 def test_reference_transforms_shapes_and_solarisation():
@@ -149,7 +161,8 @@ def test_reference_transforms_shapes_and_solarisation():
     assert solarize.p == 0.2 and solarize.threshold == 128
     out = np.asarray(torchvision.transforms.RandomSolarize(128, p=1.0)(image))
     assert (out == 55).all()  # PIL pixels >= 128 are inverted: 255 - 200
-    symmetric = [type(s).__name__ for s in data.simsiam_transform_v2(32, solarize=False).transforms]
+    symmetric = [type(s).__name__
+                 for s in data.simsiam_transform_v2(32, solarize=False).transforms]
     assert "RandomSolarize" not in symmetric
 
 
@@ -162,19 +175,23 @@ def test_batch_augment_shapes_and_range():
     assert (out <= ((1 - mean) / std).view(1, 3, 1, 1) + 1e-4).all()
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # overrides
 
 def _namespace():
-    return {"BATCH_SIZE": 32, "BASE_LR": 0.05, "ARCH": "resnet50", "AMP": True, "lower": 1, "__file__": ""}
+    return {"BATCH_SIZE": 32, "BASE_LR": 0.05, "ARCH": "resnet50", "AMP": True, "lower": 1,
+            "__file__": ""}
 
 
 def test_overrides_valid_and_case_insensitive(capsys):
     namespace = _namespace()
-    config, positional = configure(namespace, ["--batch_size=64", "--BASE_LR=1", "--arch=resnet18", "--amp=false"])
-    assert namespace["BATCH_SIZE"] == 64 and namespace["BASE_LR"] == 1.0 and isinstance(namespace["BASE_LR"], float)
+    config, positional = configure(namespace, ["--batch_size=64", "--BASE_LR=1", "--arch=resnet18",
+                                               "--amp=false"])
+    assert (namespace["BATCH_SIZE"] == 64 and namespace["BASE_LR"] == 1.0
+            and isinstance(namespace["BASE_LR"], float))
     assert namespace["ARCH"] == "resnet18" and namespace["AMP"] is False
-    assert config == {"BATCH_SIZE": 64, "BASE_LR": 1.0, "ARCH": "resnet18", "AMP": False} and positional == []
+    assert (config == {"BATCH_SIZE": 64, "BASE_LR": 1.0, "ARCH": "resnet18", "AMP": False}
+            and positional == [])
     assert "overriding: BATCH_SIZE = 64" in capsys.readouterr().out
 
 
@@ -194,10 +211,11 @@ def test_overrides_rejected(argv, message, capsys):
 def test_help_lists_constants_with_comments():
     result = run_script("train_simsiam.py", "--help")
     assert result.returncode == 0
-    assert "--batch_size" in result.stdout and "= 32" in result.stdout and "fits ResNet-50" in result.stdout
+    assert ("--batch_size" in result.stdout and "= 32" in result.stdout
+            and "fits ResNet-50" in result.stdout)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # EuroSAT splits
 
 def _eurosat(tmp_path, rows, label_map=None):
@@ -211,20 +229,24 @@ def _eurosat(tmp_path, rows, label_map=None):
 
 
 def test_eurosat_split_reads_the_official_format(tmp_path):
-    root, csv, label_map = _eurosat(tmp_path, ",Filename,Label,ClassName\n0,Forest/Forest_1.jpg,0,Forest\n"
-                                              "1,River/River_1.jpg,1,River\n")
+    root, csv, label_map = _eurosat(tmp_path,
+                                    ",Filename,Label,ClassName\n0,Forest/Forest_1.jpg,0,Forest\n"
+                                    "1,River/River_1.jpg,1,River\n")
     paths, labels, classes = data.read_eurosat_split(root, csv, label_map)
     assert labels == [0, 1] and classes == ["Forest", "River"] and os.path.isfile(paths[1])
 
 
 @pytest.mark.parametrize("rows, label_map, message", [
-    ("Name,ClassName\nForest/Forest_1.jpg,Forest\n", None, r"missing column\(s\) \['Filename'\]; found \['Name'"),
-    (",Filename,Label,ClassName\n0,Forest/Forest_1.jpg,0,Desert\n", None, "line 2: class 'Desert'"),
-    (",Filename,Label,ClassName\n0,Forest/Forest_1.jpg,0,Forest\n1,Forest/Forest_1.jpg,0,Forest\n", None,
-     "line 3 repeats"),
+    ("Name,ClassName\nForest/Forest_1.jpg,Forest\n", None,
+     r"missing column\(s\) \['Filename'\]; found \['Name'"),
+    (",Filename,Label,ClassName\n0,Forest/Forest_1.jpg,0,Desert\n", None,
+     "line 2: class 'Desert'"),
+    (",Filename,Label,ClassName\n0,Forest/Forest_1.jpg,0,Forest\n1,Forest/Forest_1.jpg,0,Forest\n",
+     None, "line 3 repeats"),
     (",Filename,Label,ClassName\n0,../secret.jpg,0,Forest\n", None, "outside the data folder"),
     (",Filename,Label,ClassName\n0,Forest/Forest_1.jpg,1,Forest\n", None, "Label 1 disagrees"),
-    (",Filename,Label,ClassName\n0,Forest/Forest_1.jpg,0,Forest\n", ["Forest", "River"], "must be a JSON mapping"),
+    (",Filename,Label,ClassName\n0,Forest/Forest_1.jpg,0,Forest\n", ["Forest", "River"],
+     "must be a JSON mapping"),
 ])
 def test_eurosat_split_errors_name_the_problem(tmp_path, rows, label_map, message):
     root, csv, label_map_path = _eurosat(tmp_path, rows, label_map)
@@ -232,12 +254,13 @@ def test_eurosat_split_errors_name_the_problem(tmp_path, rows, label_map, messag
         data.read_eurosat_split(root, csv, label_map_path)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # train_simsiam.py end to end
 
 def _pretrain(tmp_path, images, *extra):
-    return run_script("train_simsiam.py", f"--data_dir={images}", f"--output_dir={tmp_path / 'out'}",
-                      f"--cache_dir={tmp_path / 'cache'}", *TINY_PRETRAIN, *extra)
+    return run_script("train_simsiam.py", f"--data_dir={images}",
+                      f"--output_dir={tmp_path / 'out'}", f"--cache_dir={tmp_path / 'cache'}",
+                      *TINY_PRETRAIN, *extra)
 
 
 def test_pretraining_writes_checkpoints_and_metrics_then_resumes(tmp_path, tiny_images):
@@ -246,24 +269,30 @@ def test_pretraining_writes_checkpoints_and_metrics_then_resumes(tmp_path, tiny_
     out = tmp_path / "out"
     assert "epoch 2/2 loss" in result.stdout and "pairs/s" in result.stdout
     metrics = load_checkpoint(str(out / "pretrain_metrics.pth"))
-    assert metrics["epochs"] == [1, 2] and len(metrics["loss"]) == 2 and metrics["config"]["BATCH_SIZE"] == 8
-    assert metrics["global_step"] == 2 * (24 // 8) and metrics["seed"] == 0 and "torch" in metrics["versions"]
+    assert (metrics["epochs"] == [1, 2] and len(metrics["loss"]) == 2
+            and metrics["config"]["BATCH_SIZE"] == 8)
+    assert (metrics["global_step"] == 2 * (24 // 8) and metrics["seed"] == 0
+            and "torch" in metrics["versions"])
     assert all(np.isfinite(metrics["loss"])) and 0 < metrics["z_std"][-1] < 1
     checkpoint = load_checkpoint(str(out / "simsiam_resnet18_epoch_2.pth"))
-    assert checkpoint["epoch"] == 2 and checkpoint["arch"] == "resnet18" and checkpoint["config"]["IMAGE_SIZE"] == 32
+    assert (checkpoint["epoch"] == 2 and checkpoint["arch"] == "resnet18"
+            and checkpoint["config"]["IMAGE_SIZE"] == 32)
     backbone, _, _ = backbone_from_checkpoint(str(out / "simsiam_resnet18_epoch_1.pth"))
-    assert torchvision.models.resnet18().load_state_dict(backbone.state_dict(), strict=False).unexpected_keys == []
+    assert torchvision.models.resnet18().load_state_dict(
+        backbone.state_dict(), strict=False).unexpected_keys == []
 
     # the same command with more epochs continues from checkpoint_last.pth instead of restarting
     result = _pretrain(tmp_path, tiny_images, "--num_epochs=3", "--save_every=1")
     assert result.returncode == 0, result.stderr
-    assert "resuming from" in result.stdout and "epoch 1/3" not in result.stdout and "epoch 3/3 loss" in result.stdout
+    assert ("resuming from" in result.stdout and "epoch 1/3" not in result.stdout
+            and "epoch 3/3 loss" in result.stdout)
     metrics = load_checkpoint(str(out / "pretrain_metrics.pth"))
     assert metrics["epochs"] == [1, 2, 3] and metrics["global_step"] == 9
     result = _pretrain(tmp_path, tiny_images, "--num_epochs=3")
     assert result.returncode == 0 and "nothing to do" in result.stdout
     result = _pretrain(tmp_path, tiny_images, "--num_epochs=4", "--proj_dim=32")
-    assert result.returncode == 1 and "PROJ_DIM=64" in result.stderr and "--resume=False" in result.stderr
+    assert (result.returncode == 1 and "PROJ_DIM=64" in result.stderr
+            and "--resume=False" in result.stderr)
 
 
 @pytest.mark.parametrize("pipeline", ["fast", "reference"])
@@ -281,12 +310,14 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path, tiny_images, pipeline)
 
 def test_missing_data_and_oversized_batch_are_clear_errors(tmp_path, tiny_images):
     result = _pretrain(tmp_path, tmp_path / "nowhere", "--num_epochs=1")
-    assert result.returncode == 1 and "does not exist" in result.stderr and "make_dataset.py" in result.stderr
+    assert (result.returncode == 1 and "does not exist" in result.stderr
+            and "make_dataset.py" in result.stderr)
     (tmp_path / "empty").mkdir()
     result = _pretrain(tmp_path, tmp_path / "empty", "--num_epochs=1")
     assert result.returncode == 1 and "no images" in result.stderr
     result = _pretrain(tmp_path, tiny_images, "--num_epochs=1", "--batch_size=64")
-    assert result.returncode == 1 and "Lower --batch_size" in result.stderr and "Traceback" not in result.stderr
+    assert (result.returncode == 1 and "Lower --batch_size" in result.stderr
+            and "Traceback" not in result.stderr)
 
 
 def test_same_seed_same_loss(tmp_path):
@@ -294,8 +325,9 @@ def test_same_seed_same_loss(tmp_path):
     write_images(str(images), 16)
     losses = []
     for run in ("a", "b"):
-        result = run_script("train_simsiam.py", f"--data_dir={images}", f"--output_dir={tmp_path / run}",
-                            f"--cache_dir={tmp_path / 'cache'}", *TINY_PRETRAIN, "--num_epochs=1", "--seed=3")
+        result = run_script("train_simsiam.py", f"--data_dir={images}",
+                            f"--output_dir={tmp_path / run}", f"--cache_dir={tmp_path / 'cache'}",
+                            *TINY_PRETRAIN, "--num_epochs=1", "--seed=3")
         assert result.returncode == 0, result.stderr
         losses.append(load_checkpoint(str(tmp_path / run / "pretrain_metrics.pth"))["loss"][0])
     assert losses[0] == losses[1]

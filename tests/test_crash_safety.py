@@ -1,5 +1,5 @@
-"""Fault injection: SIGKILL a tiny pre-training at random moments, rerun the same command, check nothing is lost
-and that the result is the one an uninterrupted run gives."""
+"""Fault injection: SIGKILL a tiny pre-training at random moments, rerun the same command, check
+nothing is lost and that the result is the one an uninterrupted run gives."""
 import glob
 import os
 import random
@@ -24,15 +24,18 @@ def _all_files_load(out):
 def test_pretraining_survives_sigkill_at_random_moments(tmp_path):
     images, out = tmp_path / "images", tmp_path / "out"
     write_images(str(images), IMAGES)
-    command = [sys.executable, os.path.join(ROOT, "train_simsiam.py"), f"--data_dir={images}", f"--output_dir={out}",
-               f"--cache_dir={tmp_path / 'cache'}", *TINY_PRETRAIN, f"--num_epochs={EPOCHS}", "--save_every=1"]
+    command = [sys.executable, os.path.join(ROOT, "train_simsiam.py"), f"--data_dir={images}",
+               f"--output_dir={out}", f"--cache_dir={tmp_path / 'cache'}", *TINY_PRETRAIN,
+               f"--num_epochs={EPOCHS}", "--save_every=1"]
     rng = random.Random(0)
     kills = 0
     for attempt in range(4):
-        # kill at a random moment after 1 or 2 more epochs: right after an epoch line the run is writing its
-        # epoch checkpoint, a little later it is inside the next epoch (each attempt moves at most 2 epochs, so
-        # 4 attempts never finish the 10 epochs: every attempt really is killed)
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        # kill at a random moment after 1 or 2 more epochs: right after an epoch line the run is
+        # writing its epoch checkpoint, a little later it is inside the next epoch
+        # (each attempt moves at most 2 epochs, so 4 attempts never finish the 10 epochs:
+        # every attempt really is killed)
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
+                                   stderr=subprocess.DEVNULL, text=True,
                                    env=dict(os.environ, PYTHONUNBUFFERED="1"))
         wanted, seen = rng.randint(1, 2), 0
         for line in process.stdout:
@@ -44,7 +47,8 @@ def test_pretraining_survives_sigkill_at_random_moments(tmp_path):
                     break
         process.stdout.close()
         process.wait(timeout=300)
-        assert process.returncode == -signal.SIGKILL, f"attempt {attempt} was not killed (exit {process.returncode})"
+        assert process.returncode == -signal.SIGKILL, (
+            f"attempt {attempt} was not killed (exit {process.returncode})")
         kills += 1
         _all_files_load(str(out))
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -52,29 +56,34 @@ def test_pretraining_survives_sigkill_at_random_moments(tmp_path):
     assert kills == 4 and "resuming from" in result.stdout
     metrics = load_checkpoint(str(out / "pretrain_metrics.pth"))
     assert metrics["epochs"] == list(range(1, EPOCHS + 1))  # every epoch exactly once
-    assert metrics["global_step"] == EPOCHS * (IMAGES // BATCH)  # as many optimiser steps as an uninterrupted run
+    # as many optimiser steps as an uninterrupted run
+    assert metrics["global_step"] == EPOCHS * (IMAGES // BATCH)
     assert len(metrics["loss"]) == EPOCHS
     for epoch in range(1, EPOCHS + 1):
         assert load_checkpoint(str(out / f"simsiam_resnet18_epoch_{epoch}.pth"))["epoch"] == epoch
 
-    # and the result is the one an uninterrupted run gives: the same loss at every epoch, the same weights
+    # and the result is the one an uninterrupted run gives:
+    # the same loss at every epoch, the same weights
     straight = tmp_path / "straight"
-    result = subprocess.run([*command[:3], f"--output_dir={straight}", *command[4:]], cwd=ROOT, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run([*command[:3], f"--output_dir={straight}", *command[4:]], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert load_checkpoint(str(straight / "pretrain_metrics.pth"))["loss"] == metrics["loss"]
     resumed_weights = load_checkpoint(str(out / f"simsiam_resnet18_epoch_{EPOCHS}.pth"))["model"]
-    straight_weights = load_checkpoint(str(straight / f"simsiam_resnet18_epoch_{EPOCHS}.pth"))["model"]
+    straight_weights = load_checkpoint(
+        str(straight / f"simsiam_resnet18_epoch_{EPOCHS}.pth"))["model"]
     assert all(torch.equal(resumed_weights[k], straight_weights[k]) for k in straight_weights)
 
 
 def test_atomic_save_never_leaves_a_half_file(tmp_path):
-    """Kill a process in the middle of rewriting a large file, many times: the file is always old or new."""
+    """Kill a process in the middle of rewriting a large file, many times:
+    the file is always old or new."""
     target = tmp_path / "big.pth"
     writer = ("import sys, torch; sys.path.insert(0, %r); from runtime import atomic_save\n"
               "i = 0\n"
               "while True:\n"
-              "    i += 1; atomic_save({'kind': 'x', 'i': i, 'w': torch.full((4_000_000,), float(i))}, %r)\n"
+              "    i += 1; atomic_save({'kind': 'x', 'i': i, "
+              "'w': torch.full((4_000_000,), float(i))}, %r)\n"
               % (ROOT, str(target)))
     rng = random.Random(1)
     for _ in range(4):
@@ -88,9 +97,11 @@ def test_atomic_save_never_leaves_a_half_file(tmp_path):
 
 
 def _kill_at_random_moments(command, rng, times, check):
-    """Start `command`, SIGKILL it after a random delay, call check(), `times` times; then run it to the end."""
+    """Start `command`, SIGKILL it after a random delay, call check(), `times` times;
+    then run it to the end."""
     for _ in range(times):
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(2.5, 6.0))
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -105,11 +116,11 @@ def test_make_dataset_survives_sigkill(tmp_path):
     zarr_dir, png_dir = tmp_path / "zarr", tmp_path / "png"
     zarr_dir.mkdir()
     for n in range(3):
-        write_ssl4eo_zarr(str(zarr_dir / f"ssl4eos12_train_seasonal_data_{n + 1:06d}.zarr.zip"), n_samples=8, size=96,
-                          seed=n)
+        write_ssl4eo_zarr(str(zarr_dir / f"ssl4eos12_train_seasonal_data_{n + 1:06d}.zarr.zip"),
+                          n_samples=8, size=96, seed=n)
     command = [sys.executable, os.path.join(ROOT, "make_dataset.py"), f"--input_dir={zarr_dir}",
-               f"--output_dir={png_dir}", f"--manifest={tmp_path / 'manifest.csv'}", "--num_processes=1",
-               "--png_compress_level=9"]
+               f"--output_dir={png_dir}", f"--manifest={tmp_path / 'manifest.csv'}",
+               "--num_processes=1", "--png_compress_level=9"]
 
     def every_png_is_whole():
         for name in os.listdir(png_dir) if png_dir.exists() else []:
@@ -128,11 +139,13 @@ def test_evaluation_files_are_never_left_unreadable(tmp_path):
     from make_demo_data import write_eurosat_like
     eurosat, out = tmp_path / "EuroSAT", tmp_path / "out"
     write_eurosat_like(str(eurosat), n_per_class=12, size=32)
-    common = [f"--eurosat_dir={eurosat}", f"--output_dir={out}", f"--cache_dir={tmp_path / 'cache'}",
-              "--pretrained_path=random", "--arch=resnet18", "--image_size=32"]
-    linear = [sys.executable, os.path.join(ROOT, "Linear_evaluation.py"), *common, "--feature_cache=False",
-              "--num_epochs=40", "--batch_size=16"]
-    finetune = [sys.executable, os.path.join(ROOT, "finetune_model.py"), *common, "--num_epochs=4", "--batch_size=16"]
+    common = [f"--eurosat_dir={eurosat}", f"--output_dir={out}",
+              f"--cache_dir={tmp_path / 'cache'}", "--pretrained_path=random", "--arch=resnet18",
+              "--image_size=32"]
+    linear = [sys.executable, os.path.join(ROOT, "Linear_evaluation.py"), *common,
+              "--feature_cache=False", "--num_epochs=40", "--batch_size=16"]
+    finetune = [sys.executable, os.path.join(ROOT, "finetune_model.py"), *common, "--num_epochs=4",
+                "--batch_size=16"]
     rng = random.Random(3)
     for command in (linear, finetune):
         result = _kill_at_random_moments(command, rng, 2, lambda: _all_files_load(str(out)))

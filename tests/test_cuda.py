@@ -1,7 +1,9 @@
-"""CUDA checks, run by scripts/gpu_check.sh on a GPU machine; skipped where there is no GPU (as in CI).
+"""CUDA checks, run by scripts/gpu_check.sh on a GPU machine;
+skipped where there is no GPU (as in CI).
 
-Each asserts what its name says on the real device: dtypes, memory formats, gradients against fp32, the fp16
-scaler, torch.compile, resuming, the evaluations, and a training augmentation that never waits for the GPU.
+Each asserts what its name says on the real device: dtypes, memory formats, gradients against fp32,
+the fp16 scaler, torch.compile, resuming, the evaluations, and a training augmentation that never
+waits for the GPU.
 """
 import pytest
 import torch
@@ -12,7 +14,8 @@ from make_demo_data import write_eurosat_like
 from runtime import amp_dtype_for, autocast_for, load_checkpoint
 from simsiam_model import SimSiam, negative_cosine_loss
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_check.sh)")
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="needs a CUDA GPU (scripts/gpu_check.sh)")
 CUDA = torch.device("cuda")
 
 
@@ -20,8 +23,9 @@ def _pretrain(tmp_path, *extra):
     images = tmp_path / "images"
     if not images.exists():
         write_images(str(images), 32)
-    return run_script("train_simsiam.py", f"--data_dir={images}", f"--output_dir={tmp_path / 'out'}",
-                      f"--cache_dir={tmp_path / 'cache'}", *TINY_PRETRAIN, "--device=cuda", *extra)
+    return run_script("train_simsiam.py", f"--data_dir={images}",
+                      f"--output_dir={tmp_path / 'out'}", f"--cache_dir={tmp_path / 'cache'}",
+                      *TINY_PRETRAIN, "--device=cuda", *extra)
 
 
 def test_batch_augment_gives_the_same_views_on_cuda_and_cpu():
@@ -62,21 +66,25 @@ def test_mixed_precision_outputs_channels_last_and_gradients_close_to_fp32(amp):
     x2 = torch.randn(32, 3, 64, 64, device="cuda").contiguous(memory_format=torch.channels_last)
     assert model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     activations = []
-    model.backbone.layer1.register_forward_hook(lambda module, inputs, output: activations.append(output))
+    model.backbone.layer1.register_forward_hook(
+        lambda module, inputs, output: activations.append(output))
 
     def gradients(dtype):
         model.zero_grad(set_to_none=True)
         with autocast_for(CUDA, dtype):
             p1, p2, z1, z2 = model(x1, x2)
             loss = negative_cosine_loss(p1.float(), p2.float(), z1.float(), z2.float())
-        (loss * 1024).backward()  # scaled, as fp16 training does, so that small gradients do not flush to zero
-        return p1.dtype, {n: p.grad.float() / 1024 for n, p in model.named_parameters() if p.grad is not None}
+        # scaled, as fp16 training does, so that small gradients do not flush to zero
+        (loss * 1024).backward()
+        return p1.dtype, {n: p.grad.float() / 1024 for n, p in model.named_parameters()
+                          if p.grad is not None}
 
     _, reference = gradients(None)
     dtype = amp_dtype_for(CUDA, amp)[0]
     output_dtype, mixed = gradients(dtype)
     assert output_dtype == dtype  # the predictor really ran in reduced precision
-    assert activations[-1].dtype == dtype and activations[-1].is_contiguous(memory_format=torch.channels_last)
+    assert (activations[-1].dtype == dtype
+            and activations[-1].is_contiguous(memory_format=torch.channels_last))
     for name in ("backbone.conv1.weight", "backbone.layer4.1.conv2.weight", "predictor.0.weight"):
         relative = (mixed[name] - reference[name]).norm() / reference[name].norm()
         assert relative < 0.1, (name, relative.item())
@@ -87,7 +95,8 @@ def test_forced_fp16_trains_with_the_grad_scaler(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "precision: fp16" in result.stdout
     last = load_checkpoint(str(tmp_path / "out" / "checkpoint_last.pth"))
-    assert last["scaler"] and 0 < last["scaler"]["scale"] < float("inf")  # the scaler was enabled and stepped
+    # the scaler was enabled and stepped
+    assert last["scaler"] and 0 < last["scaler"]["scale"] < float("inf")
     assert torch.isfinite(torch.tensor(last["metrics"]["loss"])).all()
 
 
@@ -96,7 +105,8 @@ def test_resume_across_precisions_on_cuda(tmp_path):
         result = _pretrain(tmp_path, f"--num_epochs={epochs}", f"--amp={amp}")
         assert result.returncode == 0, (amp, result.stderr[-3000:])
         assert epochs == 1 or "resuming from" in result.stdout
-    assert load_checkpoint(str(tmp_path / "out" / "pretrain_metrics.pth"))["epochs"] == [1, 2, 3, 4]
+    assert load_checkpoint(
+        str(tmp_path / "out" / "pretrain_metrics.pth"))["epochs"] == [1, 2, 3, 4]
 
 
 def test_compiled_pretraining_step(tmp_path):
@@ -110,8 +120,9 @@ def test_compiled_pretraining_step(tmp_path):
 def test_linear_evaluation_and_fine_tuning_on_cuda(tmp_path):
     eurosat = tmp_path / "EuroSAT"
     write_eurosat_like(str(eurosat), n_per_class=12, size=32)
-    common = [f"--eurosat_dir={eurosat}", f"--output_dir={tmp_path / 'out'}", f"--cache_dir={tmp_path / 'cache'}",
-              "--pretrained_path=random", "--arch=resnet18", "--image_size=32", "--device=cuda"]
+    common = [f"--eurosat_dir={eurosat}", f"--output_dir={tmp_path / 'out'}",
+              f"--cache_dir={tmp_path / 'cache'}", "--pretrained_path=random", "--arch=resnet18",
+              "--image_size=32", "--device=cuda"]
     linear = run_script("Linear_evaluation.py", *common, "--num_epochs=3", "--batch_size=16")
     assert linear.returncode == 0, linear.stderr[-3000:]
     tuned = run_script("finetune_model.py", *common, "--num_epochs=2", "--batch_size=16")

@@ -1,4 +1,5 @@
-"""scripts/unzip_files.sh and scripts/data.sh: safe unpacking, clean failures offline (no network is used)."""
+"""scripts/unzip_files.sh and scripts/data.sh: safe unpacking, clean failures offline
+(no network is used)."""
 import os
 import random
 import struct
@@ -13,8 +14,9 @@ from make_demo_data import write_ssl4eo_zarr
 
 
 def _bash(script, *args, env=None, timeout=120):
-    return subprocess.run(["bash", os.path.join(ROOT, "scripts", script), *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env=dict(os.environ, **(env or {})))
+    return subprocess.run(["bash", os.path.join(ROOT, "scripts", script), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, **(env or {})))
 
 
 def _eurosat_zip(path, jpg, extra=()):
@@ -34,7 +36,8 @@ def _jpg(tmp_path):
 
 
 def _files(folder):
-    return sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs)
+    return sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder)
+                  for f in fs)
 
 
 def test_unzip_strips_2750_refuses_zip_slip_and_reports_corrupt_archives(tmp_path):
@@ -52,14 +55,18 @@ def test_unzip_strips_2750_refuses_zip_slip_and_reports_corrupt_archives(tmp_pat
         z.writestr("2750/../../evil.txt", b"outside")
     whole = (zips / "EuroSAT.zip").read_bytes()
     (zips / "EuroSAT_broken.zip").write_bytes(whole[: len(whole) // 2])
-    write_ssl4eo_zarr(str(zips / "EuroSAT_like.zarr.zip"), n_samples=1, size=8)  # a Zarr zip: never unpacked
+    # a Zarr zip: never unpacked
+    write_ssl4eo_zarr(str(zips / "EuroSAT_like.zarr.zip"), n_samples=1, size=8)
     run = _bash("unzip_files.sh", str(zips), str(dest))
     assert run.returncode != 0
-    assert "EuroSAT_broken.zip" in run.stderr and "EuroSAT_slip.zip" in run.stderr and "zip-slip" in run.stderr
+    assert ("EuroSAT_broken.zip" in run.stderr and "EuroSAT_slip.zip" in run.stderr
+            and "zip-slip" in run.stderr)
     assert "EuroSAT.zip" not in run.stderr.replace("EuroSAT_", "")
-    got = sorted(os.path.relpath(os.path.join(d, f), dest) for d, _, fs in os.walk(dest) for f in fs)
+    got = sorted(os.path.relpath(os.path.join(d, f), dest) for d, _, fs in os.walk(dest)
+                 for f in fs)
     assert got == [".extracted_EuroSAT.zip", "EuroSAT/AnnualCrop/AnnualCrop_1.jpg",
-                   "EuroSAT/AnnualCrop/AnnualCrop_2.jpg", "EuroSAT/Forest/Forest_1.jpg", "EuroSAT/Forest/Forest_2.jpg"]
+                   "EuroSAT/AnnualCrop/AnnualCrop_2.jpg", "EuroSAT/Forest/Forest_1.jpg",
+                   "EuroSAT/Forest/Forest_2.jpg"]
     assert (dest / "EuroSAT/Forest/Forest_2.jpg").read_bytes() == jpg.read_bytes()
     assert not any(p.name == "evil.txt" for p in tmp_path.rglob("*"))
     # a rerun skips what is done and reports the broken ones again
@@ -72,26 +79,33 @@ def test_unzip_strips_2750_refuses_zip_slip_and_reports_corrupt_archives(tmp_pat
 
 def test_data_sh_offline_fails_cleanly_and_leaves_no_complete_file(tmp_path):
     data = tmp_path / "data"
-    env = {"DATA_DIR": str(data), "EXTRACT_DIR": str(tmp_path / "datae"), "SSL4EO_BASE_URL": "http://127.0.0.1:9/",
-           "EUROSAT_URLS": "http://127.0.0.1:9/EuroSAT.zip http://127.0.0.1:9/other/EuroSAT_RGB.zip"}
+    env = {"DATA_DIR": str(data), "EXTRACT_DIR": str(tmp_path / "datae"),
+           "SSL4EO_BASE_URL": "http://127.0.0.1:9/",
+           "EUROSAT_URLS": "http://127.0.0.1:9/EuroSAT.zip "
+                           "http://127.0.0.1:9/other/EuroSAT_RGB.zip"}
     run = _bash("data.sh", env=env)
     assert run.returncode != 0
-    assert "http://127.0.0.1:9/EuroSAT.zip" in run.stderr and "http://127.0.0.1:9/other/EuroSAT_RGB.zip" in run.stderr
+    assert ("http://127.0.0.1:9/EuroSAT.zip" in run.stderr
+            and "http://127.0.0.1:9/other/EuroSAT_RGB.zip" in run.stderr)
     run = _bash("data.sh", "--skip-eurosat", "--count", "2", env=env)
     assert run.returncode != 0
     url = "http://127.0.0.1:9/train/S2L1C/ssl4eos12_train_seasonal_data_000001.zarr.zip"
     assert url in run.stderr
     files = [p for p in data.rglob("*") if p.is_file()]
     assert not [p for p in files if p.name.endswith(".zip")]
-    # a .part that is already complete is verified and renamed even when the host is unreachable; the next stops
+    # a .part that is already complete is verified and renamed even when the host is unreachable;
+    # the next stops
     folder = data / "ssl4eo-s12" / "train" / "S2L1C"
-    write_ssl4eo_zarr(str(folder / "ssl4eos12_train_seasonal_data_000001.zarr.zip.part"), n_samples=1, size=8)
-    (folder / "ssl4eos12_train_seasonal_data_000002.zarr.zip.part").write_bytes(b"PK\x03\x04 half a download")
+    write_ssl4eo_zarr(str(folder / "ssl4eos12_train_seasonal_data_000001.zarr.zip.part"),
+                      n_samples=1, size=8)
+    (folder / "ssl4eos12_train_seasonal_data_000002.zarr.zip.part").write_bytes(
+        b"PK\x03\x04 half a download")
     run = _bash("data.sh", "--skip-eurosat", "--count=2", "--download-only", env=env)
     assert run.returncode != 0 and "seasonal_data_000002.zarr.zip" in run.stderr
     assert (folder / "ssl4eos12_train_seasonal_data_000001.zarr.zip").exists()
     assert not (folder / "ssl4eos12_train_seasonal_data_000002.zarr.zip").exists()
-    assert (folder / "ssl4eos12_train_seasonal_data_000002.zarr.zip.part").exists()  # kept for resuming
+    # kept for resuming
+    assert (folder / "ssl4eos12_train_seasonal_data_000002.zarr.zip.part").exists()
 
 
 def test_unzip_refuses_archive_names_and_target_links_that_leave_extract_dir(tmp_path):
@@ -99,7 +113,8 @@ def test_unzip_refuses_archive_names_and_target_links_that_leave_extract_dir(tmp
     dest = work / "datae"
     zips.mkdir()
     jpg = _jpg(tmp_path)
-    bad = (".zip", "..zip", "...zip")  # would unpack into datae itself, into work/ and into work/ again
+    # would unpack into datae itself, into work/ and into work/ again
+    bad = (".zip", "..zip", "...zip")
     for name in bad + ("EuroSAT.zip",):
         _eurosat_zip(zips / name, jpg)
     run = _bash("unzip_files.sh", str(zips), str(dest), env={"ZIP_PATTERN": "*.zip"})
@@ -130,7 +145,8 @@ def test_unzip_refuses_zip_bombs_by_ratio_and_by_free_space(tmp_path):
     _eurosat_zip(zips / "EuroSAT_bomb.zip", jpg, [zeros])
     with zipfile.ZipFile(zips / "EuroSAT_huge.zip", "w") as z:
         z.writestr("2750/Forest/Forest_1.jpg", jpg.read_bytes())
-        z.filelist[0].file_size = 1 << 50  # the central directory (written at close) declares 1 PiB
+        # the central directory (written at close) declares 1 PiB
+        z.filelist[0].file_size = 1 << 50
     assert (zips / "EuroSAT_bomb.zip").stat().st_size < 50_000
     run = _bash("unzip_files.sh", str(zips), str(dest))
     assert run.returncode != 0 and "Traceback" not in run.stderr
@@ -143,12 +159,14 @@ def test_unzip_refuses_zip_bombs_by_ratio_and_by_free_space(tmp_path):
 
 
 def _declare_size(path, name, size):
-    """Set entry NAME's uncompressed size to SIZE, in its local header and in the central directory."""
+    """Set entry NAME's uncompressed size to SIZE,
+    in its local header and in the central directory."""
     with zipfile.ZipFile(path) as z:
         local, central = z.getinfo(name).header_offset, z.start_dir
     data = bytearray(path.read_bytes())
     struct.pack_into("<L", data, local + 22, size)
-    while data[central:central + 4] == b"PK\x01\x02":  # walk the central directory to NAME's record
+    # walk the central directory to NAME's record
+    while data[central:central + 4] == b"PK\x01\x02":
         n, m, k = struct.unpack_from("<3H", data, central + 28)
         if data[central + 46:central + 46 + n].decode() == name:
             struct.pack_into("<L", data, central + 24, size)
@@ -162,7 +180,8 @@ def test_unzip_stops_an_entry_that_grows_past_its_declared_size(tmp_path):
     zips.mkdir()
     long_data = random.Random(0).randbytes(64 << 10)
     _eurosat_zip(zips / "EuroSAT.zip", _jpg(tmp_path), [("2750/Forest/long.bin", long_data)])
-    _declare_size(zips / "EuroSAT.zip", "2750/Forest/long.bin", 1000)  # declares 1,000 bytes, holds 64 KiB
+    # declares 1,000 bytes, holds 64 KiB
+    _declare_size(zips / "EuroSAT.zip", "2750/Forest/long.bin", 1000)
     run = _bash("unzip_files.sh", str(zips), str(dest))
     assert run.returncode != 0 and "Traceback" not in run.stderr
     assert f"FAILED {zips / 'EuroSAT.zip'}" in run.stderr
@@ -180,7 +199,8 @@ def test_unzip_reports_garbled_compressed_data_without_a_traceback(tmp_path):
     with zipfile.ZipFile(zips / "EuroSAT.zip") as z:
         start = z.getinfo("2750/Forest/x.bin").header_offset + 60
     data = bytearray((zips / "EuroSAT.zip").read_bytes())
-    for k in range(start + 200, start + 260):  # garble the deflate stream: zlib.error, not a bad CRC
+    # garble the deflate stream: zlib.error, not a bad CRC
+    for k in range(start + 200, start + 260):
         data[k] ^= 0x55
     (zips / "EuroSAT.zip").write_bytes(bytes(data))
     run = _bash("unzip_files.sh", str(zips), str(dest))
@@ -200,12 +220,14 @@ def test_unzip_never_writes_through_a_link_at_the_temp_or_final_name(tmp_path):
     outside.write_text("keep me")
     outside2.write_text("keep me too")
     (forest / "Forest_1.jpg.part").symlink_to(outside)  # a leftover or planted temp name
-    (forest / "Forest_2.jpg").symlink_to(outside2)  # a link at the final name: replaced, not written through
+    # a link at the final name: replaced, not written through
+    (forest / "Forest_2.jpg").symlink_to(outside2)
     run = _bash("unzip_files.sh", str(zips), str(dest))
     assert run.returncode == 0, run.stderr
     assert outside.read_text() == "keep me" and outside2.read_text() == "keep me too"
     for name in ("Forest_1.jpg", "Forest_2.jpg"):
-        assert not (forest / name).is_symlink() and (forest / name).read_bytes() == jpg.read_bytes()
+        assert (not (forest / name).is_symlink()
+                and (forest / name).read_bytes() == jpg.read_bytes())
     assert os.readlink(forest / "Forest_1.jpg.part") == str(outside)  # left alone, never opened
 
 
@@ -216,7 +238,8 @@ def test_unzip_zip_dir_or_extract_dir_that_is_a_file_gets_a_message(tmp_path):
     a_file.write_text("not a folder")
     run = _bash("unzip_files.sh", str(zips), str(a_file))
     assert run.returncode != 0 and "Traceback" not in run.stderr
-    assert f"EXTRACT_DIR {a_file} is a file, not a folder" in run.stderr and "EXTRACT_DIR=" in run.stderr
+    assert (f"EXTRACT_DIR {a_file} is a file, not a folder" in run.stderr
+            and "EXTRACT_DIR=" in run.stderr)
     assert a_file.read_text() == "not a folder"
     env = {"ZIP_DIR": str(zips / "EuroSAT.zip"), "EXTRACT_DIR": str(tmp_path / "d")}
     run = _bash("unzip_files.sh", env=env)

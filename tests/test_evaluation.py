@@ -1,9 +1,10 @@
-"""End-to-end tests of Linear_evaluation.py, finetune_model.py and classify_image.py on tiny generated data.
+"""End-to-end tests of Linear_evaluation.py, finetune_model.py and classify_image.py
+on tiny generated data.
 
-A EuroSAT-shaped folder (4 classes, 8 JPEGs per class per split, 32 px, class-dependent colours) and a SimSiam
-pre-training checkpoint (ResNet-18, untrained, saved the way train_simsiam.py saves) are written to a temporary
-folder; the scripts then run as a user runs them (subprocess, CPU). The independent runs start together so the
-whole file takes well under a minute and a half on 2 cores.
+A EuroSAT-shaped folder (4 classes, 8 JPEGs per class per split, 32 px, class-dependent colours)
+and a SimSiam pre-training checkpoint (ResNet-18, untrained, saved the way train_simsiam.py saves)
+are written to a temporary folder; the scripts then run as a user runs them (subprocess, CPU). The
+independent runs start together so the whole file takes well under a minute and a half on 2 cores.
 """
 import csv
 import json
@@ -26,28 +27,32 @@ CLASSES = ["Forest", "Highway", "River", "SeaLake"]
 COLORS = [(40, 110, 40), (140, 140, 130), (70, 100, 150), (20, 40, 110)]
 PER_CLASS_PER_SPLIT = 8
 SIZE = 32
-METRIC_KEYS = {"kind", "config", "versions", "seed", "pretrained_path", "arch", "image_size", "class_names", "epochs",
-               "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "best_epoch", "best_val_acc",
-               "test_acc", "test_loss", "per_class_acc", "confusion_matrix", "test_predictions", "test_files", "knn",
+METRIC_KEYS = {"kind", "config", "versions", "seed", "pretrained_path", "arch", "image_size",
+               "class_names", "epochs", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
+               "epoch_time_s", "best_epoch", "best_val_acc", "test_acc", "test_loss",
+               "per_class_acc", "confusion_matrix", "test_predictions", "test_files", "knn",
                "wall_time_s", "best_model_path", "device"}
 EPOCHS = 3
 
 
 def make_eurosat(root):
-    """Class folders of JPEGs plus train/validation/test.csv and label_map.json in the real format."""
+    """Class folders of JPEGs plus train/validation/test.csv and label_map.json
+    in the real format."""
     rng = np.random.default_rng(0)
     rows = {"train": [], "validation": [], "test": []}
     for label, (name, color) in enumerate(zip(CLASSES, COLORS)):
         os.makedirs(os.path.join(root, name))
         for i in range(3 * PER_CLASS_PER_SPLIT):
-            pixels = np.clip(np.array(color) + rng.normal(0, 30, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
+            pixels = np.clip(np.array(color) + rng.normal(0, 30, (SIZE, SIZE, 3)),
+                             0, 255).astype(np.uint8)
             filename = f"{name}/{name}_{i + 1}.jpg"
             Image.fromarray(pixels).save(os.path.join(root, filename))
             rows[("train", "validation", "test")[i % 3]].append((filename, label, name))
     for split, split_rows in rows.items():
         with open(os.path.join(root, f"{split}.csv"), "w") as f:
             f.write(",Filename,Label,ClassName\n")
-            f.writelines(f"{i},{filename},{label},{name}\n" for i, (filename, label, name) in enumerate(split_rows))
+            f.writelines(f"{i},{filename},{label},{name}\n"
+                         for i, (filename, label, name) in enumerate(split_rows))
     with open(os.path.join(root, "label_map.json"), "w") as f:
         json.dump({name: i for i, name in enumerate(CLASSES)}, f)
 
@@ -56,8 +61,8 @@ def make_pretrain_checkpoint(path):
     """An untrained SimSiam saved as train_simsiam.py saves simsiam_<arch>_epoch_X.pth."""
     torch.manual_seed(0)
     model = SimSiam("resnet18", dim=64, pred_dim=16)
-    config = {"ARCH": "resnet18", "IN_CHANNELS": 3, "SMALL_STEM": False, "IMAGE_SIZE": SIZE, "PROJ_DIM": 64,
-              "PRED_DIM": 16, "BATCH_SIZE": 8, "SEED": 0}
+    config = {"ARCH": "resnet18", "IN_CHANNELS": 3, "SMALL_STEM": False, "IMAGE_SIZE": SIZE,
+              "PROJ_DIM": 64, "PRED_DIM": 16, "BATCH_SIZE": 8, "SEED": 0}
     torch.save({"kind": PRETRAIN_KIND, "arch": "resnet18", "config": config, "epoch": 1,
                 "model": model.state_dict()}, path)
 
@@ -74,15 +79,17 @@ class CodeRunner:
 
 def start(script, *args):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, os.path.join(REPO, script), *map(str, args)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, os.path.join(REPO, script), *map(str, args)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
 
 
 def finish(processes):
     results = {}
     for name, process in processes.items():
         stdout, stderr = process.communicate(timeout=300)
-        results[name] = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+        results[name] = subprocess.CompletedProcess(process.args, process.returncode, stdout,
+                                                    stderr)
     return results
 
 
@@ -110,58 +117,73 @@ def runs(tmp_path_factory):
     (no_csv / "label_map.json").write_text((eurosat / "label_map.json").read_text())
 
     def train_args(name):  # one cache folder per run: the runs below start at the same time
-        return [f"--eurosat_dir={eurosat}", f"--cache_dir={tmp / 'cache' / name}", f"--output_dir={out[name]}",
-                "--batch_size=8"]
+        return [f"--eurosat_dir={eurosat}", f"--cache_dir={tmp / 'cache' / name}",
+                f"--output_dir={out[name]}", "--batch_size=8"]
 
     processes = {
         "cached": start("Linear_evaluation.py", *train_args("cached"), f"--num_epochs={EPOCHS}"),
-        "on_the_fly": start("Linear_evaluation.py", *train_args("on_the_fly"), f"--num_epochs={EPOCHS}",
-                            "--feature_cache=False"),
-        "random": start("Linear_evaluation.py", *train_args("random"), "--num_epochs=2", "--pretrained_path=random",
-                        "--arch=resnet18", f"--image_size={SIZE}"),
+        "on_the_fly": start("Linear_evaluation.py", *train_args("on_the_fly"),
+                            f"--num_epochs={EPOCHS}", "--feature_cache=False"),
+        "random": start("Linear_evaluation.py", *train_args("random"), "--num_epochs=2",
+                        "--pretrained_path=random", "--arch=resnet18", f"--image_size={SIZE}"),
         "finetune": start("finetune_model.py", *train_args("finetune"), "--num_epochs=2"),
-        "not_checkpoint": start("classify_image.py", eurosat / "Forest/Forest_1.jpg", f"--model_path={not_checkpoint}"),
-        "pretrain_checkpoint": start("classify_image.py", eurosat / "Forest/Forest_1.jpg", f"--model_path={pretrain}"),
+        "not_checkpoint": start("classify_image.py", eurosat / "Forest/Forest_1.jpg",
+                                f"--model_path={not_checkpoint}"),
+        "pretrain_checkpoint": start("classify_image.py", eurosat / "Forest/Forest_1.jpg",
+                                     f"--model_path={pretrain}"),
         "missing_checkpoint": start("classify_image.py", eurosat / "Forest/Forest_1.jpg",
                                     f"--model_path={tmp / 'nowhere.pth'}"),
-        "malicious": start("classify_image.py", eurosat / "Forest/Forest_1.jpg", f"--model_path={malicious}"),
-        # the failing runs use output folders of their own: a folder in use by another run is refused
+        "malicious": start("classify_image.py", eurosat / "Forest/Forest_1.jpg",
+                           f"--model_path={malicious}"),
+        # the failing runs use output folders of their own:
+        # a folder in use by another run is refused
         "missing_data": start("Linear_evaluation.py", f"--eurosat_dir={tmp / 'no_such_folder'}",
-                              f"--output_dir={tmp / 'failing_1'}", f"--pretrained_path={pretrain}"),
-        "unreadable_image": start("Linear_evaluation.py", f"--eurosat_dir={broken}", f"--output_dir={tmp / 'failing_2'}",
-                                  f"--cache_dir={tmp / 'cache' / 'broken'}", f"--pretrained_path={pretrain}"),
-        "missing_csv": start("finetune_model.py", f"--eurosat_dir={no_csv}", f"--output_dir={tmp / 'failing_3'}",
-                             f"--cache_dir={tmp / 'cache' / 'unused'}", f"--pretrained_path={pretrain}"),
+                              f"--output_dir={tmp / 'failing_1'}",
+                              f"--pretrained_path={pretrain}"),
+        "unreadable_image": start("Linear_evaluation.py", f"--eurosat_dir={broken}",
+                                  f"--output_dir={tmp / 'failing_2'}",
+                                  f"--cache_dir={tmp / 'cache' / 'broken'}",
+                                  f"--pretrained_path={pretrain}"),
+        "missing_csv": start("finetune_model.py", f"--eurosat_dir={no_csv}",
+                             f"--output_dir={tmp / 'failing_3'}",
+                             f"--cache_dir={tmp / 'cache' / 'unused'}",
+                             f"--pretrained_path={pretrain}"),
     }
     results = finish(processes)
-    # classification needs the trained classifiers: odd image modes in a folder, plus one unreadable file
+    # classification needs the trained classifiers:
+    # odd image modes in a folder, plus one unreadable file
     images = tmp / "to_classify"
     (images / "nested").mkdir(parents=True)
     rgb = np.asarray(Image.open(eurosat / "River/River_1.jpg"))
     Image.fromarray(rgb).convert("RGBA").save(images / "rgba.png")
     Image.fromarray(rgb).convert("L").save(images / "nested/gray.png")
-    Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(images / "nested/deep.png")  # mode I;16
+    # mode I;16
+    Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(images / "nested/deep.png")
     Image.fromarray(rgb).convert("P").save(images / "palette.png")
     (images / "nested/broken.jpg").write_bytes(b"\xff\xd8 this is not really a JPEG")
     predictions_csv = tmp / "predictions.csv"
     results.update(finish({
-        "classify_one": start("classify_image.py", eurosat / "SeaLake/SeaLake_3.jpg",
-                              f"--model_path={out['finetune'] / 'finetuned_eurosat_best_model.pth'}"),
-        "classify_folder": start("classify_image.py", images, f"--output_csv={predictions_csv}",
-                                 f"--model_path={out['cached'] / 'linear_eval_eurosat_best_model.pth'}"),
+        "classify_one": start(
+            "classify_image.py", eurosat / "SeaLake/SeaLake_3.jpg",
+            f"--model_path={out['finetune'] / 'finetuned_eurosat_best_model.pth'}"),
+        "classify_folder": start(
+            "classify_image.py", images, f"--output_csv={predictions_csv}",
+            f"--model_path={out['cached'] / 'linear_eval_eurosat_best_model.pth'}"),
     }))
-    paths = {"eurosat": eurosat, "out": out, "pretrain": pretrain, "marker": marker, "csv": predictions_csv,
-             "images": images}
+    paths = {"eurosat": eurosat, "out": out, "pretrain": pretrain, "marker": marker,
+             "csv": predictions_csv, "images": images}
     return results, paths
 
 
 def check_ok(result):
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert result.returncode == 0, (
+        f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
     assert "Traceback" not in result.stderr
 
 
 def check_clean_error(result, *phrases):
-    assert result.returncode == 1, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert result.returncode == 1, (
+        f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
     assert "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith("error: ") or "\nerror: " in result.stderr, result.stderr
     for phrase in phrases:
@@ -181,31 +203,40 @@ def check_metrics(metrics, kind, epochs, eurosat):
         assert len(metrics[key]) == epochs and all(np.isfinite(metrics[key])), key
     for key in ("train_acc", "val_acc"):
         assert all(0 <= value <= 100 for value in metrics[key])
-    assert metrics["lr"][0] > 0 and metrics["lr"] == sorted(metrics["lr"], reverse=True)  # cosine decay
+    # cosine decay
+    assert metrics["lr"][0] > 0 and metrics["lr"] == sorted(metrics["lr"], reverse=True)
     val_acc = metrics["val_acc"]
-    assert metrics["best_epoch"] == val_acc.index(max(val_acc)) + 1 and metrics["best_val_acc"] == max(val_acc)
+    assert (metrics["best_epoch"] == val_acc.index(max(val_acc)) + 1
+            and metrics["best_val_acc"] == max(val_acc))
     num_test = PER_CLASS_PER_SPLIT * len(CLASSES)
     assert 0 <= metrics["test_acc"] <= 100 and np.isfinite(metrics["test_loss"])
     confusion = np.array(metrics["confusion_matrix"])
-    assert confusion.shape == (4, 4) and confusion.sum() == num_test and (confusion.sum(1) == PER_CLASS_PER_SPLIT).all()
+    assert (confusion.shape == (4, 4) and confusion.sum() == num_test
+            and (confusion.sum(1) == PER_CLASS_PER_SPLIT).all())
     assert np.isclose(np.trace(confusion) / num_test * 100, metrics["test_acc"])
     assert list(metrics["per_class_acc"]) == CLASSES
-    assert len(metrics["test_predictions"]) == num_test and set(metrics["test_predictions"]) <= {0, 1, 2, 3}
-    test_paths, _, _ = data.read_eurosat_split(eurosat, eurosat / "test.csv", eurosat / "label_map.json")
+    assert (len(metrics["test_predictions"]) == num_test
+            and set(metrics["test_predictions"]) <= {0, 1, 2, 3})
+    test_paths, _, _ = data.read_eurosat_split(eurosat, eurosat / "test.csv",
+                                               eurosat / "label_map.json")
     assert metrics["test_files"] == test_paths
-    assert metrics["wall_time_s"] > 0 and metrics["image_size"] == SIZE and metrics["arch"] == "resnet18"
-    assert metrics["config"]["IMAGE_SIZE"] == SIZE and metrics["versions"]["torch"] == torch.__version__
+    assert (metrics["wall_time_s"] > 0 and metrics["image_size"] == SIZE
+            and metrics["arch"] == "resnet18")
+    assert (metrics["config"]["IMAGE_SIZE"] == SIZE
+            and metrics["versions"]["torch"] == torch.__version__)
 
 
 def predict_files(model_path, paths):
     """Predictions of a saved classifier on image files, through the PIL evaluation transform."""
     model, checkpoint, model_config = classifier_from_checkpoint(model_path)
-    transform = data.eval_transform(model_config["image_size"], checkpoint["mean"], checkpoint["std"])
+    transform = data.eval_transform(model_config["image_size"], checkpoint["mean"],
+                                    checkpoint["std"])
     with torch.no_grad():
-        return model.eval()(torch.stack([transform(data.open_rgb(p)) for p in paths])).argmax(1).tolist()
+        return model.eval()(
+            torch.stack([transform(data.open_rgb(p)) for p in paths])).argmax(1).tolist()
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # Linear_evaluation.py
 
 def test_linear_eval_metrics_best_model_and_frozen_backbone(runs):
@@ -214,9 +245,11 @@ def test_linear_eval_metrics_best_model_and_frozen_backbone(runs):
     out = paths["out"]["cached"]
     metrics = load(out / "linear_eval_metrics.pth")
     check_metrics(metrics, "linear_eval_metrics", EPOCHS, paths["eurosat"])
-    assert set(metrics["knn"]) == {"k20", "k200"} and all(0 <= v <= 100 for v in metrics["knn"].values())
+    assert (set(metrics["knn"]) == {"k20", "k200"}
+            and all(0 <= v <= 100 for v in metrics["knn"].values()))
     assert metrics["config"]["KNN_TEMPERATURE"] == 0.2
-    assert metrics["pretrained_path"] == str(paths["pretrain"])  # found as the newest checkpoint in OUTPUT_DIR
+    # found as the newest checkpoint in OUTPUT_DIR
+    assert metrics["pretrained_path"] == str(paths["pretrain"])
     assert metrics["test_acc"] > 50  # colours separate the classes; chance is 25%
     assert "frozen backbone unchanged" in results["cached"].stdout
     assert f"epoch {EPOCHS}/{EPOCHS} train loss" in results["cached"].stdout
@@ -231,7 +264,8 @@ def test_linear_eval_metrics_best_model_and_frozen_backbone(runs):
                   if k.startswith("backbone.")}
     assert set(best["backbone"]) == set(pretrained)
     assert all(torch.equal(best["backbone"][k], v) for k, v in pretrained.items())
-    # the saved head has the feature standardisation folded in: on raw images it reproduces the test predictions
+    # the saved head has the feature standardisation folded in:
+    # on raw images it reproduces the test predictions
     assert predict_files(best_path, metrics["test_files"]) == metrics["test_predictions"]
 
 
@@ -252,15 +286,16 @@ def test_random_baseline_writes_random_files(runs):
     results, paths = runs
     check_ok(results["random"])
     out = paths["out"]["random"]
-    assert sorted(p.name for p in out.glob("*.pth")) == ["linear_eval_eurosat_best_model_random.pth",
-                                                         "linear_eval_metrics_random.pth"]
+    assert sorted(p.name for p in out.glob("*.pth")) == [
+        "linear_eval_eurosat_best_model_random.pth", "linear_eval_metrics_random.pth"]
     assert "_random" in results["random"].stdout
     metrics = load(out / "linear_eval_metrics_random.pth")
     check_metrics(metrics, "linear_eval_metrics", 2, paths["eurosat"])
     assert metrics["pretrained_path"] == "random"
-    model, checkpoint, model_config = classifier_from_checkpoint(out / "linear_eval_eurosat_best_model_random.pth")
-    assert model_config == {"arch": "resnet18", "in_channels": 3, "small_stem": False, "stem_stride": 1,
-                            "image_size": SIZE}
+    model, checkpoint, model_config = classifier_from_checkpoint(
+        out / "linear_eval_eurosat_best_model_random.pth")
+    assert model_config == {"arch": "resnet18", "in_channels": 3, "small_stem": False,
+                            "stem_stride": 1, "image_size": SIZE}
 
 
 def test_fold_standardization_is_exact():
@@ -270,16 +305,18 @@ def test_fold_standardization_is_exact():
     features = torch.randn(64, 16) * torch.rand(16) * 10 + torch.randn(16) * 3
     mean, std = features.mean(0), features.std(0)
     folded = Linear_evaluation.fold_standardization(head, mean, std)
-    torch.testing.assert_close(folded(features), head((features - mean) / std), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(folded(features), head((features - mean) / std), rtol=1e-4,
+                               atol=1e-4)
 
 
 def test_newest_pretrained_checkpoint_is_the_highest_epoch(tmp_path):
     from simsiam_model import newest_pretrained
-    for name in ("simsiam_resnet18_epoch_2.pth", "simsiam_resnet18_epoch_10.pth", "checkpoint_last.pth",
-                 "simsiam_resnet50_epoch_9.pth", "linear_eval_metrics.pth"):
+    for name in ("simsiam_resnet18_epoch_2.pth", "simsiam_resnet18_epoch_10.pth",
+                 "checkpoint_last.pth", "simsiam_resnet50_epoch_9.pth", "linear_eval_metrics.pth"):
         (tmp_path / name).write_bytes(b"")
     assert newest_pretrained(str(tmp_path)) == str(tmp_path / "simsiam_resnet18_epoch_10.pth")
-    (tmp_path / "simsiam_resnet34_epoch_10.pth").write_bytes(b"")  # same epoch: the newer file wins
+    # same epoch: the newer file wins
+    (tmp_path / "simsiam_resnet34_epoch_10.pth").write_bytes(b"")
     os.utime(tmp_path / "simsiam_resnet18_epoch_10.pth", (1e9, 1e9))
     assert newest_pretrained(str(tmp_path)) == str(tmp_path / "simsiam_resnet34_epoch_10.pth")
     assert newest_pretrained(str(tmp_path / "missing")) is None
@@ -287,13 +324,13 @@ def test_newest_pretrained_checkpoint_is_the_highest_epoch(tmp_path):
 
 def test_missing_or_broken_data_is_a_clear_error(runs):
     results, _ = runs
-    check_clean_error(results["missing_data"], "no_such_folder", "make_dataset.py --mode=eurosat_splits",
-                      "scripts/data.sh")
+    check_clean_error(results["missing_data"], "no_such_folder",
+                      "make_dataset.py --mode=eurosat_splits", "scripts/data.sh")
     check_clean_error(results["missing_csv"], "train.csv", "make_dataset.py --mode=eurosat_splits")
     check_clean_error(results["unreadable_image"], "unreadable", "River_3.jpg")
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # finetune_model.py
 
 def test_finetune_writes_metrics_and_best_model(runs):
@@ -312,7 +349,7 @@ def test_finetune_writes_metrics_and_best_model(runs):
     assert predictions == metrics["test_predictions"]
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # classify_image.py
 
 def test_classify_one_image(runs):
@@ -328,22 +365,26 @@ def test_classify_folder_writes_csv_and_converts_modes(runs):
     results, paths = runs
     result = results["classify_folder"]
     check_ok(result)
-    for name, mode in (("rgba.png", "RGBA"), ("gray.png", "L"), ("deep.png", "I;16"), ("palette.png", "P")):
+    for name, mode in (("rgba.png", "RGBA"), ("gray.png", "L"), ("deep.png", "I;16"),
+                       ("palette.png", "P")):
         assert any(name in line and f"mode {mode} " in line and "converted to RGB" in line
                    for line in result.stdout.splitlines()), (name, result.stdout)
     assert "broken.jpg" in result.stdout + result.stderr and "1 unreadable" in result.stdout
     with open(paths["csv"], newline="") as f:
         rows = list(csv.DictReader(f))
-    expected = [str(paths["images"] / name) for name in ("nested/deep.png", "nested/gray.png", "palette.png",
-                                                          "rgba.png")]
-    assert [row["path"] for row in rows] == expected  # recursive, sorted, the unreadable one skipped
+    expected = [str(paths["images"] / name)
+                for name in ("nested/deep.png", "nested/gray.png", "palette.png", "rgba.png")]
+    # recursive, sorted, the unreadable one skipped
+    assert [row["path"] for row in rows] == expected
     for row in rows:
         assert row["predicted_class"] in CLASSES and 0 < float(row["confidence"]) <= 1
         assert abs(sum(float(row[f"prob_{name}"]) for name in CLASSES) - 1) < 1e-3
     with open(paths["csv"].with_suffix(".json")) as f:
         info = json.load(f)
-    assert info["classified"] == 4 and info["unreadable"] == [str(paths["images"] / "nested/broken.jpg")]
-    assert info["config"]["OUTPUT_CSV"] == str(paths["csv"]) and info["model"]["arch"] == "resnet18"
+    assert (info["classified"] == 4
+            and info["unreadable"] == [str(paths["images"] / "nested/broken.jpg")])
+    assert (info["config"]["OUTPUT_CSV"] == str(paths["csv"])
+            and info["model"]["arch"] == "resnet18")
 
 
 def test_classify_rejects_bad_checkpoints_cleanly(runs):

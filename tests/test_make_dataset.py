@@ -1,8 +1,9 @@
 """make_dataset.py and scripts/make_demo_data.py on tiny generated files.
 
-The SSL4EO-S12 v1.1 files are written here in Zarr format 2 as ../shared/docs/ssl4eo-s12-v1.1.md describes them
-(int16 DN with the +1000 offset, named bands, fixed-width or variable-length string coordinates, consolidated
-metadata, inside a zip or as a folder). CPU only, well under a minute on 2 cores.
+The SSL4EO-S12 v1.1 files are written here in Zarr format 2 as ../shared/docs/ssl4eo-s12-v1.1.md
+describes them (int16 DN with the +1000 offset, named bands, fixed-width or variable-length string
+coordinates, consolidated metadata, inside a zip or as a folder). CPU only, well under a minute on
+2 cores.
 """
 import csv
 import json
@@ -26,16 +27,18 @@ import runtime  # noqa: E402
 from make_demo_data import BAND_NAMES, EUROSAT_CLASSES, write_ssl4eo_zarr  # noqa: E402
 
 L1C = BAND_NAMES["S2L1C"]
-# DN -> expected 8-bit value with the default stretch: floor(clip((DN - 1000) / 10000 / 0.3, 0, 1) * 255 + 0.5)
-KNOWN = {500: 0, 1000: 0, 1006: 1, 1012: 1, 1018: 2, 1600: 51, 2200: 102, 2800: 153, 2999: 170, 3400: 204,
-         4000: 255, 20000: 255, 32767: 255, -5: 0}
+# DN -> expected 8-bit value with the default stretch:
+# floor(clip((DN - 1000) / 10000 / 0.3, 0, 1) * 255 + 0.5)
+KNOWN = {500: 0, 1000: 0, 1006: 1, 1012: 1, 1018: 2, 1600: 51, 2200: 102, 2800: 153, 2999: 170,
+         3400: 204, 4000: 255, 20000: 255, 32767: 255, -5: 0}
 
 
 def convert(input_dir, tmp_path, capsys=None, **overrides):
-    """Run the ssl4eo mode in this process (NUM_PROCESSES=1); return (status, printed text, output dir).
+    """Run the ssl4eo mode in this process (NUM_PROCESSES=1);
+    return (status, printed text, output dir).
 
-    The constants are set on the module, as configure() does, and put back afterwards; a DataError (what
-    run(main) turns into `error: ...` and exit status 1) becomes status 1."""
+    The constants are set on the module, as configure() does, and put back afterwards; a DataError
+    (what run(main) turns into `error: ...` and exit status 1) becomes status 1."""
     settings = dict(INPUT_DIR=str(input_dir), OUTPUT_DIR=str(tmp_path / "png"),
                     MANIFEST=str(tmp_path / "manifest.csv"), NUM_PROCESSES=1)
     settings.update({k.upper(): v for k, v in overrides.items()})
@@ -51,7 +54,8 @@ def convert(input_dir, tmp_path, capsys=None, **overrides):
     finally:
         for k, v in saved.items():
             setattr(md, k, v)
-        for handle in runtime._held_locks:  # the OUTPUT_DIR lock, which a real run holds until it exits
+        # the OUTPUT_DIR lock, which a real run holds until it exits
+        for handle in runtime._held_locks:
             handle.close()
         runtime._held_locks.clear()
     text = ""
@@ -74,7 +78,8 @@ def summary(text):
     """The numbers of the final `done:` line."""
     line = [l for l in text.splitlines() if l.startswith("done:")][-1]
     words = line.replace(",", "").replace("(", "").split()
-    return {"written": int(words[words.index("written") - 1]), "existing": int(words[words.index("skipped") - 1]),
+    return {"written": int(words[words.index("written") - 1]),
+            "existing": int(words[words.index("skipped") - 1]),
             "failed": int(words[words.index("failed)") - 1]),
             "cloudy": int(line.split(" skipped (cloudy)")[0].split()[-1]),
             "no_data": int(line.split(" skipped (no data)")[0].split()[-1])}
@@ -86,14 +91,16 @@ def summary(text):
 def test_stretch_of_known_values_is_exact(tmp_path, capsys):
     dns = np.array(list(KNOWN), np.int16)
     size = 4
-    bands = np.full((2, 4, 13, size, size), 7777, np.int16)  # other bands hold a value that must not show up
+    # other bands hold a value that must not show up
+    bands = np.full((2, 4, 13, size, size), 7777, np.int16)
     grid = np.resize(dns, size * size).reshape(size, size)
     for c, name in enumerate(["B04", "B03", "B02"]):
         bands[:, :, L1C.index(name)] = np.roll(grid, c, axis=1)  # different values per channel
     bands[1, 2, L1C.index("B03"), 0, 0] = 0  # no-data in a single band blacks out the whole pixel
     src = tmp_path / "in"
     src.mkdir()
-    write_ssl4eo_zarr(str(src / "f_000001.zarr.zip"), bands=bands, sample_ids=["0080717", "0060573"])
+    write_ssl4eo_zarr(str(src / "f_000001.zarr.zip"), bands=bands,
+                      sample_ids=["0080717", "0060573"])
     status, text, out = convert(src, tmp_path, capsys)
     assert status == 0, text
     expected = np.vectorize(KNOWN.get)(grid)
@@ -117,7 +124,8 @@ def test_no_data_and_saturation_never_wrap():
     assert (wide == 255).all()
 
 
-def test_bands_are_selected_by_name_with_shuffled_order_and_variable_length_strings(tmp_path, capsys):
+def test_bands_are_selected_by_name_with_shuffled_order_and_variable_length_strings(tmp_path,
+                                                                                     capsys):
     order = list(np.random.default_rng(3).permutation(L1C))
     assert order.index("B04") != L1C.index("B04")
     size = 6
@@ -140,18 +148,20 @@ def test_s2rgb_is_taken_as_is(tmp_path, capsys):
     src = tmp_path / "in"
     src.mkdir()
     # stored blue, green, red: the reader must still put B04 first
-    write_ssl4eo_zarr(str(src / "rgb.zarr.zip"), modality="S2RGB", bands=bands, band_order=["B02", "B03", "B04"],
-                      sample_ids=["0000007"])
+    write_ssl4eo_zarr(str(src / "rgb.zarr.zip"), modality="S2RGB", bands=bands,
+                      band_order=["B02", "B03", "B04"], sample_ids=["0000007"])
     status, text, out = convert(src, tmp_path, capsys)
     assert status == 0, text
     for t in range(4):
-        np.testing.assert_array_equal(png(out, "rgb", "0000007", t), bands[0, t, ::-1].transpose(1, 2, 0))
+        np.testing.assert_array_equal(png(out, "rgb", "0000007", t),
+                                      bands[0, t, ::-1].transpose(1, 2, 0))
 
 
 def test_seasons_and_output_size(tmp_path, capsys):
     src = tmp_path / "in"
     src.mkdir()
-    write_ssl4eo_zarr(str(src / "s.zarr.zip"), n_samples=2, size=40, sample_ids=["0000001", "0000002"])
+    write_ssl4eo_zarr(str(src / "s.zarr.zip"), n_samples=2, size=40,
+                      sample_ids=["0000001", "0000002"])
     status, text, out = convert(src, tmp_path, capsys, seasons="0,2", output_size=24)
     assert status == 0, text
     assert pngs_in(out) == [f"s_{s}_{t}.png" for s in ("0000001", "0000002") for t in (0, 2)]
@@ -174,9 +184,11 @@ def test_manifest_and_cloud_filter(tmp_path, capsys):
     status, text, out = convert(src, tmp_path, capsys, max_cloud_fraction=0.5)
     assert status == 0, text
     counts = summary(text)
-    assert counts["cloudy"] == 3 and counts["written"] == 9  # 0.75, 1.0 and 0.9 are above 0.5; 0.5 is kept
+    # 0.75, 1.0 and 0.9 are above 0.5; 0.5 is kept
+    assert counts["cloudy"] == 3 and counts["written"] == 9
     rows = list(csv.DictReader(open(tmp_path / "manifest.csv")))
-    assert list(rows[0]) == ["png", "source_file", "sample", "time", "center_lat", "center_lon", "cloud_fraction"]
+    assert list(rows[0]) == ["png", "source_file", "sample", "time", "center_lat", "center_lon",
+                             "cloud_fraction"]
     assert len(rows) == 9 and sorted(r["png"] for r in rows) == pngs_in(out)
     store = zarr.storage.ZipStore(str(src / "c.zarr.zip"), mode="r")
     lat = zarr.open_group(store, mode="r")["center_lat"][:]
@@ -202,8 +214,8 @@ def test_rerun_skips_existing_and_resumes_after_a_kill(tmp_path, capsys):
     victim = sorted(before)[5]
     reference = (out / victim).read_bytes()
     os.remove(out / victim)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
     stale = out / f".{victim}.tmp{dead}"  # what a killed run leaves behind
     stale.write_bytes(b"half a png")
     status, text, out = convert(src, tmp_path, capsys)
@@ -224,7 +236,8 @@ def _write_four_dim_bands(path):
     a = g.create_array("bands", shape=(1, 13, 8, 8), dtype="int16",
                        attributes={"_ARRAY_DIMENSIONS": ["sample", "band", "y", "x"]})
     a[...] = 1500
-    b = g.create_array("band", shape=(13,), dtype="<U3", attributes={"_ARRAY_DIMENSIONS": ["band"]})
+    b = g.create_array("band", shape=(13,), dtype="<U3",
+                       attributes={"_ARRAY_DIMENSIONS": ["band"]})
     b[...] = np.array(L1C)
     zarr.consolidate_metadata(str(path))
 
@@ -236,7 +249,8 @@ def test_bad_files_are_named_and_skipped_while_others_convert(tmp_path, capsys):
     write_ssl4eo_zarr(str(tmp_path / "whole.zarr.zip"), n_samples=1, size=16)
     data = (tmp_path / "whole.zarr.zip").read_bytes()
     (src / "truncated.zarr.zip").write_bytes(data[: len(data) // 2])
-    write_ssl4eo_zarr(str(src / "nobands.zarr"), n_samples=1, size=16, as_zip=False, drop=["bands"])
+    write_ssl4eo_zarr(str(src / "nobands.zarr"), n_samples=1, size=16, as_zip=False,
+                      drop=["bands"])
     write_ssl4eo_zarr(str(src / "nob04.zarr.zip"), n_samples=1, size=16, drop_bands=["B04"])
     _write_four_dim_bands(src / "fourdims.zarr")
     status, text, out = convert(src, tmp_path, capsys)
@@ -254,8 +268,9 @@ def test_bad_files_are_named_and_skipped_while_others_convert(tmp_path, capsys):
 
 def test_exit_status_when_nothing_can_be_converted(tmp_path, capsys):
     missing = tmp_path / "nowhere"
-    run = subprocess.run([sys.executable, "make_dataset.py", f"--input_dir={missing}", f"--output_dir={tmp_path / 'o'}",
-                          f"--manifest={tmp_path / 'm.csv'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    run = subprocess.run([sys.executable, "make_dataset.py", f"--input_dir={missing}",
+                          f"--output_dir={tmp_path / 'o'}", f"--manifest={tmp_path / 'm.csv'}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode != 0
     assert str(missing) in run.stderr and "scripts/data.sh" in run.stderr
     bad = tmp_path / "bad"
@@ -273,8 +288,9 @@ def test_two_processes_give_the_same_pngs_as_one(tmp_path, capsys):
     status, text, out1 = convert(src, tmp_path, capsys)
     assert status == 0 and summary(text)["written"] == 24
     out2 = tmp_path / "out2"
-    run = subprocess.run([sys.executable, "make_dataset.py", f"--input_dir={src}", f"--output_dir={out2}",
-                          f"--manifest={tmp_path / 'm2.csv'}", "--num_processes=2"], cwd=ROOT,
+    run = subprocess.run([sys.executable, "make_dataset.py", f"--input_dir={src}",
+                          f"--output_dir={out2}", f"--manifest={tmp_path / 'm2.csv'}",
+                          "--num_processes=2"], cwd=ROOT,
                          capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr
     assert "with 2 process(es)" in run.stdout and "24 written" in run.stdout
@@ -289,15 +305,17 @@ def test_generated_file_follows_the_spec(tmp_path):
     path = tmp_path / "spec.zarr.zip"
     write_ssl4eo_zarr(str(path), n_samples=2, size=16)
     names = zipfile.ZipFile(path).namelist()
-    assert ".zmetadata" in names and ".zgroup" in names and "bands/.zarray" in names  # plain v2 layout at the root
+    # plain v2 layout at the root
+    assert ".zmetadata" in names and ".zgroup" in names and "bands/.zarray" in names
     store = zarr.storage.ZipStore(str(path), mode="r")
     g = zarr.open_group(store, mode="r")
     assert g.metadata.zarr_format == 2
     bands = g["bands"]
-    assert bands.dtype == np.int16 and bands.shape == (2, 4, 13, 16, 16) and bands.chunks == (1, 1, 13, 16, 16)
+    assert (bands.dtype == np.int16 and bands.shape == (2, 4, 13, 16, 16)
+            and bands.chunks == (1, 1, 13, 16, 16))
     assert md.strings(g["band"][:]) == L1C
-    for name in ("bands", "band", "sample", "time", "x", "y", "center_lat", "center_lon", "crs", "cloud_mask",
-                 "file_id", "sample_id", "time_", "x_", "y_"):
+    for name in ("bands", "band", "sample", "time", "x", "y", "center_lat", "center_lon", "crs",
+                 "cloud_mask", "file_id", "sample_id", "time_", "x_", "y_"):
         assert "_ARRAY_DIMENSIONS" in g[name].attrs, name
     assert str(np.asarray(g["sample_id"][:])[1, 3]) == md.strings(g["sample"][:])[1] + "_3"
     valid = bands[:][bands[:] > 0]
@@ -312,12 +330,13 @@ def test_sample_ids_with_path_parts_are_refused(tmp_path, capsys):
     src, out = tmp_path / "in", tmp_path / "png"
     src.mkdir()
     write_ssl4eo_zarr(str(src / "good.zarr.zip"), n_samples=1, size=8, sample_ids=["0000001"])
-    bad = {"esc": "../../../escaped", "slash": "a/b", "absolute": "/tmp/x", "backslash": "a\\b", "empty": "",
-           "nul": "a\x00b", "dots": "..", "hidden": ".x"}
+    bad = {"esc": "../../../escaped", "slash": "a/b", "absolute": "/tmp/x", "backslash": "a\\b",
+           "empty": "", "nul": "a\x00b", "dots": "..", "hidden": ".x"}
     for stem, sample in bad.items():
-        write_ssl4eo_zarr(str(src / f"{stem}.zarr.zip"), n_samples=2, size=8, sample_ids=["0000002", sample],
-                          variable_length_strings=stem == "nul")
-    (out / "esc_..").mkdir(parents=True)  # with it, the unchecked name esc_../../../escaped_0.png escaped
+        write_ssl4eo_zarr(str(src / f"{stem}.zarr.zip"), n_samples=2, size=8,
+                          sample_ids=["0000002", sample], variable_length_strings=stem == "nul")
+    # with it, the unchecked name esc_../../../escaped_0.png escaped
+    (out / "esc_..").mkdir(parents=True)
     status, text, _ = convert(src, tmp_path, capsys)
     assert status == 0, text
     assert summary(text)["failed"] == len(bad) and summary(text)["written"] == 4
@@ -325,7 +344,8 @@ def test_sample_ids_with_path_parts_are_refused(tmp_path, capsys):
     for stem, sample in bad.items():
         line = next(l for l in failed if f"/{stem}.zarr.zip: " in l)
         assert f"sample id {sample!r}" in line and "not a plain name" in line
-    everywhere = [os.path.relpath(os.path.join(d, f), tmp_path) for d, _, files in os.walk(tmp_path)
+    everywhere = [os.path.relpath(os.path.join(d, f), tmp_path)
+                  for d, _, files in os.walk(tmp_path)
                   for f in files if f.endswith(".png")]
     assert sorted(everywhere) == [f"png/good_0000001_{t}.png" for t in range(4)]
     for sample in bad.values():
@@ -340,21 +360,26 @@ def test_repeated_sample_ids_keep_every_sample(tmp_path, capsys):
         bands[i] = dn
     src = tmp_path / "in"
     src.mkdir()
-    write_ssl4eo_zarr(str(src / "d.zarr.zip"), bands=bands, sample_ids=["0000005", "0000005", "0000006"])
+    write_ssl4eo_zarr(str(src / "d.zarr.zip"), bands=bands,
+                      sample_ids=["0000005", "0000005", "0000006"])
     status, text, out = convert(src, tmp_path, capsys)
     assert status == 0, text
     assert summary(text)["written"] == 12
     assert pngs_in(out) == sorted(f"d_{s}_{t}.png" for s in ("0000005", "0000005-1", "0000006")
                                   for t in range(4))
-    assert (png(out, "d", "0000005", 0) == 51).all() and (png(out, "d", "0000005-1", 0) == 102).all()
-    assert "sample id '0000005' is used by samples [0, 1]" in text and "d_0000005-<sample index>" in text
+    assert ((png(out, "d", "0000005", 0) == 51).all()
+            and (png(out, "d", "0000005-1", 0) == 102).all())
+    assert ("sample id '0000005' is used by samples [0, 1]" in text
+            and "d_0000005-<sample index>" in text)
     rows = list(csv.DictReader(open(tmp_path / "manifest.csv")))
     assert len(rows) == 12 and len({r["png"] for r in rows}) == 12
-    assert sum(r["sample"] == "0000005" for r in rows) == 8  # the manifest keeps the id as the file has it
+    # the manifest keeps the id as the file has it
+    assert sum(r["sample"] == "0000005" for r in rows) == 8
 
 
 def _declare_more_samples(folder, n_samples):
-    """Edit a .zarr folder's metadata so that `bands` declares n_samples, far more than it stores."""
+    """Edit a .zarr folder's metadata so that `bands` declares n_samples,
+    far more than it stores."""
     for name, key in (("bands/.zarray", None), (".zmetadata", "bands/.zarray")):
         path = folder / name
         meta = json.loads(path.read_text())
@@ -369,7 +394,8 @@ def test_missing_chunks_are_refused_or_skipped_as_no_data(tmp_path, capsys):
     write_ssl4eo_zarr(str(src / "huge.zarr"), n_samples=2, size=8, as_zip=False,
                       drop=["sample", "cloud_mask", "center_lat", "center_lon"])
     _declare_more_samples(src / "huge.zarr", 60_000)
-    # one chunk (sample 1, time 2) lost: that patch reads as fill values and is skipped, the rest convert
+    # one chunk (sample 1, time 2) lost:
+    # that patch reads as fill values and is skipped, the rest convert
     write_ssl4eo_zarr(str(src / "holed.zarr"), n_samples=2, size=8, as_zip=False,
                       sample_ids=["0000001", "0000002"])
     os.remove(src / "holed.zarr" / "bands" / "1.2.0.0.0")
@@ -379,8 +405,8 @@ def test_missing_chunks_are_refused_or_skipped_as_no_data(tmp_path, capsys):
     assert counts["failed"] == 1 and counts["written"] == 7 and counts["no_data"] == 1
     line = next(l for l in text.splitlines() if l.startswith("failed: "))
     assert "huge.zarr" in line and "60000" in line and "stores only 8 chunks" in line
-    assert pngs_in(out) == sorted(f"holed_{s}_{t}.png" for s in ("0000001", "0000002") for t in range(4)
-                                  if (s, t) != ("0000002", 2))
+    assert pngs_in(out) == sorted(f"holed_{s}_{t}.png" for s in ("0000001", "0000002")
+                                  for t in range(4) if (s, t) != ("0000002", 2))
     assert len(list(csv.DictReader(open(tmp_path / "manifest.csv")))) == 7
 
 
@@ -389,7 +415,8 @@ def test_empty_patches_and_foreign_dtypes_are_reported(tmp_path, capsys):
     src.mkdir()
     bands = np.full((2, 4, 13, 4, 4), 2200, np.int16)
     bands[0] = 0  # sample 0 holds no data at all
-    bands[1, 3, L1C.index("B03")] = 0  # sample 1, time 3: no data in one band is no data in the pixel
+    # sample 1, time 3: no data in one band is no data in the pixel
+    bands[1, 3, L1C.index("B03")] = 0
     write_ssl4eo_zarr(str(src / "zeros.zarr.zip"), bands=bands, sample_ids=["0000001", "0000002"])
     write_ssl4eo_zarr(str(src / "int8.zarr.zip"), bands=np.full((1, 4, 13, 4, 4), 50, np.int8))
     status, text, out = convert(src, tmp_path, capsys)
@@ -398,7 +425,8 @@ def test_empty_patches_and_foreign_dtypes_are_reported(tmp_path, capsys):
     assert counts["written"] == 3 and counts["no_data"] == 5 and counts["failed"] == 1
     assert pngs_in(out) == [f"zeros_0000002_{t}.png" for t in range(3)]
     assert "zeros.zarr.zip: 5 patch(es) hold no data" in text
-    assert "int8" in next(l for l in text.splitlines() if l.startswith("failed: ") and "int8.zarr.zip" in l)
+    assert "int8" in next(l for l in text.splitlines() if l.startswith("failed: ")
+                          and "int8.zarr.zip" in l)
     # a named MODALITY is checked against each file's dtype: uint8 S2RGB pixels are not L1C numbers
     rgb = tmp_path / "rgb"
     rgb.mkdir()
@@ -421,13 +449,15 @@ def test_empty_patches_and_foreign_dtypes_are_reported(tmp_path, capsys):
     ("--max_cloud_fraction=2", "MAX_CLOUD_FRACTION"), ("--num_processes=-1", "NUM_PROCESSES"),
     ("--train_fraction=1.5", "TRAIN_FRACTION"), ("--val_fraction=0.5", "VAL_FRACTION"),
     ("--mode=pngs", "MODE"), ("--modality=S1GRD", "MODALITY"), ("--seasons=spring", "SEASONS"),
-    ("--seasons=,", "SEASONS"), ("--dn_offset=-1000", "DN_OFFSET"), ("--split_seed=-1", "SPLIT_SEED"),
-    ("--output_dir=", "OUTPUT_DIR"), ("--manifest=.", "MANIFEST"),
+    ("--seasons=,", "SEASONS"), ("--dn_offset=-1000", "DN_OFFSET"),
+    ("--split_seed=-1", "SPLIT_SEED"), ("--output_dir=", "OUTPUT_DIR"),
+    ("--manifest=.", "MANIFEST"),
 ])
 def test_every_setting_is_checked_at_start_up(tmp_path, override, name):
     # INPUT_DIR does not exist: a check that came after looking for input files would exit 1, not 2
     run = subprocess.run([sys.executable, "make_dataset.py", f"--input_dir={tmp_path / 'none'}",
-                          f"--output_dir={tmp_path / 'out'}", f"--manifest={tmp_path / 'm.csv'}", override],
+                          f"--output_dir={tmp_path / 'out'}", f"--manifest={tmp_path / 'm.csv'}",
+                          override],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2, run.stdout + run.stderr
     assert f"error: {name} = " in run.stderr and "Traceback" not in run.stderr
@@ -439,7 +469,8 @@ def test_seasons_that_no_file_has(tmp_path, capsys):
     src.mkdir()
     write_ssl4eo_zarr(str(src / "s.zarr.zip"), n_samples=1, size=8, sample_ids=["0000001"])
     status, text, out = convert(src, tmp_path, capsys, seasons="7")
-    assert status == 1 and "SEASONS = '7'" in text and "have 0, 1, 2, 3" in text and "nothing" in text
+    assert (status == 1 and "SEASONS = '7'" in text and "have 0, 1, 2, 3" in text
+            and "nothing" in text)
     assert pngs_in(out) == []
     status, text, out = convert(src, tmp_path, capsys, seasons="0,7")
     assert status == 0 and "warning: SEASONS = '0,7': no file has time value(s) 7" in text
@@ -460,23 +491,26 @@ def test_output_locations_are_checked_before_converting(tmp_path):
         locked.mkdir(mode=0o500)
         cases.append((dict(manifest=locked / "m.csv"), ["cannot write to MANIFEST"]))
     for overrides, needles in cases:
-        settings = {"input_dir": src, "output_dir": tmp_path / "png", "manifest": tmp_path / "m.csv",
-                    **overrides}
+        settings = {"input_dir": src, "output_dir": tmp_path / "png",
+                    "manifest": tmp_path / "m.csv", **overrides}
         args = [f"--{k}={v}" for k, v in settings.items()]
-        run = subprocess.run([sys.executable, "make_dataset.py", *args], cwd=ROOT, capture_output=True,
-                             text=True, timeout=120)
+        run = subprocess.run([sys.executable, "make_dataset.py", *args], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
         assert run.returncode == 1 and "Traceback" not in run.stderr, run.stdout + run.stderr
         assert all(n in run.stderr for n in needles), run.stderr
-        assert not (tmp_path / "png").exists() or pngs_in(tmp_path / "png") == []  # nothing converted
+        # nothing converted
+        assert not (tmp_path / "png").exists() or pngs_in(tmp_path / "png") == []
 
 
 # -----------------------------------------------------------------------------
 # two runs, killed runs
 
 def _slow_run(src, out, manifest, processes):
-    """make_dataset.py in the background, slow on purpose (512 px PNGs at level 9: about 1 s each)."""
-    return subprocess.Popen([sys.executable, "make_dataset.py", f"--input_dir={src}", f"--output_dir={out}",
-                             f"--manifest={manifest}", f"--num_processes={processes}", "--output_size=512",
+    """make_dataset.py in the background, slow on purpose
+    (512 px PNGs at level 9: about 1 s each)."""
+    return subprocess.Popen([sys.executable, "make_dataset.py", f"--input_dir={src}",
+                             f"--output_dir={out}", f"--manifest={manifest}",
+                             f"--num_processes={processes}", "--output_size=512",
                              "--png_compress_level=9"], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 
@@ -498,9 +532,11 @@ def test_a_second_run_on_the_same_output_dir_is_refused(tmp_path):
         _wait_for_first_png(first, out)
         second = subprocess.run([sys.executable, "make_dataset.py", f"--input_dir={src}",
                                  f"--output_dir={out}", f"--manifest={tmp_path / 'm2.csv'}",
-                                 "--num_processes=1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                                 "--num_processes=1"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=120)
         assert second.returncode == 1, second.stdout + second.stderr
-        assert "in use by another make_dataset run" in second.stderr and f"pid {first.pid}" in second.stderr
+        assert ("in use by another make_dataset run" in second.stderr
+                and f"pid {first.pid}" in second.stderr)
         assert first.poll() is None  # the first run goes on
     finally:
         first.kill()
@@ -516,8 +552,8 @@ def test_temp_files_of_live_processes_are_kept(tmp_path, capsys):
     try:
         live = out / f".other.png.tmp{alive.pid}"  # another process is writing it right now
         live.write_bytes(b"half")
-        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True).stdout.strip()
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout.strip()
         stale = out / f".other2.png.tmp{dead}"
         stale.write_bytes(b"half")
         status, text, _ = convert(src, tmp_path, capsys)
@@ -593,22 +629,28 @@ def test_eurosat_splits_are_stratified_and_never_overwritten(tmp_path, capsys):
     assert md.write_eurosat_splits(str(root), seed=0) == 0
     for f in ("train.csv", "validation.csv", "test.csv"):
         assert (root / f).read_text().splitlines()[0] == ",Filename,Label,ClassName"
-    assert json.loads((root / "label_map.json").read_text()) == {"AnnualCrop": 0, "Forest": 1, "SeaLake": 2}
-    tables = {f: pd.read_csv(root / f"{f}.csv", index_col=0) for f in ("train", "validation", "test")}
+    assert (json.loads((root / "label_map.json").read_text())
+            == {"AnnualCrop": 0, "Forest": 1, "SeaLake": 2})
+    tables = {f: pd.read_csv(root / f"{f}.csv", index_col=0)
+              for f in ("train", "validation", "test")}
     expected = {"AnnualCrop": (21, 6, 3), "Forest": (14, 4, 2), "SeaLake": (7, 2, 1)}
     for c, sizes in expected.items():
-        assert tuple(int((tables[f]["ClassName"] == c).sum()) for f in ("train", "validation", "test")) == sizes
+        assert tuple(int((tables[f]["ClassName"] == c).sum())
+                     for f in ("train", "validation", "test")) == sizes
     every = pd.concat(tables.values())
     assert len(every) == 60 and every["Filename"].is_unique
-    assert set(every["Filename"]) == {f"{c}/{c}_{k}.jpg" for c, n in counts.items() for k in range(1, n + 1)}
-    assert (every["Label"] == every["ClassName"].map({"AnnualCrop": 0, "Forest": 1, "SeaLake": 2})).all()
+    assert set(every["Filename"]) == {f"{c}/{c}_{k}.jpg" for c, n in counts.items()
+                                      for k in range(1, n + 1)}
+    assert (every["Label"]
+            == every["ClassName"].map({"AnnualCrop": 0, "Forest": 1, "SeaLake": 2})).all()
     assert list(tables["train"].index) == list(range(len(tables["train"])))
     # a second call keeps everything as it is
     snapshot = {f: (root / f).read_text() for f in os.listdir(root) if not (root / f).is_dir()}
     capsys.readouterr()
     assert md.write_eurosat_splits(str(root), seed=123) == 0
     assert "kept" in capsys.readouterr().out
-    assert snapshot == {f: (root / f).read_text() for f in os.listdir(root) if not (root / f).is_dir()}
+    assert snapshot == {f: (root / f).read_text() for f in os.listdir(root)
+                        if not (root / f).is_dir()}
     # with one split missing, a new split could overlap the kept ones: refused, nothing written
     os.remove(root / "test.csv")
     with pytest.raises(md.DataError, match="not all three split CSVs"):
@@ -628,21 +670,26 @@ def test_eurosat_splits_are_deterministic_and_readable(tmp_path):
     assert texts[0] == texts[1]
     real_map = "/work/shared/data/EuroSAT/label_map.json"
     if os.path.exists(real_map):  # the same class order as the published files
-        assert json.loads((root / "label_map.json").read_text()) == json.loads(open(real_map).read())
+        assert (json.loads((root / "label_map.json").read_text())
+                == json.loads(open(real_map).read()))
     from simsiam_data import read_eurosat_split
-    paths, labels, class_names = read_eurosat_split(str(root), str(root / "train.csv"), str(root / "label_map.json"))
-    assert len(paths) == 70 and class_names == sorted(EUROSAT_CLASSES) and sorted(set(labels)) == list(range(10))
+    paths, labels, class_names = read_eurosat_split(str(root), str(root / "train.csv"),
+                                                    str(root / "label_map.json"))
+    assert (len(paths) == 70 and class_names == sorted(EUROSAT_CLASSES)
+            and sorted(set(labels)) == list(range(10)))
     assert all(os.path.exists(p) for p in paths)
 
 
 def test_eurosat_mode_from_the_command_line(tmp_path, capsys):
     root = tmp_path / "EuroSAT"
     _fake_eurosat(root, {"Highway": 10, "River": 10})
-    run = subprocess.run([sys.executable, "make_dataset.py", "--mode=eurosat_splits", f"--eurosat_dir={root}"],
+    run = subprocess.run([sys.executable, "make_dataset.py", "--mode=eurosat_splits",
+                          f"--eurosat_dir={root}"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert len(pd.read_csv(root / "validation.csv")) == 4
-    assert "PNG" not in run.stdout and "converting" not in run.stdout  # the ssl4eo mode did not run
+    # the ssl4eo mode did not run
+    assert "PNG" not in run.stdout and "converting" not in run.stdout
     with pytest.raises(md.DataError, match="scripts/data.sh"):
         md.write_eurosat_splits(str(tmp_path / "none"), seed=0)
 
@@ -676,28 +723,33 @@ def test_eurosat_mode_failures_from_the_command_line(tmp_path):
                               f"--eurosat_dir={folder}"], cwd=ROOT, capture_output=True, text=True,
                              timeout=120)
         assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
-        assert run.stderr.startswith("error: ") and all(n in run.stderr for n in needles), run.stderr
+        assert (run.stderr.startswith("error: ")
+                and all(n in run.stderr for n in needles)), run.stderr
 
 
 def test_split_fractions_are_read_when_the_split_is_written(tmp_path, monkeypatch):
-    # configure() sets the module's constants after import; a default taken at import would ignore them
+    # configure() sets the module's constants after import;
+    # a default taken at import would ignore them
     monkeypatch.setattr(md, "TRAIN_FRACTION", 0.5)
     monkeypatch.setattr(md, "VAL_FRACTION", 0.3)
     root = tmp_path / "EuroSAT"
     _fake_eurosat(root, {"Forest": 10})
     md.write_eurosat_splits(str(root), seed=0)
-    assert [len(pd.read_csv(root / f)) for f in ("train.csv", "validation.csv", "test.csv")] == [5, 3, 2]
+    assert [len(pd.read_csv(root / f))
+            for f in ("train.csv", "validation.csv", "test.csv")] == [5, 3, 2]
 
 
 # -----------------------------------------------------------------------------
 # shell scripts
 
 def test_demo_generator_runs(tmp_path):
-    run = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_demo_data.py"), "--eurosat_per_class=10",
-                          "--zarr_size=32"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_demo_data.py"),
+                          "--eurosat_per_class=10", "--zarr_size=32"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     zips = sorted(os.listdir(tmp_path / "demo_data/ssl4eo/train/S2L1C"))
-    assert zips == ["ssl4eos12_train_seasonal_data_000001.zarr.zip", "ssl4eos12_train_seasonal_data_000002.zarr.zip"]
+    assert zips == ["ssl4eos12_train_seasonal_data_000001.zarr.zip",
+                    "ssl4eos12_train_seasonal_data_000002.zarr.zip"]
     eurosat = tmp_path / "demo_data/EuroSAT"
     assert len(pd.read_csv(eurosat / "train.csv")) == 70
     image = Image.open(eurosat / "Forest/Forest_3.jpg")
@@ -709,13 +761,14 @@ def test_overrides_reach_the_worker_processes(tmp_path, capsys):
     src.mkdir()
     for n in (1, 2):
         write_ssl4eo_zarr(str(src / f"o{n}.zarr.zip"), n_samples=1, size=16, seed=n)
-    overrides = dict(max_reflectance=0.15, dn_offset=900, output_size=12, seasons="1", png_compress_level=1)
+    overrides = dict(max_reflectance=0.15, dn_offset=900, output_size=12, seasons="1",
+                     png_compress_level=1)
     status, text, out1 = convert(src, tmp_path, capsys, **overrides)
     assert status == 0 and summary(text)["written"] == 2
     out2 = tmp_path / "out2"
-    run = subprocess.run([sys.executable, "make_dataset.py", f"--input_dir={src}", f"--output_dir={out2}",
-                          f"--manifest={tmp_path / 'm2.csv'}", "--num_processes=2",
-                          *[f"--{k}={v}" for k, v in overrides.items()]],
+    run = subprocess.run([sys.executable, "make_dataset.py", f"--input_dir={src}",
+                          f"--output_dir={out2}", f"--manifest={tmp_path / 'm2.csv'}",
+                          "--num_processes=2", *[f"--{k}={v}" for k, v in overrides.items()]],
                          cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert run.returncode == 0 and "with 2 process(es)" in run.stdout, run.stderr
     pngs = [{f: (out / f).read_bytes() for f in pngs_in(out)} for out in (out1, out2)]
@@ -724,22 +777,25 @@ def test_overrides_reach_the_worker_processes(tmp_path, capsys):
 
 
 def test_help_lists_the_constants_and_no_timings():
-    run = subprocess.run([sys.executable, "make_dataset.py", "--help"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60)
+    run = subprocess.run([sys.executable, "make_dataset.py", "--help"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
-    assert "--png_compress_level" in run.stdout and "--seasons" in run.stdout and "ssl4eo" in run.stdout
+    assert ("--png_compress_level" in run.stdout and "--seasons" in run.stdout
+            and "ssl4eo" in run.stdout)
     assert "patches/s" not in md.__doc__ and " ms " not in md.__doc__  # timings live in the README
 
 
 def test_a_worker_whose_parent_died_stops_before_its_next_png(tmp_path):
-    # where die_with_parent does nothing (not Linux), the worker itself notices that its parent changed
+    # where die_with_parent does nothing (not Linux),
+    # the worker itself notices that its parent changed
     src, out = tmp_path / "in", tmp_path / "png"
     src.mkdir()
     out.mkdir()
     write_ssl4eo_zarr(str(src / "f.zarr.zip"), n_samples=1, size=8)
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import make_dataset as md\n"
             "job = md.Job(output_dir=sys.argv[3], seasons=None, rgb_bands=['B04', 'B03', 'B02'],\n"
-            "             modality='auto', dn_offset=1000, max_reflectance=0.3, output_size=0, max_cloud=1.0,\n"
+            "             modality='auto', dn_offset=1000, max_reflectance=0.3, output_size=0, "
+            "max_cloud=1.0,\n"
             "             compress_level=6, parent_pid=-1)  # never its parent\n"
             "md.convert_file(sys.argv[2], 'f.zarr.zip', job)\n"
             "print('went on')\n")

@@ -1,5 +1,5 @@
-"""plot_results.py on the metrics of a tiny run: every figure is a PNG of the expected size, and a missing, empty or
-wrong-kind metrics file skips only its own figures (CPU, about 30 s)."""
+"""plot_results.py on the metrics of a tiny run: every figure is a PNG of the expected size, and a
+missing, empty or wrong-kind metrics file skips only its own figures (CPU, about 30 s)."""
 import json
 import os
 import shutil
@@ -14,21 +14,24 @@ from conftest import TINY_PRETRAIN, run_script, write_images
 from simsiam_data import IMAGENET_MEAN, IMAGENET_STD
 from simsiam_model import Classifier, build_backbone, classifier_checkpoint
 
-CLASSES = {"AnnualCrop": (200, 170, 90), "Forest": (40, 110, 50), "River": (60, 90, 180)}  # class: mean colour
+# class: mean colour
+CLASSES = {"AnnualCrop": (200, 170, 90), "Forest": (40, 110, 50), "River": (60, 90, 180)}
 PER_CLASS = 4  # test images per class
-ALL_FIGURES = {"pretrain_curves", "augmentations", "linear_eval_curves", "finetune_curves", "comparison",
-               "confusion_linear_eval", "confusion_finetune", "predictions_finetune"}
+ALL_FIGURES = {"pretrain_curves", "augmentations", "linear_eval_curves", "finetune_curves",
+               "comparison", "confusion_linear_eval", "confusion_finetune", "predictions_finetune"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def make_eurosat(root):
-    """A EuroSAT-shaped folder: <Class>/<Class>_<n>.jpg, test.csv and label_map.json; returns the test labels."""
+    """A EuroSAT-shaped folder: <Class>/<Class>_<n>.jpg, test.csv and label_map.json;
+    returns the test labels."""
     rng = np.random.default_rng(0)
     rows, labels = [], []
     for label, (name, colour) in enumerate(CLASSES.items()):
         os.makedirs(root / name)
         for n in range(PER_CLASS):
-            pixels = np.clip(np.array(colour) + rng.normal(0, 20, (64, 64, 3)), 0, 255).astype(np.uint8)
+            pixels = np.clip(np.array(colour) + rng.normal(0, 20, (64, 64, 3)),
+                             0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(root / name / f"{name}_{n}.jpg")
             rows.append(f"{len(rows)},{name}/{name}_{n}.jpg,{label},{name}")
             labels.append(label)
@@ -38,29 +41,35 @@ def make_eurosat(root):
 
 
 def eval_metrics(kind, eurosat, labels, model_path, pretrained_path, wrong):
-    """A metrics dict in the schema of Linear_evaluation.py / finetune_model.py; the first `wrong` rows mislabelled."""
+    """A metrics dict in the schema of Linear_evaluation.py / finetune_model.py;
+    the first `wrong` rows mislabelled."""
     names = list(CLASSES)
     predictions = [(y + 1) % len(names) if i < wrong else y for i, y in enumerate(labels)]
     confusion = np.zeros((len(names), len(names)), dtype=int)
     for y, p in zip(labels, predictions):
         confusion[y, p] += 1
     test_acc = 100 * float(np.mean(np.array(labels) == np.array(predictions)))
-    return {"kind": kind, "config": {"EUROSAT_DIR": str(eurosat), "OUTPUT_DIR": "outputs", "ARCH": "resnet18"},
-            "versions": {"torch": str(torch.__version__)}, "seed": 0, "pretrained_path": pretrained_path,
-            "arch": "resnet18", "image_size": 32, "class_names": names, "epochs": [1, 2, 3],
-            "train_loss": [1.1, 0.8, 0.6], "train_acc": [40.0, 62.5, 75.0], "val_loss": [1.0, 0.7, 0.75],
+    return {"kind": kind,
+            "config": {"EUROSAT_DIR": str(eurosat), "OUTPUT_DIR": "outputs", "ARCH": "resnet18"},
+            "versions": {"torch": str(torch.__version__)}, "seed": 0,
+            "pretrained_path": pretrained_path, "arch": "resnet18", "image_size": 32,
+            "class_names": names, "epochs": [1, 2, 3], "train_loss": [1.1, 0.8, 0.6],
+            "train_acc": [40.0, 62.5, 75.0], "val_loss": [1.0, 0.7, 0.75],
             "val_acc": [45.0, 70.0, 65.0], "lr": [0.1, 0.05, 0.0], "epoch_time_s": [1.0, 1.0, 1.0],
             "best_epoch": 2, "best_val_acc": 70.0, "test_acc": test_acc, "test_loss": 0.7,
-            "per_class_acc": {n: float(100 * confusion[i, i] / confusion[i].sum()) for i, n in enumerate(names)},
+            "per_class_acc": {n: float(100 * confusion[i, i] / confusion[i].sum())
+                              for i, n in enumerate(names)},
             "confusion_matrix": confusion.tolist(), "test_predictions": predictions,
-            "test_files": [os.path.join(str(eurosat), n, f"{n}_{k}.jpg") for n in names for k in range(PER_CLASS)],
+            "test_files": [os.path.join(str(eurosat), n, f"{n}_{k}.jpg")
+                           for n in names for k in range(PER_CLASS)],
             "knn": {"k20": 55.0, "k200": 50.0} if kind == "linear_eval_metrics" else None,
             "wall_time_s": 3.0, "best_model_path": str(model_path), "device": "cpu"}
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """A 2-epoch pre-training run on 16 generated images, a random resnet18 classifier and the four eval metrics."""
+    """A 2-epoch pre-training run on 16 generated images, a random resnet18 classifier
+    and the four eval metrics."""
     base = tmp_path_factory.mktemp("plots")
     write_images(str(base / "images"), 16)
     out = base / "outputs"
@@ -73,20 +82,23 @@ def tiny_run(tmp_path_factory):
     config = {"ARCH": "resnet18", "IMAGE_SIZE": 32, "SMALL_STEM": False, "IN_CHANNELS": 3,
               "EUROSAT_DIR": str(eurosat)}
     model_path = out / "finetuned_eurosat_best_model.pth"
-    torch.save(classifier_checkpoint(Classifier(backbone, feature_dim, len(CLASSES)), config, list(CLASSES),
-                                     IMAGENET_MEAN, IMAGENET_STD), model_path)
+    torch.save(classifier_checkpoint(Classifier(backbone, feature_dim, len(CLASSES)), config,
+                                     list(CLASSES), IMAGENET_MEAN, IMAGENET_STD), model_path)
     pretrained = str(out / "simsiam_resnet18_epoch_2.pth")
-    for name, kind, source, wrong in (("linear_eval_metrics", "linear_eval_metrics", pretrained, 3),
-                                      ("finetune_metrics", "finetune_metrics", pretrained, 2),
-                                      ("linear_eval_metrics_random", "linear_eval_metrics", "random", 7),
-                                      ("finetune_metrics_random", "finetune_metrics", "random", 5)):
-        torch.save(eval_metrics(kind, eurosat, labels, model_path, source, wrong), out / f"{name}.pth")
-    return {"base": base, "out": out, "eurosat": eurosat, "labels": labels, "model_path": model_path}
+    for name, kind, source, wrong in (
+            ("linear_eval_metrics", "linear_eval_metrics", pretrained, 3),
+            ("finetune_metrics", "finetune_metrics", pretrained, 2),
+            ("linear_eval_metrics_random", "linear_eval_metrics", "random", 7),
+            ("finetune_metrics_random", "finetune_metrics", "random", 5)):
+        torch.save(eval_metrics(kind, eurosat, labels, model_path, source, wrong),
+                   out / f"{name}.pth")
+    return {"base": base, "out": out, "eurosat": eurosat, "labels": labels,
+            "model_path": model_path}
 
 
 def plot(output_dir, figures_dir, *args):
-    result = run_script("plot_results.py", f"--output_dir={output_dir}", f"--figures_dir={figures_dir}", *args,
-                        timeout=120)
+    result = run_script("plot_results.py", f"--output_dir={output_dir}",
+                        f"--figures_dir={figures_dir}", *args, timeout=120)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
     return result.stdout
@@ -105,7 +117,8 @@ def check_figures(figures_dir, names, grid_images=0):
             image.verify()
         with Image.open(path) as image:
             expected = (width * plot_results.DPI, height * plot_results.DPI)
-            assert abs(image.width - expected[0]) <= 1 and abs(image.height - expected[1]) <= 1, (name, image.size)
+            assert (abs(image.width - expected[0]) <= 1
+                    and abs(image.height - expected[1]) <= 1), (name, image.size)
             assert image.info["dpi"][0] == pytest.approx(plot_results.DPI, abs=1)
 
 
@@ -120,8 +133,9 @@ def test_every_figure_is_written(tiny_run):
 
 
 def test_missing_empty_and_wrong_kind_files_skip_only_their_figures(tiny_run):
-    """No pre-training metrics, a linear file that is really a fine-tune file, an empty random-init file and test
-    images that are gone: each skips only its own figures, with one line, and the run still succeeds."""
+    """No pre-training metrics, a linear file that is really a fine-tune file, an empty random-init
+    file and test images that are gone: each skips only its own figures, with one line, and the run
+    still succeeds."""
     out = tiny_run["base"] / "outputs_partial"
     out.mkdir()
     shutil.copy(tiny_run["out"] / "finetune_metrics.pth", out / "finetune_metrics.pth")
@@ -135,7 +149,8 @@ def test_missing_empty_and_wrong_kind_files_skip_only_their_figures(tiny_run):
     stdout = plot(out, figures, f"--eurosat_dir={csv_only}")
     assert (f"skipping pre-training figures: {out / 'pretrain_metrics.pth'} not found "
             "(run python train_simsiam.py)") in stdout
-    assert (f"skipping linear evaluation figures: {out / 'linear_eval_metrics.pth'}: this is a 'finetune_metrics' "
+    assert (f"skipping linear evaluation figures: {out / 'linear_eval_metrics.pth'}: "
+            "this is a 'finetune_metrics' "
             "file") in stdout
     assert "skipping random-init fine-tuning baseline:" in stdout and "empty (0 bytes)" in stdout
     assert f"skipping prediction grid: test images not found under '{csv_only}'" in stdout
@@ -144,7 +159,8 @@ def test_missing_empty_and_wrong_kind_files_skip_only_their_figures(tiny_run):
 
 
 def test_grid_runs_the_best_model_when_no_predictions_are_recorded(tiny_run):
-    """Without test_predictions the grid classifies test images with the checkpoint named by best_model_path."""
+    """Without test_predictions the grid classifies test images with the checkpoint
+    named by best_model_path."""
     metrics = torch.load(tiny_run["out"] / "finetune_metrics.pth", weights_only=True)
     metrics.update(test_predictions=None)
     fig = plot_results.plot_predictions(metrics)
@@ -152,4 +168,5 @@ def test_grid_runs_the_best_model_when_no_predictions_are_recorded(tiny_run):
     title = fig.get_suptitle()
     assert "predicted now by finetuned_eurosat_best_model.pth" in title
     assert f"{len(tiny_run['labels'])} random test images" in title
-    assert plot_results.figure_inches("predictions_finetune", len(tiny_run["labels"])) == tuple(fig.get_size_inches())
+    assert (plot_results.figure_inches("predictions_finetune", len(tiny_run["labels"]))
+            == tuple(fig.get_size_inches()))
