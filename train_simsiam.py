@@ -450,6 +450,24 @@ def for_training(model, device, world_size, log):
 
 # -------------------------------------------------------------------------------------------------
 
+def describe_run(config, model, device, amp_dtype, precision_reason, world_size, num_images,
+                 steps_per_epoch, base_lr, start_epoch, log):
+    """Print what this run does; return the facts that every epoch's metrics record."""
+    facts = dict(config=config, z_std_healthy=1 / math.sqrt(PROJ_DIM), num_images=num_images,
+                 param_count=sum(p.numel() for p in model.parameters()), world_size=world_size,
+                 device=describe_device(device), precision=precision_name(amp_dtype),
+                 compile_time_s=None)
+    global_batch = BATCH_SIZE * world_size
+    log(f"config: {config}")
+    log(f"device: {facts['device']}, processes: {world_size}, precision: {facts['precision']} "
+        f"({precision_reason}){', ' + speed_up_cuda(device) if device.type == 'cuda' else ''}")
+    log(f"model: SimSiam {ARCH}, {facts['param_count'] / 1e6:.2f} M parameters; {num_images} "
+        f"images, global batch {global_batch}, {steps_per_epoch} steps per epoch, lr "
+        f"{base_lr:.5f} (= {BASE_LR} x {global_batch} / 256), epochs "
+        f"{start_epoch + 1}..{NUM_EPOCHS}")
+    return facts
+
+
 def main():
     config, _ = configure(globals())
     check_settings(config, settings_rules())
@@ -477,26 +495,15 @@ def main():
     metrics, start_epoch, global_step = resume_or_start(model, optimizer, scaler, config,
                                                         world_size, log)
     train_model = for_training(model, device, world_size, log)
-    run_facts = dict(config=config, z_std_healthy=1 / math.sqrt(PROJ_DIM), num_images=len(paths),
-                     param_count=sum(p.numel() for p in model.parameters()), world_size=world_size,
-                     device=describe_device(device), precision=precision_name(amp_dtype),
-                     compile_time_s=None)
-    log(f"config: {config}")
-    log(f"device: {run_facts['device']}, processes: {world_size}, precision: "
-        f"{run_facts['precision']} ({precision_reason})"
-        f"{', ' + speed_up_cuda(device) if device.type == 'cuda' else ''}")
-    log(f"model: SimSiam {ARCH}, {run_facts['param_count'] / 1e6:.2f} M parameters; "
-        f"{len(paths)} images, global batch {global_batch}, {steps_per_epoch} steps per epoch, "
-        f"lr {base_lr:.5f} (= {BASE_LR} x {global_batch} / 256), epochs "
-        f"{start_epoch + 1}..{NUM_EPOCHS}")
+    run_facts = describe_run(config, model, device, amp_dtype, precision_reason, world_size,
+                             len(paths), steps_per_epoch, base_lr, start_epoch, log)
 
     # ---- training loop ----
     for epoch in range(start_epoch, NUM_EPOCHS):
         model.train()
         loss_sum = torch.zeros((), device=device)
         steps, skipped, samples = 0, [], {"step": [], "step_loss": [], "step_lr": [], "z_std": []}
-        # compiling: the first step under COMPILE, left out of pairs/s
-        started, compiling = time.time(), 0.0
+        started, compiling = time.time(), 0.0  # compiling: the first step under COMPILE
         batches = epoch_batches(epoch, images, paths, steps_per_epoch, rank, world_size, device,
                                 augment_pair)
         bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{NUM_EPOCHS}",
@@ -504,8 +511,7 @@ def main():
         try:
             for x1, x2, bad in bar:
                 skipped += bad
-                # the reference pipeline found no readable image in some rank's batch
-                if x1 is None:
+                if x1 is None:  # no readable image in some rank's batch (reference pipeline)
                     continue
                 step_started = time.time()
                 lr = warmup_cosine(global_step, NUM_EPOCHS * steps_per_epoch,
@@ -538,9 +544,9 @@ def main():
                                           f"epoch {epoch + 1}, step {global_step}")
                     bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr:.5f}")
         except torch.cuda.OutOfMemoryError:
-            fail(f"out of GPU memory at batch {BATCH_SIZE} x {IMAGE_SIZE} px with {ARCH}. Try a "
-                 f"smaller --batch_size (e.g. {max(2, BATCH_SIZE // 2)}; the lr scales with it), "
-                 "a smaller --image_size, or --arch=resnet18.")
+            fail(f"out of GPU memory at batch {BATCH_SIZE} x {IMAGE_SIZE} px with {ARCH}: try "
+                 "half the --batch_size (the lr scales with it), a smaller --image_size or "
+                 "--arch=resnet18.")
         if steps == 0:
             raise DataError(f"epoch {epoch + 1} produced no batch: every image of {DATA_DIR} was "
                             "unreadable?")
