@@ -40,12 +40,12 @@ from tqdm import tqdm
 import simsiam_data as data
 from runtime import (AMP_MODES, above, amp_dtype_for, at_least, atomic_save, autocast_for, between,
                      channels_last_for, check_settings, configure, describe_device,
-                     epoch_generator, fail, one_of, pick_device, precision_name,
-                     prepare_output_dir, run, seed_everything, speed_up_cuda, warmup_cosine)
-from simsiam_model import (ARCHS, LINEAR_METRICS_KIND, Classifier, backbone_for_evaluation,
-                           classifier_checkpoint, describe_evaluation, evaluation_outputs,
+                     device_and_precision, epoch_generator, fail, one_of, pick_device,
+                     prepare_output_dir, run, seed_everything, warmup_cosine)
+from simsiam_model import (ARCHS, LINEAR_METRICS_KIND, Classifier,
+                           classifier_checkpoint, evaluation_outputs,
                            effective_rank, evaluation_metrics, knn_predict,
-                           record_evaluation_epoch, test_results)
+                           record_evaluation_epoch, start_evaluation, test_results)
 
 # -------------------------------------------------------------------------------------------------
 EUROSAT_DIR = "datae/EuroSAT"  # JPEG class folders + train/validation/test.csv, label_map.json
@@ -195,16 +195,13 @@ def main():
     prepare_output_dir(OUTPUT_DIR, lock_name)
 
     # ---- frozen backbone rebuilt from the checkpoint's own config, and the data ----
-    # config: as it was used
-    backbone, feature_dim, config, pretrained_size = backbone_for_evaluation(config)
-    image_size, pretrained = config["IMAGE_SIZE"], config["PRETRAINED_PATH"]
     lr_peak = BASE_LR * BATCH_SIZE / 256
-    device_text = (f"{describe_device(device)}, backbone precision: {precision_name(amp_dtype)} "
-                   f"({precision_reason})"
-                   f"{', ' + speed_up_cuda(device) if device.type == 'cuda' else ''}; "
-                   f"head lr {lr_peak:.4f} (= {BASE_LR} x {BATCH_SIZE} / 256)")
-    print("\n".join(describe_evaluation(config, device_text, feature_dim, pretrained_size,
-                                        "evaluating", (metrics_path, best_path))))
+    device_line = (device_and_precision(device, amp_dtype, precision_reason)
+                   + f"; head lr {lr_peak:.4f} (= {BASE_LR} x {BATCH_SIZE} / 256)")
+    backbone, feature_dim, config, header = start_evaluation(config, device_line, "evaluating",
+                                                             (metrics_path, best_path))
+    image_size, pretrained = config["IMAGE_SIZE"], config["PRETRAINED_PATH"]  # as used
+    print(header)
     splits, labels = data.load_eurosat_splits(EUROSAT_DIR, CACHE_DIR, device)
     class_names = splits["train"].class_names
     num_classes, num_train = len(class_names), len(splits["train"].labels)

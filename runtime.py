@@ -315,6 +315,14 @@ def speed_up_cuda(device):
     return "cuDNN benchmark on, TF32 matmul and convolutions on"
 
 
+def device_and_precision(device, amp_dtype, reason):
+    """How the scripts name their device and precision, e.g. "cpu (2 cores, 2 threads), precision:
+    fp32 (...)"; on CUDA this also turns on the speed-ups of speed_up_cuda and says so."""
+    tuned = speed_up_cuda(device)
+    return (f"{describe_device(device)}, precision: {precision_name(amp_dtype)} ({reason})"
+            + (f", {tuned}" if tuned else ""))
+
+
 def channels_last_for(device, amp_dtype, enabled=True):
     """channels_last pays off on CUDA and under CPU bf16 (oneDNN's fast convolutions); elsewhere it
     only costs."""

@@ -373,10 +373,13 @@ def evaluation_outputs(config, metrics_name, best_name):
             f"{metrics_name}{suffix}")
 
 
-def describe_evaluation(config, device_text, feature_dim, pretrained_size, verb, outputs):
-    """The lines Linear_evaluation.py and finetune_model.py print first: what runs, where, from
-    which backbone."""
-    lines = [f"config: {config}", f"device: {device_text}",
+def start_evaluation(config, device_line, verb, outputs):
+    """The backbone an evaluation starts from (backbone_for_evaluation) and the lines that
+    Linear_evaluation.py and finetune_model.py print first: what runs, where, from which backbone.
+
+    Returns (backbone, feature_dim, the config as it is used, those lines joined)."""
+    backbone, feature_dim, config, pretrained_size = backbone_for_evaluation(config)
+    lines = [f"config: {config}", f"device: {device_line}",
              f"backbone: {config['ARCH']}"
              f"{stem_label(config['SMALL_STEM'], config['STEM_STRIDE'])} from "
              f"{config['PRETRAINED_PATH']}, {feature_dim}-d features, {config['IMAGE_SIZE']} px"]
@@ -385,7 +388,7 @@ def describe_evaluation(config, device_text, feature_dim, pretrained_size, verb,
                      f"at {pretrained_size} px")
     if config["PRETRAINED_PATH"] == "random":
         lines.append(f"random-init baseline: results go to {outputs[0]} and {outputs[1]}")
-    return lines
+    return backbone, feature_dim, config, "\n".join(lines)
 
 
 def evaluation_metrics(kind, config, pretrained, image_size, class_names, test_files, best_path,

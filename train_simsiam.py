@@ -28,9 +28,10 @@ from tqdm import tqdm
 import simsiam_data as data
 from runtime import (AMP_MODES, CheckpointError, DataError, above, amp_dtype_for, at_least,
                      atomic_save, autocast_for, between, channels_last_for, check_settings,
-                     configure, describe_device, epoch_generator, fail, library_versions,
-                     load_checkpoint, one_of, pick_device, precision_name, prepare_output_dir,
-                     restore_grad_scaler, run, seed_everything, speed_up_cuda, warmup_cosine)
+                     configure, describe_device, device_and_precision, epoch_generator, fail,
+                     library_versions, load_checkpoint, one_of, pick_device, precision_name,
+                     prepare_output_dir,
+                     restore_grad_scaler, run, seed_everything, warmup_cosine)
 from simsiam_model import (ARCHS, COLLAPSE_RATIO, PRETRAIN_KIND, PRETRAIN_LAST_KIND,
                            PRETRAIN_METRICS_KIND, SimSiam, knn_predict, negative_cosine_loss,
                            normalized_std, unwrap)
@@ -459,8 +460,8 @@ def describe_run(config, model, device, amp_dtype, precision_reason, world_size,
                  compile_time_s=None)
     global_batch = BATCH_SIZE * world_size
     log(f"config: {config}")
-    log(f"device: {facts['device']}, processes: {world_size}, precision: {facts['precision']} "
-        f"({precision_reason}){', ' + speed_up_cuda(device) if device.type == 'cuda' else ''}")
+    log(f"device: {device_and_precision(device, amp_dtype, precision_reason)}; processes: "
+        f"{world_size}")
     log(f"model: SimSiam {ARCH}, {facts['param_count'] / 1e6:.2f} M parameters; {num_images} "
         f"images, global batch {global_batch}, {steps_per_epoch} steps per epoch, lr "
         f"{base_lr:.5f} (= {BASE_LR} x {global_batch} / 256), epochs "
