@@ -161,6 +161,7 @@ def main():
     pretrained_config = pretrain_metrics["config"]
     arch = pretrained_config["ARCH"]
     checkpoint = os.path.join(out, f"simsiam_{arch}_epoch_{epochs}.pth")
+    write_report(out, config, pretrain_metrics, {}, times, commands, final=False)
 
     # ---- evaluations: pre-trained and random initialisation, same protocol, same network and
     # input size ----
@@ -190,32 +191,44 @@ def main():
         results[name] = load_checkpoint(path)
         # the script's own timing: the same on a rerun that skips it
         times[name] = results[name]["wall_time_s"]
+        # the table so far: a step that fails or is stopped later keeps these rows
+        write_report(out, config, pretrain_metrics, results, times, commands, final=False)
+    print(write_report(out, config, pretrain_metrics, results, times, commands, final=True))
+    print(f"\nwrote {out}/quality.json and {out}/quality.md")
 
-    # ---- the table ----
+
+def write_report(out, config, pretrain_metrics, results, times, commands, final):
+    """Write out/quality.json and out/quality.md from the steps finished so far; return the
+    table."""
+    pretrained_config = pretrain_metrics["config"]
     size = pretrained_config["IMAGE_SIZE"]
-    network = arch + stem_label(pretrained_config["SMALL_STEM"], stem_stride)
-    ranks = {init: results[f"linear{suffix}"].get("feature_effective_rank") for init, suffix in
-             (("pretrained", ""), ("random", "_random"))}
+    network = pretrained_config["ARCH"] + stem_label(pretrained_config["SMALL_STEM"],
+                                                     pretrained_config.get("STEM_STRIDE", 1))
+    test_images = (f" ({len(next(iter(results.values()))['test_files']):,} images)"
+                   if results else "")
+    epochs = pretrain_metrics["epochs"][-1]
     rows = []
     for init, suffix in (("SimSiam pre-trained", ""), ("random init", "_random")):
-        linear = results[f"linear{suffix}"]
-        rows.append((init, "kNN k=20 (cosine, T=0.2)", linear["knn"]["k20"],
-                     times[f"linear{suffix}"]))
-        rows.append((init, "kNN k=200 (cosine, T=0.2)", linear["knn"]["k200"],
-                     times[f"linear{suffix}"]))
-        rows.append((init, f"linear probe ({linear['config']['NUM_EPOCHS']} epochs, "
-                     "best on validation)",
-                     linear["test_acc"], times[f"linear{suffix}"]))
+        if f"linear{suffix}" in results:
+            linear = results[f"linear{suffix}"]
+            for k in ("k20", "k200"):
+                rows.append((init, f"kNN k={k[1:]} (cosine, T=0.2)", linear["knn"][k],
+                             times[f"linear{suffix}"]))
+            rows.append((init, f"linear probe ({linear['config']['NUM_EPOCHS']} epochs, "
+                         "best on validation)", linear["test_acc"], times[f"linear{suffix}"]))
         if f"finetune{suffix}" in results:
             tuned = results[f"finetune{suffix}"]
             epochs_tuned = tuned["config"]["NUM_EPOCHS"]
             rows.append((init, f"fine-tune ({epochs_tuned} "
                          f"epoch{'s' if epochs_tuned > 1 else ''}, best on validation)",
                          tuned["test_acc"], times[f"finetune{suffix}"]))
+    ranks = {init: results[f"linear{suffix}"].get("feature_effective_rank")
+             for init, suffix in (("pretrained", ""), ("random", "_random"))
+             if f"linear{suffix}" in results}
     collapsed = min(pretrain_metrics["z_std"]) < COLLAPSE_RATIO * pretrain_metrics["z_std_healthy"]
     summary = {
         "preset": PRESET, "machine": machine(), "arch": network, "input_size": size,
-        "pretrain_epochs": epochs,
+        "complete": final, "pretrain_epochs": epochs,
         "pretrain_images": pretrain_metrics["num_images"],
         "pretrain_wall_min": times["pretrain"] / 60,
         "pretrain_final_loss": pretrain_metrics["loss"][-1],
@@ -225,18 +238,19 @@ def main():
         "knn_val_per_epoch": dict(zip(pretrain_metrics["epochs"], pretrain_metrics["knn_top1"])),
         "rows": [{"init": i, "protocol": p, "test_acc": a, "wall_s": w} for i, p, a, w in rows],
         "commands": commands, "config": config}
-    lines = [f"Real EuroSAT RGB, `test.csv` (2,700 images), {network} at {size} px, "
+    lines = [f"Real EuroSAT RGB, `test.csv`{test_images}, {network} at {size} px, "
              f"preset `{PRESET}` on {machine()}; "
              f"pre-training: {epochs} epochs on the "
              f"{pretrain_metrics['num_images']:,} unlabeled `train.csv` images in "
-             f"{times['pretrain'] / 60:.0f} min, final loss {summary['pretrain_final_loss']:.3f}, "
-             f"z std "
+             f"{times['pretrain'] / 60:.1f} min, final loss "
+             f"{summary['pretrain_final_loss']:.3f}, z std "
              f"{summary['z_std_final']:.4f} (healthy {summary['z_std_healthy']:.4f}"
-             f"{', COLLAPSE WARNING' if collapsed else ', no collapse warning'}).", "",
+             f"{', COLLAPSE WARNING' if collapsed else ', no collapse warning'})."
+             + ("" if final else " (Unfinished: the steps not listed did not run.)"), "",
              "| initialisation | protocol | test accuracy | wall time |",
              "| --- | --- | --- | --- |"]
     lines += [f"| {i} | {p} | {a:.2f} % | {w / 60:.1f} min |" for i, p, a, w in rows]
-    if None not in ranks.values():
+    if len(ranks) == 2 and None not in ranks.values():
         lines += ["", f"Feature effective rank (train, {results['linear']['feature_dim']}-d): "
                       f"pre-trained "
                       f"{ranks['pretrained']:.1f}, random init {ranks['random']:.1f}."]
@@ -250,9 +264,7 @@ def main():
         json.dump(summary, f, indent=2)
     with atomic_write(os.path.join(out, "quality.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"\nwrote {out}/quality.json and {out}/quality.md")
-
+    return "\n".join(lines)
 
 if __name__ == "__main__":
     run(main)

@@ -6,10 +6,12 @@ import os
 import re
 import runpy
 import sys
+import tarfile
 import threading
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.distributed as dist
@@ -20,6 +22,7 @@ import runtime
 import simsiam_data as data
 from conftest import ROOT, TINY_PRETRAIN, run_script, write_images
 from runtime import DataError, amp_dtype_for, load_checkpoint, restore_grad_scaler
+from test_evaluation import make_eurosat
 
 CUDA = torch.device("cuda")  # a device object only: nothing here touches a GPU
 
@@ -397,12 +400,48 @@ def test_gpu_check_script_runs_each_part_and_writes_under_out(tmp_path):
     import subprocess
     env = dict(os.environ, OUT=str(tmp_path / "out"), GPU_CHECK_ARCH="resnet18",
                GPU_CHECK_IMAGE_SIZE="32", GPU_CHECK_BATCHES="4", GPU_CHECK_STEPS="1",
-               GPU_CHECK_IMAGES="8", GPU_CHECK_TESTS="tests/test_cuda.py", PYTHON=sys.executable)
+               GPU_CHECK_IMAGES="8", GPU_CHECK_TESTS="tests/test_cuda.py", PYTHON=sys.executable,
+               GPU_CHECK_EUROSAT=str(tmp_path / "EuroSAT"), GPU_CHECK_PRETRAIN_S="3",
+               GPU_CHECK_QUALITY_ARGS="--preset=cpu --skip_finetune=True "
+                                      "--pretrain_args=--batch_size=8")
+    make_eurosat(str(tmp_path / "EuroSAT"))
     result = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_check.sh")], cwd=ROOT,
                             env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     written = sorted(os.listdir(tmp_path / "out"))
-    assert ("gpu_check.log" in written and "bench_pretrain_batch4.json" in written
-            and "system_check.txt" in written)
+    # at most 8 files come back from a lent machine
+    assert written == ["bench_pretrain_batch4.json", "cuda_tests.txt", "gpu_check.log",
+                       "quality.json", "quality.md", "quality_logs.tar.gz", "system_check.txt"]
     log = open(tmp_path / "out" / "gpu_check.log").read()
-    assert "== CUDA tests" in log and "== throughput" in log
+    assert "== CUDA tests" in log and "== throughput" in log and "== quality: exit 0" in log
+    # the epochs follow from the measured rate: few here, for a 3-second budget
+    epochs = json.load(open(tmp_path / "out" / "quality.json"))["pretrain_epochs"]
+    assert 2 <= epochs and f"== quality: {epochs} pre-training epochs" in log
+    with tarfile.open(tmp_path / "out" / "quality_logs.tar.gz") as logs:
+        names = logs.getnames()
+    assert "./pretrain.log" in names and "./linear_eval_metrics_random.pth" in names
+    assert not any(name.startswith("./simsiam_") for name in names)  # no large checkpoints
+
+
+def test_copy_eurosat_subset_keeps_validation_and_test_whole(tmp_path):
+    source, target = tmp_path / "EuroSAT", tmp_path / "subset"
+    make_eurosat(str(source))
+    args = [f"--source_dir={source}", f"--target_dir={target}"]
+    result = run_script("scripts/copy_eurosat_subset.py", *args, "--train_images=5")
+    assert result.returncode == 0, result.stderr[-2000:]
+    train = pd.read_csv(target / "train.csv", index_col=0)
+    original = pd.read_csv(source / "train.csv", index_col=0)
+    assert len(train) == 5 and set(train.index) <= set(original.index)
+    assert train.equals(original.sample(5, random_state=0))  # the same rows every time
+    for split in ("validation", "test"):
+        assert pd.read_csv(target / f"{split}.csv", index_col=0).equals(
+            pd.read_csv(source / f"{split}.csv", index_col=0))
+    listed = [f for split in ("train", "validation", "test")
+              for f in pd.read_csv(target / f"{split}.csv")["Filename"]]
+    assert all((target / f).is_file() for f in listed) and (target / "label_map.json").is_file()
+    # a second copy into the same folder is refused, as is asking for more rows than exist
+    again = run_script("scripts/copy_eurosat_subset.py", *args)
+    assert again.returncode == 2 and "not empty" in again.stderr
+    too_many = run_script("scripts/copy_eurosat_subset.py", f"--source_dir={source}",
+                          f"--target_dir={tmp_path / 'other'}", "--train_images=100000")
+    assert too_many.returncode == 2 and "TRAIN_IMAGES" in too_many.stderr
