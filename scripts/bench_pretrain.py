@@ -13,7 +13,10 @@ All four run the same SimSiam training step (forward, backward, SGD step) on the
 - default:       train_simsiam.py's PIPELINE="fast": decoded-once uint8 memory map, BatchAugment on
                  the device, AMP as train_simsiam.py chooses it, channels_last on CUDA (and under
                  bf16 on a CPU)
-Warm-up steps are excluded. Prints a table; OUTPUT_JSON is rewritten after each pipeline, so a late
+- default_data_only: the default's data work (cache read, copy, both augmented views) without
+                 the model: what the default pays over the ceiling, in ms per step
+Warm-up steps are excluded; the reference rows also skip the DataLoader's first wave of batches
+and time at least two more (see the comment there). Prints a table; OUTPUT_JSON is rewritten after each pipeline, so a late
 failure (out of memory at a large batch, a killed run) keeps the rows already measured.
 """
 import json
@@ -71,15 +74,18 @@ def make_images(folder, count, size):
         Image.fromarray(pixels).save(os.path.join(folder, f"img_{i:05d}.png"))
 
 
-def timed(name, batches, model, optimizer, device, amp_dtype, channels_last, scaler):
-    """Run WARMUP_STEPS + STEPS training steps over `batches`; return pairs/s of the timed
-    steps."""
+def timed(name, batches, model, optimizer, device, amp_dtype, channels_last, scaler,
+          warmup=None, steps=None):
+    """Run `warmup` (default WARMUP_STEPS) + `steps` (default STEPS) training steps over `batches`;
+    return pairs/s of the timed steps."""
+    warmup = WARMUP_STEPS if warmup is None else warmup
+    steps = STEPS if steps is None else steps
     model.train()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     count, started = 0, None
     for x1, x2 in batches:
-        if count == WARMUP_STEPS:
+        if count == warmup:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             started = time.perf_counter()
@@ -95,17 +101,22 @@ def timed(name, batches, model, optimizer, device, amp_dtype, channels_last, sca
         scaler.step(optimizer)
         scaler.update()
         count += 1
-        if count == WARMUP_STEPS + STEPS:
+        if count == warmup + steps:
             break
     loss.item()  # waits for the device
-    if count < WARMUP_STEPS + STEPS:
+    if count < warmup + steps:
         fail(f"only {count} batches for {name}; use more images or fewer --steps")
     elapsed = time.perf_counter() - started
-    pairs_per_s = STEPS * BATCH_SIZE / elapsed
-    print(f"{name:<10} {pairs_per_s:8.1f} pairs/s  ({elapsed / STEPS * 1000:.0f} ms/step, "
-          f"peak {peak_memory_mib(device):.0f} MiB)", flush=True)
-    return {"pairs_per_s": pairs_per_s, "ms_per_step": elapsed / STEPS * 1000,
-            "peak_mib": peak_memory_mib(device)}
+    pairs_per_s = steps * BATCH_SIZE / elapsed
+    print(f"{name:<10} {pairs_per_s:8.1f} pairs/s  ({elapsed / steps * 1000:.0f} ms/step over "
+          f"{steps} steps, peak {peak_memory_mib(device):.0f} MiB)", flush=True)
+    return {"pairs_per_s": pairs_per_s, "ms_per_step": elapsed / steps * 1000,
+            "peak_mib": peak_memory_mib(device), "timed_steps": steps}
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def write_json(summary):
@@ -165,18 +176,31 @@ def main():
 
     # ---- reference: the write-up's pipeline as written (fp32), then with the default's
     # precision ----
+    # The DataLoader fills NUM_WORKERS x 2 batches ahead. Had the workers started with the model's
+    # warm-up (cuDNN autotuning takes seconds), the timed steps would be served from that cushion
+    # and measure the GPU, not the pipeline. So the model warms up on device tensors first, the
+    # workers start only then, their first wave of batches is skipped, and the timed steps span at
+    # least two further waves (one wave of NUM_WORKERS batches arrives nearly at once).
+    def loader_batches(model_warmup):
+        yield from (model_warmup for _ in range(WARMUP_STEPS))
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=BATCH_SIZE, shuffle=True, drop_last=True,
+            num_workers=NUM_WORKERS, pin_memory=device.type == "cuda",
+            collate_fn=data.collate_skipping, persistent_workers=False)
+        yield from ((x1, x2) for x1, x2, _ in loader)
+
+    skipped = WARMUP_STEPS + max(1, NUM_WORKERS)
+    loader_steps = max(STEPS, 2 * NUM_WORKERS)
+    needed = (skipped + loader_steps) * BATCH_SIZE
+    if len(paths) < needed:
+        paths = (paths * (needed // len(paths) + 1))[:needed]  # repeated files: same work
     dataset = data.PretrainImageDataset(paths, data.simsiam_transform_v1(IMAGE_SIZE),
                                         data.simsiam_transform_v2(IMAGE_SIZE))
     for name, precision, memory_format in (("reference", None, False),
                                            ("reference_amp", amp_dtype, channels_last)):
         model, optimizer, scaler = fresh_model(memory_format, precision)
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=BATCH_SIZE, shuffle=True, drop_last=True,
-            num_workers=NUM_WORKERS, pin_memory=device.type == "cuda",
-            collate_fn=data.collate_skipping, persistent_workers=False)
-        results[name] = timed(name, ((x1, x2) for x1, x2, _ in loader), model, optimizer, device,
-                              precision, memory_format, scaler)
-        del loader
+        results[name] = timed(name, loader_batches(fixed), model, optimizer, device, precision,
+                              memory_format, scaler, warmup=skipped, steps=loader_steps)
         write_json(summary)
 
     # ---- default: decode once, batched augmentation on the device ----
@@ -195,6 +219,21 @@ def main():
     results["default"] = timed("default", batches, model, optimizer, device, amp_dtype,
                                channels_last, scaler)
     results["default"]["one_time_decode_s"] = decode_s
+    write_json(summary)
+
+    # ---- the default's data work alone (cache read, copy, both views): its cost over ceiling ----
+    views = ((augment1(b, generator), augment2(b, generator))
+             for _, b in data.iterate_batches(array, order, BATCH_SIZE, device))
+    for count, (view1, _) in enumerate(views):
+        if count == WARMUP_STEPS:
+            synchronize(device)
+            started = time.perf_counter()
+        if count == WARMUP_STEPS + STEPS:
+            break
+    synchronize(device)
+    results["default_data_only"] = {
+        "ms_per_step": (time.perf_counter() - started) / STEPS * 1000}
+    print(f"default data work alone: {results['default_data_only']['ms_per_step']:.0f} ms/step")
 
     ratio_reference = results["default"]["pairs_per_s"] / results["reference"]["pairs_per_s"]
     ratio_ceiling = results["default"]["pairs_per_s"] / results["ceiling"]["pairs_per_s"]
@@ -212,7 +251,9 @@ def main():
     print(f"\ndefault / reference = {ratio_reference:.2f}x, "
           f"default / ceiling = {ratio_ceiling:.2f}, "
           f"reference_amp / reference = {summary['reference_amp_over_reference']:.2f}x "
-          f"(one-time decode of {len(kept)} images: {decode_s:.1f} s, not in the rates)")
+          f"(one-time decode of {len(kept)} images: {decode_s:.1f} s, not in the rates); "
+          f"the default's data work alone: "
+          f"{results['default_data_only']['ms_per_step']:.0f} ms/step")
     print(f"wrote {OUTPUT_JSON}")
 
 

@@ -18,7 +18,7 @@
 # The CUDA tests share the GPU with the quality run: they are small, and a lent machine's time is short. The
 # exit status is that of the first part that failed (0 when all passed). For a smoke test on a CPU the sizes
 # can be made tiny: GPU_CHECK_ARCH, GPU_CHECK_IMAGE_SIZE, GPU_CHECK_BATCHES, GPU_CHECK_STEPS, GPU_CHECK_IMAGES,
-# GPU_CHECK_TESTS, GPU_CHECK_EUROSAT, GPU_CHECK_PRETRAIN_S, GPU_CHECK_QUALITY_ARGS; PYTHON picks the interpreter.
+# GPU_CHECK_WORKERS, GPU_CHECK_TESTS, GPU_CHECK_EUROSAT, GPU_CHECK_PRETRAIN_S, GPU_CHECK_QUALITY_ARGS; PYTHON picks the interpreter.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-bench_results/gpu_check}"
@@ -28,6 +28,7 @@ IMAGE_SIZE="${GPU_CHECK_IMAGE_SIZE:-224}"
 BATCHES="${GPU_CHECK_BATCHES:-256 32}"
 STEPS="${GPU_CHECK_STEPS:-15}"
 IMAGES="${GPU_CHECK_IMAGES:-1024}"
+WORKERS="${GPU_CHECK_WORKERS:-12}"  # DataLoader workers of the reference pipeline
 TESTS="${GPU_CHECK_TESTS:-tests/test_cuda.py tests/test_augment_match.py}"
 EUROSAT="${GPU_CHECK_EUROSAT:-datae/EuroSAT}"
 QUALITY_PRETRAIN_S="${GPU_CHECK_PRETRAIN_S:-160}"
@@ -70,9 +71,10 @@ save_quality() {
 import bench_pretrain, os; os.makedirs('$WORK/images'); bench_pretrain.make_images('$WORK/images', $IMAGES, \
 264 if $IMAGE_SIZE > 64 else 64)"
     for batch in $BATCHES; do
-        part "throughput: $ARCH, $IMAGE_SIZE px, batch $batch" 150 "$PYTHON" scripts/bench_pretrain.py \
+        part "throughput: $ARCH, $IMAGE_SIZE px, batch $batch" 240 "$PYTHON" scripts/bench_pretrain.py \
             --data_dir="$WORK/images" --arch="$ARCH" --image_size="$IMAGE_SIZE" --batch_size="$batch" \
-            --steps="$STEPS" --warmup_steps=5 --num_workers=12 --output_json="$OUT/bench_pretrain_batch$batch.json"
+            --steps="$STEPS" --warmup_steps=5 --num_workers="$WORKERS" \
+            --output_json="$OUT/bench_pretrain_batch$batch.json"
     done
 
     # shellcheck disable=SC2086

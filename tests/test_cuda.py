@@ -58,20 +58,27 @@ def test_auto_precision_matches_the_card():
     assert dtype == (torch.bfloat16 if major >= 8 else torch.float16), reason
 
 
-@pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_mixed_precision_outputs_channels_last_and_gradients_close_to_fp32(amp):
+def mixed_precision_gradients(device, amp):
+    """A SimSiam step in fp32 and under `amp` on `device`. Returns the output dtype, the last
+    layer1 activation, and per layer the relative gradient error of the mixed step against fp32
+    beside that of an fp32 step whose inputs were only rounded to the reduced precision.
+
+    That second error is the yardstick: at random initialisation on random inputs, BatchNorm makes
+    these gradients small differences of large terms, so rounding the inputs alone moves conv1's
+    gradient by about 30 % in bf16 (measured on a CPU). Mixed precision should add errors of that
+    order, not replace the gradient."""
     torch.manual_seed(0)
-    model = SimSiam("resnet18", dim=256, pred_dim=64).cuda().to(memory_format=torch.channels_last)
-    x1 = torch.randn(32, 3, 64, 64, device="cuda").contiguous(memory_format=torch.channels_last)
-    x2 = torch.randn(32, 3, 64, 64, device="cuda").contiguous(memory_format=torch.channels_last)
+    model = SimSiam("resnet18", dim=256, pred_dim=64).to(device, memory_format=torch.channels_last)
+    inputs = [torch.randn(32, 3, 64, 64, device=device).contiguous(memory_format=torch.channels_last)
+              for _ in range(2)]
     assert model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     activations = []
     model.backbone.layer1.register_forward_hook(
-        lambda module, inputs, output: activations.append(output))
+        lambda module, args, output: activations.append(output))
 
-    def gradients(dtype):
+    def gradients(dtype, x1, x2):
         model.zero_grad(set_to_none=True)
-        with autocast_for(CUDA, dtype):
+        with autocast_for(device, dtype):
             p1, p2, z1, z2 = model(x1, x2)
             loss = negative_cosine_loss(p1.float(), p2.float(), z1.float(), z2.float())
         # scaled, as fp16 training does, so that small gradients do not flush to zero
@@ -79,15 +86,26 @@ def test_mixed_precision_outputs_channels_last_and_gradients_close_to_fp32(amp):
         return p1.dtype, {n: p.grad.float() / 1024 for n, p in model.named_parameters()
                           if p.grad is not None}
 
-    _, reference = gradients(None)
-    dtype = amp_dtype_for(CUDA, amp)[0]
-    output_dtype, mixed = gradients(dtype)
+    dtype = amp_dtype_for(device, amp)[0]
+    _, reference = gradients(None, *inputs)
+    _, rounded = gradients(None, *[x.to(dtype).float() for x in inputs])
+    output_dtype, mixed = gradients(dtype, *inputs)
+
+    def error(grads, name):
+        return ((grads[name] - reference[name]).norm() / reference[name].norm()).item()
+    names = ("backbone.conv1.weight", "backbone.layer4.1.conv2.weight", "predictor.0.weight")
+    return output_dtype, dtype, activations[-1], {
+        name: (error(mixed, name), error(rounded, name)) for name in names}
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_outputs_channels_last_and_gradients_close_to_fp32(amp):
+    output_dtype, dtype, activation, errors = mixed_precision_gradients(CUDA, amp)
     assert output_dtype == dtype  # the predictor really ran in reduced precision
-    assert (activations[-1].dtype == dtype
-            and activations[-1].is_contiguous(memory_format=torch.channels_last))
-    for name in ("backbone.conv1.weight", "backbone.layer4.1.conv2.weight", "predictor.0.weight"):
-        relative = (mixed[name] - reference[name]).norm() / reference[name].norm()
-        assert relative < 0.1, (name, relative.item())
+    assert activation.dtype == dtype and activation.is_contiguous(
+        memory_format=torch.channels_last)
+    for name, (mixed, input_rounding) in errors.items():
+        assert mixed < 3 * input_rounding, (name, mixed, input_rounding)
 
 
 def test_forced_fp16_trains_with_the_grad_scaler(tmp_path):

@@ -384,7 +384,8 @@ def test_bench_pretrain_writes_each_pipeline_as_it_is_measured(tmp_path):
     result = run_script("scripts/bench_pretrain.py", *args, f"--cache_dir={tmp_path / 'cache'}")
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.load(open(tmp_path / "bench.json"))
-    assert list(summary["results"]) == ["ceiling", "reference", "reference_amp", "default"]
+    assert list(summary["results"]) == ["ceiling", "reference", "reference_amp", "default",
+                                        "default_data_only"]
     assert "reference_amp_over_reference" in summary and "| reference_amp |" in result.stdout
     # the default pipeline cannot make its cache here: a late failure
     (tmp_path / "a_file").write_text("")
@@ -400,7 +401,7 @@ def test_gpu_check_script_runs_each_part_and_writes_under_out(tmp_path):
     import subprocess
     env = dict(os.environ, OUT=str(tmp_path / "out"), GPU_CHECK_ARCH="resnet18",
                GPU_CHECK_IMAGE_SIZE="32", GPU_CHECK_BATCHES="4", GPU_CHECK_STEPS="1",
-               GPU_CHECK_IMAGES="8", GPU_CHECK_TESTS="tests/test_cuda.py", PYTHON=sys.executable,
+               GPU_CHECK_IMAGES="8", GPU_CHECK_WORKERS="2", GPU_CHECK_TESTS="tests/test_cuda.py", PYTHON=sys.executable,
                GPU_CHECK_EUROSAT=str(tmp_path / "EuroSAT"), GPU_CHECK_PRETRAIN_S="3",
                GPU_CHECK_QUALITY_ARGS="--preset=cpu --skip_finetune=True "
                                       "--pretrain_args=--batch_size=8")
@@ -445,3 +446,16 @@ def test_copy_eurosat_subset_keeps_validation_and_test_whole(tmp_path):
     too_many = run_script("scripts/copy_eurosat_subset.py", f"--source_dir={source}",
                           f"--target_dir={tmp_path / 'other'}", "--train_images=100000")
     assert too_many.returncode == 2 and "TRAIN_IMAGES" in too_many.stderr
+
+
+def test_cpu_bf16_gradients_stay_within_a_few_input_roundings_of_fp32():
+    """The CUDA test's gradient yardstick, on the CPU's bf16: it must pass here, and fail when the
+    gradients are not the mixed-precision ones."""
+    from test_cuda import mixed_precision_gradients
+    output_dtype, dtype, activation, errors = mixed_precision_gradients(torch.device("cpu"),
+                                                                        "bf16")
+    assert output_dtype == dtype == torch.bfloat16 and activation.dtype == torch.bfloat16
+    for name, (mixed, input_rounding) in errors.items():
+        assert 0 < mixed < 3 * input_rounding, (name, mixed, input_rounding)
+        # a gradient with no relation to fp32's (error ~1.4 for random directions) would fail
+        assert 3 * input_rounding < 1.4, (name, input_rounding)
