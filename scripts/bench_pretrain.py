@@ -16,8 +16,9 @@ All four run the same SimSiam training step (forward, backward, SGD step) on the
 - default_data_only: the default's data work (cache read, copy, both augmented views) without
                  the model: what the default pays over the ceiling, in ms per step
 Warm-up steps are excluded; the reference rows also skip the DataLoader's first wave of batches
-and time at least two more (see the comment there). Prints a table; OUTPUT_JSON is rewritten after each pipeline, so a late
-failure (out of memory at a large batch, a killed run) keeps the rows already measured.
+and time at least two more (see the comment there). Prints a table; OUTPUT_JSON is rewritten after
+each pipeline, so a late failure (out of memory at a large batch, a killed run) keeps the rows
+already measured.
 """
 import json
 import os

@@ -69,8 +69,8 @@ def mixed_precision_gradients(device, amp):
     order, not replace the gradient."""
     torch.manual_seed(0)
     model = SimSiam("resnet18", dim=256, pred_dim=64).to(device, memory_format=torch.channels_last)
-    inputs = [torch.randn(32, 3, 64, 64, device=device).contiguous(memory_format=torch.channels_last)
-              for _ in range(2)]
+    inputs = [torch.randn(32, 3, 64, 64, device=device).contiguous(
+        memory_format=torch.channels_last) for _ in range(2)]
     assert model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     activations = []
     model.backbone.layer1.register_forward_hook(

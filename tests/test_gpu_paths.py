@@ -401,7 +401,8 @@ def test_gpu_check_script_runs_each_part_and_writes_under_out(tmp_path):
     import subprocess
     env = dict(os.environ, OUT=str(tmp_path / "out"), GPU_CHECK_ARCH="resnet18",
                GPU_CHECK_IMAGE_SIZE="32", GPU_CHECK_BATCHES="4", GPU_CHECK_STEPS="1",
-               GPU_CHECK_IMAGES="8", GPU_CHECK_WORKERS="2", GPU_CHECK_TESTS="tests/test_cuda.py", PYTHON=sys.executable,
+               GPU_CHECK_IMAGES="8", GPU_CHECK_WORKERS="2", GPU_CHECK_TESTS="tests/test_cuda.py",
+               PYTHON=sys.executable,
                GPU_CHECK_EUROSAT=str(tmp_path / "EuroSAT"), GPU_CHECK_PRETRAIN_S="3",
                GPU_CHECK_QUALITY_ARGS="--preset=cpu --skip_finetune=True "
                                       "--pretrain_args=--batch_size=8")
