@@ -20,9 +20,11 @@ and time at least two more (see the comment there). Prints a table; OUTPUT_JSON 
 each pipeline, so a late failure (out of memory at a large batch, a killed run) keeps the rows
 already measured.
 """
+import atexit
 import json
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -39,7 +41,9 @@ from runtime import (AMP_MODES, amp_dtype_for, at_least, atomic_write, autocast_
 from simsiam_model import SimSiam, negative_cosine_loss  # noqa: E402
 
 # -------------------------------------------------------------------------------------------------
-DATA_DIR = ""  # folder of images; "" = generate NUM_IMAGES PNGs of SOURCE_SIZE px in a temp folder
+DATA_DIR = ""  # folder of images; "" = NUM_IMAGES generated PNGs of SOURCE_SIZE px (GENERATED_DIR)
+GENERATED_DIR = ""  # where generated PNGs go; "" = a temp folder, removed at the end; a folder
+#                     that already holds them (a second run at another batch size) is reused
 NUM_IMAGES = 512  # generated images (when DATA_DIR is "")
 SOURCE_SIZE = 0  # generated image side, px; 0 = 264 (SSL4EO-S12 patch) if IMAGE_SIZE > 64, else 64
 ARCH = "resnet18"  # resnet18 | resnet34 | resnet50
@@ -64,15 +68,25 @@ def peak_memory_mib(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def make_images(folder, count, size):
+def generated_images(folder, count, size):
+    """Paths of `count` smooth random PNGs of `size` px in `folder` (seed 0), written unless the
+    folder already holds them."""
+    paths = [os.path.join(folder, f"img_{i:05d}.png") for i in range(count)]
+    if all(os.path.isfile(p) for p in paths) and data.open_rgb(paths[0]).size == (size, size):
+        print(f"reusing {count} generated PNGs of {size} px in {folder}")
+        return paths
+    print(f"generating {count} PNGs of {size} px in {folder}")
     rng = np.random.default_rng(0)
-    for i in range(count):
+    for path in paths:
         yy, xx = np.mgrid[0:size, 0:size] / size
         base = rng.uniform(40, 200, size=3)
         pixels = base + 40 * np.sin(2 * np.pi * (rng.uniform(1, 6) * xx
                                                  + rng.uniform(1, 6) * yy))[..., None]
         pixels = np.clip(pixels + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(os.path.join(folder, f"img_{i:05d}.png"))
+        # whole files only: a killed run leaves nothing that a later one would reuse half-written
+        with atomic_write(path, "wb", durable=False) as f:
+            Image.fromarray(pixels).save(f, format="PNG")
+    return paths
 
 
 def timed(name, batches, model, optimizer, device, amp_dtype, channels_last, scaler,
@@ -87,8 +101,7 @@ def timed(name, batches, model, optimizer, device, amp_dtype, channels_last, sca
     count, started = 0, None
     for x1, x2 in batches:
         if count == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            synchronize(device)
             started = time.perf_counter()
         x1, x2 = x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
         if channels_last:
@@ -137,19 +150,23 @@ def main():
     channels_last = channels_last_for(device, amp_dtype, CHANNELS_LAST)
     tuned = speed_up_cuda(device)
     torch.manual_seed(0)
-    workdir = tempfile.mkdtemp(prefix="bench_pretrain_")
-    data_dir = DATA_DIR
-    if not data_dir:
-        data_dir = os.path.join(workdir, "images")
-        os.makedirs(data_dir)
-        size = SOURCE_SIZE or (264 if IMAGE_SIZE > 64 else 64)
-        print(f"generating {NUM_IMAGES} PNGs of {size} px in {data_dir}")
-        make_images(data_dir, NUM_IMAGES, size)
-    paths = data.list_images(data_dir)
-    needed = (WARMUP_STEPS + STEPS) * BATCH_SIZE
+    workdir = tempfile.mkdtemp(prefix="bench_pretrain_")  # generated images, the default's cache
+    atexit.register(shutil.rmtree, workdir, True)
+    if DATA_DIR:
+        paths = data.list_images(DATA_DIR)
+        if not paths:
+            fail(f"DATA_DIR = {DATA_DIR!r} holds no images; point --data_dir at a folder of "
+                 "images, or leave it empty to generate some", code=2)
+    else:
+        paths = generated_images(GENERATED_DIR or os.path.join(workdir, "images"), NUM_IMAGES,
+                                 SOURCE_SIZE or (264 if IMAGE_SIZE > 64 else 64))
+    # The reference rows skip the DataLoader's first wave and time at least two more (see there);
+    # every pipeline reads this one list, repeated as needed (same work per image)
+    skipped = WARMUP_STEPS + max(1, NUM_WORKERS)
+    loader_steps = max(STEPS, 2 * NUM_WORKERS)
+    needed = (skipped + loader_steps) * BATCH_SIZE
     if len(paths) < needed:
-        # repeat files: same work per image
-        paths = (paths * (needed // max(1, len(paths)) + 1))[:needed]
+        paths = (paths * (needed // len(paths) + 1))[:needed]
     print(f"device: {describe_device(device)}; {ARCH} at {IMAGE_SIZE} px, batch {BATCH_SIZE} "
           f"pairs, {STEPS} timed steps after {WARMUP_STEPS} warm-up; "
           f"precision {precision_name(amp_dtype)} "
@@ -190,11 +207,6 @@ def main():
             collate_fn=data.collate_skipping, persistent_workers=False)
         yield from ((x1, x2) for x1, x2, _ in loader)
 
-    skipped = WARMUP_STEPS + max(1, NUM_WORKERS)
-    loader_steps = max(STEPS, 2 * NUM_WORKERS)
-    needed = (skipped + loader_steps) * BATCH_SIZE
-    if len(paths) < needed:
-        paths = (paths * (needed // len(paths) + 1))[:needed]  # repeated files: same work
     dataset = data.PretrainImageDataset(paths, data.simsiam_transform_v1(IMAGE_SIZE),
                                         data.simsiam_transform_v2(IMAGE_SIZE))
     for name, precision, memory_format in (("reference", None, False),
@@ -225,7 +237,7 @@ def main():
     # ---- the default's data work alone (cache read, copy, both views): its cost over ceiling ----
     views = ((augment1(b, generator), augment2(b, generator))
              for _, b in data.iterate_batches(array, order, BATCH_SIZE, device))
-    for count, (view1, _) in enumerate(views):
+    for count, _ in enumerate(views):
         if count == WARMUP_STEPS:
             synchronize(device)
             started = time.perf_counter()

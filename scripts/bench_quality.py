@@ -98,11 +98,12 @@ def pretrain_seconds(out_dir, elapsed, output):
     return total
 
 
-def write_subset(train_csv, count, path):
-    """A fixed random `count` rows of train.csv (seed 0) as path; the same rows on every run."""
-    table = pd.read_csv(train_csv, index_col=0)
+def write_subset(train_csv, count, path, setting="PRETRAIN_IMAGES"):
+    """A fixed random `count` rows of train.csv (seed 0) as path; the same rows on every run (and
+    in scripts/copy_eurosat_subset.py)."""
+    table = pd.read_csv(train_csv, index_col=0, dtype={"Filename": str})
     if not 0 < count <= len(table):
-        fail(f"PRETRAIN_IMAGES must be 1 to {len(table)} (the images of {train_csv}), got {count}",
+        fail(f"{setting} must be 1 to {len(table)} (the images of {train_csv}), got {count}",
              code=2)
     with atomic_write(path, "w") as f:
         table.sample(count, random_state=0).to_csv(f)
@@ -192,8 +193,9 @@ def main():
         # the script's own timing: the same on a rerun that skips it
         times[name] = results[name]["wall_time_s"]
         # the table so far: a step that fails or is stopped later keeps these rows
-        write_report(out, config, pretrain_metrics, results, times, commands, final=False)
-    print(write_report(out, config, pretrain_metrics, results, times, commands, final=True))
+        table = write_report(out, config, pretrain_metrics, results, times, commands,
+                             final=name == steps[-1][0])
+    print(table)
     print(f"\nwrote {out}/quality.json and {out}/quality.md")
 
 
@@ -265,6 +267,7 @@ def write_report(out, config, pretrain_metrics, results, times, commands, final)
     with atomic_write(os.path.join(out, "quality.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     return "\n".join(lines)
+
 
 if __name__ == "__main__":
     run(main)

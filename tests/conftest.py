@@ -1,8 +1,12 @@
-"""Shared test helpers: the repository root on sys.path, a way to run a script as a user would,
-tiny images."""
+"""Shared test helpers: the repository root on sys.path, two ways to run a script (as a user
+would, and in-process), tiny images."""
+import contextlib
+import io
 import os
+import runpy
 import subprocess
 import sys
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -23,6 +27,37 @@ def run_script(script, *args, cwd=None, timeout=300, env=None):
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd or ROOT,
                           capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+class Result(NamedTuple):
+    """What run_in_process returns: reads like subprocess.run's result and unpacks as
+    (code, out, err)."""
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_in_process(script, *args):
+    """Run a script's main as `python script args...` would, in this process: the same main and
+    messages, without seconds of interpreter and PyTorch start-up. SystemExit becomes the exit
+    status; any other exception propagates (a traceback the user would see fails the test)."""
+    import runtime
+    out, err = io.StringIO(), io.StringIO()
+    saved_argv, sys.argv = sys.argv, [script, *args]
+    locks_before = len(runtime._held_locks)
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
+    except SystemExit as stop:
+        code = stop.code or 0
+    finally:
+        sys.argv = saved_argv
+        # a process's exit drops its output-folder locks; here, drop the ones this run took
+        while len(runtime._held_locks) > locks_before:
+            runtime._held_locks.pop().close()
+    assert "Traceback" not in err.getvalue()
+    return Result(code, out.getvalue(), err.getvalue())
 
 
 def write_images(folder, count, size=40, seed=0):

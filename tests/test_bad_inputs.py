@@ -1,23 +1,17 @@
 """A corpus of bad inputs fed to every script: each gets a clear message (file named, what is
 wrong, what to do) and a non-zero exit, or is skipped with a count; never a traceback, never a
 silently wrong result."""
-import contextlib
-import io
 import json
 import os
 import pickle
-import runpy
-import sys
-from typing import NamedTuple
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, TINY_PRETRAIN, run_script, write_images
+from conftest import TINY_PRETRAIN, run_in_process, run_script, write_images
 from make_demo_data import write_eurosat_like, write_ssl4eo_zarr
-import runtime
 from runtime import load_checkpoint
 from simsiam_model import Classifier, SimSiam, classifier_checkpoint
 
@@ -56,43 +50,14 @@ def _copy_eurosat(corpus, tmp_path):
     return target
 
 
-# Most cases run a script in-process: the same main and the same messages as a subprocess, without
-# seconds of start-up each; a few run as a user would (run_script), so the command line is covered.
-
-class Result(NamedTuple):
-    """What _run_in_process returns: unpacks as (code, out, err) and reads like
-    subprocess.run's result."""
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def _run_in_process(script, argv):
-    """Run a script's main as `python script argv...` would, in this process: the same main and
-    messages, without seconds of interpreter and PyTorch start-up."""
-    out, err = io.StringIO(), io.StringIO()
-    saved_argv, sys.argv = sys.argv, [script, *argv]
-    locks_before = len(runtime._held_locks)
-    code = 0
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
-    except SystemExit as stop:
-        code = stop.code or 0
-    finally:
-        sys.argv = saved_argv
-        # a process's exit drops its output-folder locks; here, drop the ones this run took
-        while len(runtime._held_locks) > locks_before:
-            runtime._held_locks.pop().close()
-    assert "Traceback" not in err.getvalue()
-    return Result(code, out.getvalue(), err.getvalue())
-
+# Most cases run a script in-process (run_in_process: the same main and messages, without
+# seconds of start-up each); a few run as a user would (run_script), to cover the command line.
 
 def _linear_eval(corpus, eurosat, tmp_path, *extra):
-    return _run_in_process("Linear_evaluation.py", [
-        f"--eurosat_dir={eurosat}", f"--output_dir={tmp_path / 'out'}",
-        f"--cache_dir={tmp_path / 'cache'}", f"--pretrained_path={corpus['checkpoint']}",
-        "--num_epochs=1", "--batch_size=16", *extra])
+    return run_in_process("Linear_evaluation.py", f"--eurosat_dir={eurosat}",
+                          f"--output_dir={tmp_path / 'out'}", f"--cache_dir={tmp_path / 'cache'}",
+                          f"--pretrained_path={corpus['checkpoint']}", "--num_epochs=1",
+                          "--batch_size=16", *extra)
 
 
 def _assert_clear_failure(result, *needles, code=1):
@@ -218,18 +183,17 @@ def test_empty_and_missing_pretraining_folders(tmp_path):
     (tmp_path / "empty").mkdir()
     for folder, needle in ((tmp_path / "empty", "no images"),
                            (tmp_path / "missing", "does not exist")):
-        result = _run_in_process("train_simsiam.py", [f"--data_dir={folder}",
-                                                      f"--output_dir={tmp_path / 'out'}",
-                                                      *TINY_PRETRAIN])
+        result = run_in_process("train_simsiam.py", f"--data_dir={folder}",
+                                f"--output_dir={tmp_path / 'out'}", *TINY_PRETRAIN)
         _assert_clear_failure(result, str(folder), needle, "make_dataset.py")
 
 
 def test_batch_larger_than_the_data_set(tmp_path):
     images = tmp_path / "images"
     write_images(str(images), 6)
-    result = _run_in_process("train_simsiam.py", [
-        f"--data_dir={images}", f"--output_dir={tmp_path / 'out'}",
-        f"--cache_dir={tmp_path / 'cache'}", *TINY_PRETRAIN, "--num_epochs=1"])
+    result = run_in_process("train_simsiam.py", f"--data_dir={images}",
+                            f"--output_dir={tmp_path / 'out'}",
+                            f"--cache_dir={tmp_path / 'cache'}", *TINY_PRETRAIN, "--num_epochs=1")
     _assert_clear_failure(result, "only 6 usable images", "--batch_size")
 
 
@@ -241,9 +205,9 @@ def test_overrides_unknown_and_wrong_type_for_every_script():
     _assert_clear_failure(run_script("train_simsiam.py", "--no_such_setting=1"),
                           "unknown setting", "valid names", code=2)
     for script, name in integer_setting.items():
-        _assert_clear_failure(_run_in_process(script, ["--no_such_setting=1"]), "unknown setting",
+        _assert_clear_failure(run_in_process(script, "--no_such_setting=1"), "unknown setting",
                               "valid names", code=2)
-        _assert_clear_failure(_run_in_process(script, [f"--{name}=abc"]), "must be an integer",
+        _assert_clear_failure(run_in_process(script, f"--{name}=abc"), "must be an integer",
                               code=2)
 
 
@@ -325,7 +289,7 @@ def test_settings_are_checked_before_any_data_is_read(tmp_path, script,
                "classify_image.py": [str(nowhere)], "plot_results.py": [f"--output_dir={nowhere}"],
                "scripts/bench_pretrain.py": [],
                "scripts/bench_quality.py": [f"--eurosat_dir={nowhere}"]}
-    code, _, err = _run_in_process(script, [*folders[script], setting])
+    code, _, err = run_in_process(script, *folders[script], setting)
     assert code == 2, err
     assert name in err and "nowhere" not in err  # the setting is named; no data was looked at
     assert not (tmp_path / "out").exists()  # and no output folder was made
@@ -334,7 +298,7 @@ def test_settings_are_checked_before_any_data_is_read(tmp_path, script,
 def test_a_gpu_that_is_not_there_is_a_setting_error(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    code, _, err = _run_in_process("train_simsiam.py", [f"--data_dir={tmp_path}", "--device=cuda"])
+    code, _, err = run_in_process("train_simsiam.py", f"--data_dir={tmp_path}", "--device=cuda")
     assert code == 2 and "DEVICE = 'cuda'" in err and "0 CUDA GPU(s)" in err
 
 
@@ -346,10 +310,10 @@ def test_an_image_over_the_decompression_bomb_limit(corpus, tmp_path):
     write_images(str(images), 16)
     _bomb_png(images / "bomb.png")
     for pipeline in ("fast", "reference"):
-        code, out, err = _run_in_process("train_simsiam.py", [
-            f"--data_dir={images}", f"--output_dir={tmp_path / pipeline}",
+        code, out, err = run_in_process(
+            "train_simsiam.py", f"--data_dir={images}", f"--output_dir={tmp_path / pipeline}",
             f"--cache_dir={tmp_path / 'cache'}", *TINY_PRETRAIN, "--num_epochs=1",
-            f"--pipeline={pipeline}"])
+            f"--pipeline={pipeline}")
         assert code == 0, err
         assert "bomb.png" in out and "DecompressionBombError" in out
         assert load_checkpoint(
@@ -361,9 +325,9 @@ def test_an_image_over_the_decompression_bomb_limit(corpus, tmp_path):
         _bomb_png(eurosat / "Forest" / f"Forest_{i}.jpg", side=20000 + i)
     with pytest.raises(DataError, match="DecompressionBombError"):
         data.load_eurosat_cached(str(eurosat), "test", str(tmp_path / "cache"))
-    code, out, err = _run_in_process("classify_image.py", [str(eurosat / "Forest"),
-                                                           f"--model_path={corpus['classifier']}",
-                                                           f"--output_csv={tmp_path / 'p.csv'}"])
+    code, out, err = run_in_process("classify_image.py", str(eurosat / "Forest"),
+                                    f"--model_path={corpus['classifier']}",
+                                    f"--output_csv={tmp_path / 'p.csv'}")
     assert code == 1 and "none of the 10 images" in err and "DecompressionBombError" in out + err
 
 
@@ -398,22 +362,22 @@ def test_knn_folder_and_file_list_problems_are_named(corpus, tmp_path):
     write_images(str(images), 16)
     common = [f"--data_dir={images}", f"--cache_dir={tmp_path / 'cache'}", *TINY_PRETRAIN,
               "--num_epochs=1"]
-    code, _, err = _run_in_process("train_simsiam.py", [*common, f"--output_dir={tmp_path / 'a'}",
-                                                        f"--knn_data_dir={tmp_path / 'no_knn'}"])
+    code, _, err = run_in_process("train_simsiam.py", *common, f"--output_dir={tmp_path / 'a'}",
+                                  f"--knn_data_dir={tmp_path / 'no_knn'}")
     assert code == 1 and "no_knn" in err and "label_map.json" in err
     eurosat = _copy_eurosat(corpus, tmp_path)
     (eurosat / "validation.csv").write_text((eurosat / "validation.csv").read_text()
                                             .replace("Forest_", "Gone_", 1))
-    code, _, err = _run_in_process("train_simsiam.py", [*common, f"--output_dir={tmp_path / 'b'}",
-                                                        f"--knn_data_dir={eurosat}"])
+    code, _, err = run_in_process("train_simsiam.py", *common, f"--output_dir={tmp_path / 'b'}",
+                                  f"--knn_data_dir={eurosat}")
     assert code == 1 and "validation.csv" in err and "does not exist" in err
     for name, text, needle in (("empty.txt", "", "names no image"),
                                ("empty.csv", "", "not a readable list"),
                                ("columns.csv", "File\na.png\n", "needs a Filename column")):
         (tmp_path / name).write_text(text)
-        code, _, err = _run_in_process("train_simsiam.py",
-                                       [*common, f"--output_dir={tmp_path / ('out_' + name)}",
-                                        f"--file_list={tmp_path / name}"])
+        code, _, err = run_in_process("train_simsiam.py", *common,
+                                      f"--output_dir={tmp_path / ('out_' + name)}",
+                                      f"--file_list={tmp_path / name}")
         assert code == 1 and name in err and needle in err, err
 
 
@@ -425,8 +389,8 @@ def test_output_locations_are_checked_before_training(tmp_path, monkeypatch):
     common = [f"--data_dir={images}", *TINY_PRETRAIN, "--num_epochs=1"]
     for output_dir, needle in ((tmp_path / "a_file", "is a file"),
                                ("/proc/simsiam_outputs", "cannot write")):
-        code, _, err = _run_in_process("train_simsiam.py", [*common, f"--output_dir={output_dir}",
-                                                            f"--cache_dir={tmp_path / 'cache'}"])
+        code, _, err = run_in_process("train_simsiam.py", *common, f"--output_dir={output_dir}",
+                                      f"--cache_dir={tmp_path / 'cache'}")
         assert code == 1 and needle in err and "OUTPUT_DIR" in err
         assert not (tmp_path / "cache").exists()  # stopped before any image was decoded
     out = tmp_path / "out"
@@ -441,8 +405,8 @@ def test_output_locations_are_checked_before_training(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", save_on_a_full_disk)
-    code, out_text, err = _run_in_process("train_simsiam.py", [
-        *common, f"--output_dir={out}", f"--cache_dir={tmp_path / 'cache'}"])
+    code, out_text, err = run_in_process("train_simsiam.py", *common, f"--output_dir={out}",
+                                         f"--cache_dir={tmp_path / 'cache'}")
     assert code == 1 and "cannot write" in err and "disk full or not writable?" in err
     assert "removed 1 temporary file(s)" in out_text
     left = sorted(os.listdir(out))
@@ -494,7 +458,7 @@ def test_a_resume_checkpoint_missing_keys(tmp_path):
     write_images(str(images), 16)
     common = [f"--data_dir={images}", f"--output_dir={tmp_path / 'out'}",
               f"--cache_dir={tmp_path / 'cache'}", *TINY_PRETRAIN]
-    assert _run_in_process("train_simsiam.py", [*common, "--num_epochs=1"])[0] == 0
+    assert run_in_process("train_simsiam.py", *common, "--num_epochs=1")[0] == 0
     last_path = tmp_path / "out" / "checkpoint_last.pth"
     last = torch.load(last_path, weights_only=True)
     del last["optimizer"], last["global_step"]
@@ -504,7 +468,7 @@ def test_a_resume_checkpoint_missing_keys(tmp_path):
     for handle in runtime._held_locks:
         handle.close()
     runtime._held_locks.clear()
-    code, _, err = _run_in_process("train_simsiam.py", [*common, "--num_epochs=2"])
+    code, _, err = run_in_process("train_simsiam.py", *common, "--num_epochs=2")
     assert (code == 1 and "checkpoint_last.pth: lacks ['global_step', 'optimizer']" in err
             and "--resume=False" in err)
 

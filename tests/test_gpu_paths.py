@@ -4,7 +4,6 @@ in tests/test_cuda.py."""
 import json
 import os
 import re
-import runpy
 import sys
 import tarfile
 import threading
@@ -20,7 +19,7 @@ from torch.overrides import TorchFunctionMode
 
 import runtime
 import simsiam_data as data
-from conftest import ROOT, TINY_PRETRAIN, run_script, write_images
+from conftest import ROOT, TINY_PRETRAIN, run_in_process, run_script, write_images
 from runtime import DataError, amp_dtype_for, load_checkpoint, restore_grad_scaler
 from test_evaluation import make_eurosat
 
@@ -270,11 +269,10 @@ def test_the_process_group_starts_after_the_cache_is_complete(tmp_path, monkeypa
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("LOCAL_RANK", "0")
-    monkeypatch.setattr(sys, "argv", ["train_simsiam.py", f"--data_dir={tiny_images}",
-                                      f"--output_dir={tmp_path}/out",
-                                      f"--cache_dir={tmp_path}/cache", *TINY_PRETRAIN])
     with pytest.raises(KeyboardInterrupt):
-        runpy.run_path(os.path.join(ROOT, "train_simsiam.py"), run_name="__main__")
+        run_in_process("train_simsiam.py", f"--data_dir={tiny_images}",
+                       f"--output_dir={tmp_path}/out", f"--cache_dir={tmp_path}/cache",
+                       *TINY_PRETRAIN)
     assert (any(n.endswith(".npy") for n in seen["cache files"])
             and any(n.endswith(".json") for n in seen["cache files"]))
 
@@ -348,7 +346,7 @@ def test_cudnn_autotuning_and_tf32_only_on_cuda():
 
 
 def test_compile_time_is_reported_apart_from_the_first_epochs_rate(tmp_path, monkeypatch,
-                                                                   tiny_images, capsys):
+                                                                   tiny_images):
     # stands in for torch.compile: 3 s of "compilation" on the first call
     def slow_compile(model, **kwargs):
         calls = []
@@ -361,17 +359,16 @@ def test_compile_time_is_reported_apart_from_the_first_epochs_rate(tmp_path, mon
         return compiled
 
     monkeypatch.setattr(torch, "compile", slow_compile)
-    monkeypatch.setattr(sys, "argv", ["train_simsiam.py", f"--data_dir={tiny_images}",
-                                      f"--output_dir={tmp_path}/out",
-                                      f"--cache_dir={tmp_path}/cache", *TINY_PRETRAIN,
-                                      "--num_epochs=1", "--compile=True"])
-    runpy.run_path(os.path.join(ROOT, "train_simsiam.py"), run_name="__main__")
+    result = run_in_process("train_simsiam.py", f"--data_dir={tiny_images}",
+                            f"--output_dir={tmp_path}/out", f"--cache_dir={tmp_path}/cache",
+                            *TINY_PRETRAIN, "--num_epochs=1", "--compile=True")
+    assert result.returncode == 0, result.stderr[-2000:]
     metrics = load_checkpoint(str(tmp_path / "out" / "pretrain_metrics.pth"))
     assert metrics["compile_time_s"] >= 3.0
     epoch_time, rate = metrics["epoch_time_s"][0], metrics["pairs_per_s"][0]
     # the rate leaves the compile step out
     assert epoch_time >= 3.0 and rate > 2 * (24 / epoch_time)
-    assert "torch.compile: the first step took" in capsys.readouterr().out
+    assert "torch.compile: the first step took" in result.stdout
 
 
 # -------------------------------------------------------------------------------------------------
@@ -442,11 +439,12 @@ def test_copy_eurosat_subset_keeps_validation_and_test_whole(tmp_path):
               for f in pd.read_csv(target / f"{split}.csv")["Filename"]]
     assert all((target / f).is_file() for f in listed) and (target / "label_map.json").is_file()
     # a second copy into the same folder is refused, as is asking for more rows than exist
-    again = run_script("scripts/copy_eurosat_subset.py", *args)
+    again = run_in_process("scripts/copy_eurosat_subset.py", *args)
     assert again.returncode == 2 and "not empty" in again.stderr
-    too_many = run_script("scripts/copy_eurosat_subset.py", f"--source_dir={source}",
-                          f"--target_dir={tmp_path / 'other'}", "--train_images=100000")
+    too_many = run_in_process("scripts/copy_eurosat_subset.py", f"--source_dir={source}",
+                              f"--target_dir={tmp_path / 'other'}", "--train_images=100000")
     assert too_many.returncode == 2 and "TRAIN_IMAGES" in too_many.stderr
+    assert not (tmp_path / "other").exists()  # refused before anything was copied
 
 
 def test_cpu_bf16_gradients_stay_within_a_few_input_roundings_of_fp32():
