@@ -1,5 +1,5 @@
 """Copy a fixed subset of EuroSAT to another folder: all of validation.csv and test.csv, and
-TRAIN_IMAGES rows of train.csv (the rows `bench_quality.py --pretrain_images=N` picks: seed 0), with
+TRAIN_IMAGES rows of train.csv (those `bench_quality.py --pretrain_images=N` picks: seed 0), with
 their images and label_map.json. For machines that can only receive a small working tree (the lent
 GPU machine takes 64 MiB in all): copy, carry the folder, point --eurosat_dir at it.
 
