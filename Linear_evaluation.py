@@ -1,32 +1,40 @@
-"""Linear evaluation of a SimSiam backbone on EuroSAT: frozen backbone + linear head,
-best epoch on validation.csv.
+"""Linear evaluation of a SimSiam backbone on EuroSAT: frozen backbone + linear head, regularisation
+and epoch chosen on validation.csv, scored once on test.csv; and weighted kNN.
 
     python Linear_evaluation.py                     # newest outputs/simsiam_<arch>_epoch_X.pth,
                                                     # its own arch and size
     python Linear_evaluation.py --pretrained_path=outputs/simsiam_resnet18_epoch_90.pth
     python Linear_evaluation.py --pretrained_path=random --arch=resnet18 --image_size=64
-                                                    # random-init baseline
+                                                    # floor 1: the same network at random init
+    python Linear_evaluation.py --pretrained_path=image_stats
+                                                    # floor 2: 12 colour statistics per image
 
 The backbone is rebuilt from the checkpoint's own config, frozen (requires_grad False, and eval()
-so BatchNorm statistics do not move) and checked at the end to be bit-for-bit unchanged. The head
-trains on train.csv, the epoch with the best validation.csv accuracy is kept, and that head is
-scored once on test.csv. Also reported: weighted kNN accuracy on test.csv (bank = train.csv
-features, cosine, k=20 and k=200), a protocol with no training.
+so BatchNorm statistics do not move) and checked at the end to be bit-for-bit unchanged. Its
+features are computed in fp32 (standardising rounded features would blow their rounding noise up
+in dimensions that hardly vary). The probe: one linear head per weight decay of WEIGHT_DECAYS,
+all trained side by side on the same batches of standardised train.csv features; the head and
+epoch with the best validation.csv accuracy are kept, and only that head is scored on test.csv.
+Also reported: weighted kNN accuracy on test.csv (bank = train.csv features, cosine, k=20 and
+k=200), a protocol with no training.
 
-FEATURE_CACHE = True (default): the backbone sees each image once (features of
-train/validation/test are computed up front), then the head trains on those features: 90 epochs
-take seconds. FEATURE_CACHE = False runs every batch of every epoch through the frozen backbone
-(needed for AUGMENT = True); with AUGMENT = False it gives the same result as the cached mode for
-the same SEED (same batches in the same order, same features up to float error).
+`--pretrained_path=image_stats` runs the same probe and kNN on the mean, std, min and max of each
+RGB channel of every image (standardised with train.csv's statistics): a floor that learned
+features have to clear by a wide margin. It writes metrics only (no model file).
 
-Writes into OUTPUT_DIR (every write atomic; a `_random` suffix for the random baseline so it
-never overwrites):
+FEATURE_CACHE = True (default): the backbone sees each image once; 90 epochs of the heads take
+seconds. FEATURE_CACHE = False runs every training batch of every epoch through the frozen
+backbone (needed for AUGMENT = True); with AUGMENT = False it gives the same result.
+
+Writes into OUTPUT_DIR (every write atomic; `_random` / `_image_stats` names for the floors):
   linear_eval_metrics.pth               after every epoch, and at the end with the test results
   linear_eval_eurosat_best_model.pth    whenever validation accuracy improves
                                         (classify_image.py can use it)
-Prints one line per epoch, then a summary:
-  epoch 3/90 train loss 0.4100 acc 87.2% val loss 0.4500 acc 86.1% lr 0.0999 (best 86.1% @3) 0.4 s
-  test accuracy 85.9% (loss 0.4412) with the head of epoch 71 (val 86.4%); kNN k20 80.1% k200 78.3%
+Results of another checkpoint already there are refused (pass --overwrite=True to replace them).
+Prints one line per epoch (the heads' best so far), a line per weight decay, then a summary:
+  epoch 3/90 train loss 0.4100 acc 87.2% val loss 0.4500 acc 86.1% lr 0.0999 (best 86.1% @3) ...
+  weight decay 0.0001: best val 86.40% at epoch 71 (train 90.12%)
+  test accuracy 85.9% (loss 0.4412) with the head of epoch 71 (weight decay 0.0001, val 86.4%) ...
 """
 import math
 import time
@@ -38,20 +46,18 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import simsiam_data as data
-from runtime import (AMP_MODES, above, amp_dtype_for, at_least, atomic_save, autocast_for, between,
-                     channels_last_for, check_settings, configure, describe_device,
-                     device_and_precision, epoch_generator, fail, one_of, pick_device,
-                     prepare_output_dir, run, seed_everything, warmup_cosine)
-from simsiam_model import (ARCHS, LINEAR_METRICS_KIND, Classifier,
-                           classifier_checkpoint, evaluation_outputs,
-                           effective_rank, evaluation_metrics, knn_predict,
+from runtime import (above, at_least, atomic_save, between, channels_last_for, check_settings,
+                     configure, describe_device, device_and_precision, epoch_generator, fail,
+                     one_of, pick_device, prepare_output_dir, run, seed_everything, warmup_cosine)
+from simsiam_model import (ARCHS, LINEAR_METRICS_KIND, Classifier, classifier_checkpoint,
+                           effective_rank, evaluation_metrics, evaluation_outputs, knn_predict,
                            record_evaluation_epoch, start_evaluation, test_results)
 
 # -------------------------------------------------------------------------------------------------
 EUROSAT_DIR = "datae/EuroSAT"  # JPEG class folders + train/validation/test.csv, label_map.json
 OUTPUT_DIR = "outputs"  # train_simsiam.py's simsiam_<arch>_epoch_X.pth files; results go here too
 CACHE_DIR = "cache"  # decoded-once image arrays; safe to delete
-PRETRAINED_PATH = ""  # "" = newest OUTPUT_DIR/simsiam_<arch>_epoch_X.pth | a checkpoint | "random"
+PRETRAINED_PATH = ""  # "" = newest simsiam_<arch>_epoch_X.pth | a checkpoint | random | image_stats
 ARCH = "resnet50"  # random baseline only (checkpoints name theirs): resnet18 | resnet34 | resnet50
 SMALL_STEM = False  # 3x3 stride-1 stem for the random baseline only (a checkpoint names its own)
 STEM_STRIDE = 1  # that small stem's conv stride, random baseline only (a checkpoint names its own)
@@ -59,24 +65,38 @@ IMAGE_SIZE = 0  # input side in px; 0 = the checkpoint's own IMAGE_SIZE (224 for
 BATCH_SIZE = 256  # images per head step and per backbone forward pass; lr scales with it
 NUM_EPOCHS = 90  # head epochs (cheap with FEATURE_CACHE; each is a full backbone pass without it)
 BASE_LR = 0.1  # head lr per 256 images: lr = BASE_LR * BATCH_SIZE / 256, half-cosine to 0 per step
-MOMENTUM = 0.9  # SGD momentum of the head
-WEIGHT_DECAY = 0.0  # head weight decay (SimSiam's linear evaluation uses 0)
+MOMENTUM = 0.9  # SGD momentum of the heads
+WEIGHT_DECAYS = "0 1e-5 3e-5 1e-4 3e-4 1e-3 3e-3 1e-2"  # one head per L2 strength; best on val
 FEATURE_CACHE = True  # True: backbone features computed once | False: backbone pass every batch
 AUGMENT = False  # light on-device train augment (crop 0.8-1, h/v flips); needs FEATURE_CACHE=False
 KNN_TEMPERATURE = 0.2  # kNN vote weight exp(cosine / T), used for both k=20 and k=200 (paper: 0.2)
+OVERWRITE = False  # replace results of another checkpoint in OUTPUT_DIR (refused otherwise)
 SEED = 0  # seeds the batch order (and augmentation, and the random baseline's initialisation)
 DEVICE = "auto"  # auto | cuda | cpu | mps
-AMP = "auto"  # backbone: auto (GPU: native bf16 or fp16; CPU: fp32) | bf16 | fp16 | off; head fp32
-CHANNELS_LAST = True  # channels_last memory format on CUDA and under bf16 on a CPU (faster convs)
+CHANNELS_LAST = True  # channels_last memory format on CUDA (faster convs)
 # -------------------------------------------------------------------------------------------------
 
-# Why SGD on standardised features: features are standardised with the train-set mean and std, so
-# one lr fits any backbone (random-init and pre-trained features differ in scale by orders of
-# magnitude), and SGD with momentum and a cosine schedule on a convex problem is the paper's recipe
-# (LARS there is only for its batch of 4096). The head starts at zero (softmax regression needs no
-# symmetry breaking), so only SEED's batch order matters. The standardisation is folded into the
-# saved head, which therefore works on raw backbone features.
+# Why SGD on standardised features: standardised with the train-set mean and std, one lr fits any
+# backbone (random-init and pre-trained features differ in scale by orders of magnitude), and SGD
+# with momentum and a cosine schedule on a convex problem is the paper's recipe (LARS there is only
+# for its batch of 4096). Why a grid of weight decays: an unregularised head fits 2048-d features
+# of 18,900 images (95.7 % train against 64 % validation was seen), so the L2 strength is chosen
+# on validation, like the C of torchgeo-bench's and CLIP's logistic regressions. Heads start at
+# zero (softmax regression needs no symmetry breaking), so only SEED's batch order matters. The
+# standardisation is folded into the saved head, which therefore works on raw backbone features.
 SPLITS = ("train", "validation", "test")
+
+
+def weight_decay_grid():
+    """WEIGHT_DECAYS as numbers, checked at start-up (exit 2 with the setting's name)."""
+    try:
+        grid = [float(v) for v in WEIGHT_DECAYS.replace(",", " ").split()]
+    except ValueError:
+        grid = []
+    if not grid or any(not math.isfinite(v) or v < 0 for v in grid) or len(set(grid)) < len(grid):
+        fail(f"WEIGHT_DECAYS = {WEIGHT_DECAYS!r} is not allowed: it must list distinct numbers of "
+             "at least 0, e.g. --weight_decays='0 1e-4 1e-3' (one value: no search)", code=2)
+    return grid
 
 
 def settings_rules():
@@ -84,25 +104,28 @@ def settings_rules():
             "IMAGE_SIZE": ((lambda v: v == 0 or v >= 8),
                            "0 (the checkpoint's own size) or at least 8"),
             "BATCH_SIZE": at_least(1), "NUM_EPOCHS": at_least(1), "BASE_LR": above(0),
-            "MOMENTUM": between(0.0, 1.0), "WEIGHT_DECAY": at_least(0),
-            "KNN_TEMPERATURE": above(0), "SEED": at_least(0), "AMP": one_of(*AMP_MODES)}
+            "MOMENTUM": between(0.0, 1.0), "KNN_TEMPERATURE": above(0), "SEED": at_least(0),
+            "AUGMENT": ((lambda v: not (v and FEATURE_CACHE)),
+                        "False unless --feature_cache=False: augmented images change every "
+                        "epoch, so their features cannot be computed once")}
 
 
-def embed(backbone, x, device, amp_dtype, channels_last):
-    """Frozen-backbone features of a normalised NCHW batch, as fp32."""
+def embed(backbone, x, channels_last):
+    """Frozen-backbone features of a normalised NCHW batch, in fp32."""
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad(), autocast_for(device, amp_dtype):
-        return backbone(x).float()
+    with torch.no_grad():
+        return backbone(x.float()).float()
 
 
-def extract_features(backbone, images, image_size, device, amp_dtype, channels_last, desc):
-    """Features of every image of `images` in file order
-    (evaluation transform, no augmentation)."""
+def extract_features(backbone, images, image_size, device, channels_last, desc):
+    """Features of every image of `images` in file order (evaluation transform, no augmentation);
+    without a backbone, the image statistics."""
+    if backbone is None:
+        return data.image_statistics(images).to(device)
     batches = data.iterate_batches(images, np.arange(len(images)), BATCH_SIZE, device,
                                    drop_last=False)
-    return torch.cat([embed(backbone, data.eval_batch(batch, image_size), device, amp_dtype,
-                            channels_last)
+    return torch.cat([embed(backbone, data.eval_batch(batch, image_size), channels_last)
                       for _, batch in tqdm(batches, total=math.ceil(len(images) / BATCH_SIZE),
                                            desc=desc, leave=False)])
 
@@ -125,189 +148,241 @@ def fold_standardization(head, mean, std):
     return folded
 
 
-def frozen_classifier(backbone, feature_dim, num_classes, device, channels_last):
-    """Backbone + a zero linear head, with only the head trainable and the backbone in eval() so
-    that BatchNorm uses, and keeps, its pre-trained running statistics."""
-    model = Classifier(backbone, feature_dim, num_classes)
-    for p in model.backbone.parameters():
+def frozen_backbone(backbone, device, channels_last):
+    """The backbone with no trainable parameter, in eval() so that BatchNorm uses, and keeps, its
+    pre-trained running statistics; and a copy of its state, for the check at the end."""
+    for p in backbone.parameters():
         p.requires_grad = False
-    nn.init.zeros_(model.head.weight)
-    nn.init.zeros_(model.head.bias)
-    model = model.to(device,
-                     memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    model.backbone.eval()
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    assert trainable == feature_dim * num_classes + num_classes, (
-        f"{trainable} trainable parameters; only the head's")
-    return model
+    backbone = backbone.to(device, memory_format=torch.channels_last if channels_last
+                           else torch.preserve_format).eval()
+    return backbone, {k: v.detach().clone() for k, v in backbone.state_dict().items()}
 
 
-def save_best(classifier, config, class_names, epoch, val_acc, pretrained, best_path):
-    print(f"saving best head (epoch {epoch + 1}, val {val_acc:.2f}%) to {best_path}")
-    atomic_save(classifier_checkpoint(classifier, config, class_names, data.IMAGENET_MEAN,
-                                      data.IMAGENET_STD,
-                                      extra={"epoch": epoch + 1, "val_acc": val_acc,
-                                             "source": "linear_eval",
-                                             "pretrained_path": pretrained,
-                                             "standardisation": "folded into the head"}),
-                best_path)
-
-
-def test_and_report(model, best_head, features, splits, labels, frozen_before, image_size, device,
-                    amp_dtype, channels_last):
-    """The test entries of the metrics: the best head (folded, on raw features) and weighted kNN on
-    test.csv, after checking that the frozen backbone is bit-for-bit what was loaded (weights and
-    BatchNorm statistics)."""
-    test_features = features["test"] if FEATURE_CACHE else extract_features(
-        model.backbone, splits["test"].images, image_size, device, amp_dtype, channels_last,
-        "features test")
-    test_loss, _, predictions = evaluate(best_head, test_features, labels["test"])
-    class_names = splits["train"].class_names
-    knn = {}
-    for k in (20, 200):
-        knn_predictions = knn_predict(features["train"], labels["train"], test_features,
-                                      len(class_names), k=k, temperature=KNN_TEMPERATURE)
-        knn[f"k{k}"] = (knn_predictions == labels["test"]).float().mean().item() * 100
-    changed = [k for k, v in model.backbone.state_dict().items()
+def check_unchanged(backbone, frozen_before):
+    """Stop if the frozen backbone moved (weights or BatchNorm statistics): the results would not
+    be a linear evaluation."""
+    changed = [k for k, v in backbone.state_dict().items()
                if not torch.equal(v, frozen_before[k])]
     if changed:
         fail(f"the frozen backbone changed during linear evaluation ({len(changed)} tensors, "
              f"e.g. {changed[:3]}); this is a bug: the results are not a linear evaluation.")
-    trainable = sum(p.numel() for p in model.head.parameters())
-    print(f"check: frozen backbone unchanged ({len(frozen_before)} tensors identical), "
-          f"{trainable} trainable parameters (the head)")
-    return dict(test_results(labels["test"], predictions, test_loss, class_names), knn=knn)
+    print(f"check: frozen backbone unchanged ({len(frozen_before)} tensors identical)")
+
+
+def new_heads(grid, feature_dim, num_classes, lr, device):
+    """One zero linear head per weight decay, and one SGD over them all; the decay applies to the
+    weights, not the biases."""
+    heads = [nn.Linear(feature_dim, num_classes).to(device) for _ in grid]
+    for head in heads:
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+    groups = [group for head, decay in zip(heads, grid)
+              for group in ({"params": [head.weight], "weight_decay": decay},
+                            {"params": [head.bias], "weight_decay": 0.0})]
+    return heads, torch.optim.SGD(groups, lr=lr, momentum=MOMENTUM)
+
+
+def train_batches(epoch, backbone, standardized, train_images, image_size, device,
+                  channels_last, augment):
+    """(rows on the device, standardised features) of each training batch of one epoch, in the
+    epoch's seeded order: from the features computed once, or (FEATURE_CACHE False) through the
+    backbone, with the same batches in the same order."""
+    order = torch.randperm(len(train_images), generator=epoch_generator(SEED, epoch)).numpy()
+    if FEATURE_CACHE:
+        for rows in data.batch_rows(order, BATCH_SIZE, drop_last=False):
+            rows = torch.from_numpy(rows).to(device)
+            yield rows, standardized["train"][rows]
+        return
+    generator = epoch_generator(SEED, epoch, augment_stream=1)
+    for rows, images in data.iterate_batches(train_images, order, BATCH_SIZE, device,
+                                             drop_last=False):
+        x = augment(images, generator) if augment else data.eval_batch(images, image_size)
+        yield (torch.from_numpy(rows).to(device),
+               standardized["scale"](embed(backbone, x, channels_last)))
+
+
+def validate_heads(heads, sums, standardized, labels, metrics, grid, epoch):
+    """Record each head's epoch (train loss and accuracy from the epoch's running `sums`,
+    validation loss and accuracy) and keep the best (weight decay, epoch) on validation.csv; test
+    labels are never looked at here. Returns the head that became the best this epoch, or
+    None."""
+    num_train, chosen = len(labels["train"]), None
+    for index, (head, curves) in enumerate(zip(heads, metrics["probe"]["curves"])):
+        val_loss, val_acc, _ = evaluate(head, standardized["validation"], labels["validation"])
+        for key, value in (("train_loss", sums[0][index].item() / num_train),
+                           ("train_acc", sums[1][index].item() / num_train * 100),
+                           ("val_loss", val_loss), ("val_acc", val_acc)):
+            curves[key].append(value)
+        if metrics["weight_decay"] is None or val_acc > metrics["best_val_acc"]:
+            chosen = head
+            metrics.update(best_epoch=epoch + 1, best_val_acc=val_acc, weight_decay=grid[index])
+    return chosen
+
+
+def new_probe_record(grid):
+    """The metrics' record of every head: its weight decay and its curves, epoch by epoch."""
+    return {"weight_decays": grid, "curves": [
+        {k: [] for k in ("train_loss", "train_acc", "val_loss", "val_acc")} for _ in grid]}
+
+
+def probe_summary(metrics, grid):
+    """A line per weight decay: its best validation accuracy, at which epoch, with its train
+    accuracy there."""
+    lines = []
+    for decay, curves in zip(grid, metrics["probe"]["curves"]):
+        epoch = int(np.argmax(curves["val_acc"]))
+        lines.append(f"weight decay {decay:g}: best val {curves['val_acc'][epoch]:.2f}% at epoch "
+                     f"{epoch + 1} (train {curves['train_acc'][epoch]:.2f}%)"
+                     + ("  <- chosen" if decay == metrics["weight_decay"] else ""))
+    return "\n".join(lines)
 
 
 def main():
     config, _ = configure(globals())
     check_settings(config, settings_rules())
-    if AUGMENT and FEATURE_CACHE:
-        fail("AUGMENT=True needs --feature_cache=False: augmented images change every epoch, so "
-             "their features cannot be computed once.", code=2)
-    started = time.time()
-    device = pick_device(DEVICE)
-    amp_dtype, precision_reason = amp_dtype_for(device, AMP)
-    channels_last = channels_last_for(device, amp_dtype, CHANNELS_LAST)
+    grid = weight_decay_grid()
+    started, device = time.time(), pick_device(DEVICE)
+    channels_last = channels_last_for(device, None, CHANNELS_LAST)
     seed_everything(SEED)
     metrics_path, best_path, lock_name = evaluation_outputs(config, "linear_eval_metrics",
                                                             "linear_eval_eurosat_best_model")
     prepare_output_dir(OUTPUT_DIR, lock_name)
 
-    # ---- frozen backbone rebuilt from the checkpoint's own config, and the data ----
+    # ---- frozen backbone rebuilt from the checkpoint's own config (or none), and the data ----
     lr_peak = BASE_LR * BATCH_SIZE / 256
-    device_line = (device_and_precision(device, amp_dtype, precision_reason)
+    device_line = (device_and_precision(device, None, "the probe's features are fp32")
                    + f"; head lr {lr_peak:.4f} (= {BASE_LR} x {BATCH_SIZE} / 256)")
-    backbone, feature_dim, config, header = start_evaluation(config, device_line, "evaluating",
-                                                             (metrics_path, best_path))
+    backbone, feature_dim, config, identity, header = start_evaluation(
+        config, device_line, "evaluating", (metrics_path, best_path))
     image_size, pretrained = config["IMAGE_SIZE"], config["PRETRAINED_PATH"]  # as used
     print(header)
     splits, labels = data.load_eurosat_splits(EUROSAT_DIR, CACHE_DIR, device)
     class_names = splits["train"].class_names
-    num_classes, num_train = len(class_names), len(splits["train"].labels)
     print("images: " + ", ".join(f"{s} {len(splits[s].labels)}" for s in splits)
-          + f"; {num_classes} classes")
-    model = frozen_classifier(backbone, feature_dim, num_classes, device, channels_last)
-    frozen_before = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
+          + f"; {len(class_names)} classes")
+    if backbone is not None:
+        backbone, frozen_before = frozen_backbone(backbone, device, channels_last)
 
-    # ---- features computed once: the train set always (standardisation statistics, kNN bank) ----
+    # ---- features computed once, standardised with the train split's statistics ----
     timer = time.time()
-    features = {split: extract_features(model.backbone, splits[split].images, image_size, device,
-                                        amp_dtype, channels_last, f"features {split}")
-                for split in (SPLITS if FEATURE_CACHE else ("train",))}
+    features = {split: extract_features(backbone, splits[split].images, image_size, device,
+                                        channels_last, f"features {split}") for split in SPLITS}
     feature_time = time.time() - timer
-    count = sum(len(splits[s].labels) for s in features)
-    print(f"feature extraction: {count} images ({', '.join(features)}) in {feature_time:.1f} s "
-          f"({count / feature_time:.0f} img/s)")
-    # standardised features: one lr fits any backbone, whatever the scale of its features
-    mean, std = features["train"].mean(dim=0), features["train"].std(dim=0).clamp_min(1e-6)
+    mean, std = data.standardization(features["train"])
+    standardized = {split: (f - mean) / std for split, f in features.items()}
+    standardized["scale"] = lambda f: (f - mean) / std  # on-the-fly batches
     rank = effective_rank(features["train"])
-    print(f"feature effective rank {rank:.1f} of {feature_dim} "
-          "(train; low = dimensional collapse)")
+    print(f"features: {sum(len(s.labels) for s in splits.values())} images in "
+          f"{feature_time:.1f} s; effective rank {rank:.1f} of {feature_dim} (train; low = "
+          "dimensional collapse)")
     augment = data.BatchAugment(image_size, crop_scale=(0.8, 1.0), flip_p=0.5, vflip_p=0.5,
                                 jitter_p=0.0, gray_p=0.0, blur_p=0.0) if AUGMENT else None
 
-    # ---- head training: SGD on standardised features, best epoch on validation.csv ----
-    optimizer = torch.optim.SGD(model.head.parameters(), lr=lr_peak, momentum=MOMENTUM,
-                                weight_decay=WEIGHT_DECAY)
-    steps_per_epoch = math.ceil(num_train / BATCH_SIZE)
-    metrics = evaluation_metrics(LINEAR_METRICS_KIND, config, pretrained, image_size, class_names,
-                                 splits["test"].paths, best_path, describe_device(device),
-                                 feature_dim=feature_dim, feature_effective_rank=rank,
-                                 timings={"feature_extraction_s": feature_time})
-    best_head, step = None, 0
-    # what the best model file holds: the folded head
-    saved = Classifier(model.backbone, feature_dim, num_classes)
-    print(f"training the linear head: {NUM_EPOCHS} epochs x {steps_per_epoch} steps, "
-          f"{'cached features' if FEATURE_CACHE else 'backbone pass every batch'}"
-          f"{', augmented' if AUGMENT else ''}")
-    head_timer = time.time()
+    # ---- the heads side by side; the best (weight decay, epoch) on validation.csv ----
+    heads, optimizer = new_heads(grid, feature_dim, len(class_names), lr_peak, device)
+    steps_per_epoch = math.ceil(len(labels["train"]) / BATCH_SIZE)
+    metrics = evaluation_metrics(
+        LINEAR_METRICS_KIND, config, pretrained, image_size, class_names, splits["test"].paths,
+        best_path if backbone is not None else None, describe_device(device),
+        pretrained_identity=identity, feature_dim=feature_dim, feature_effective_rank=rank,
+        weight_decay=None, probe=new_probe_record(grid),
+        timings={"feature_extraction_s": feature_time})
+    print(f"training {len(grid)} linear heads (weight decays {grid}): {NUM_EPOCHS} epochs x "
+          f"{steps_per_epoch} steps, {'cached' if FEATURE_CACHE else 'on-the-fly'} features")
+    best_head, step, head_timer = None, 0, time.time()
     for epoch in range(NUM_EPOCHS):
         epoch_started = time.time()
-        order = torch.randperm(num_train, generator=epoch_generator(SEED, epoch)).numpy()
-        # the same batches, in the same order, as iterate_batches gives the on-the-fly mode
-        if FEATURE_CACHE:
-            rows_and_images = ((rows, None)
-                               for rows in data.batch_rows(order, BATCH_SIZE, drop_last=False))
-        else:
-            augment_generator = epoch_generator(SEED, epoch, augment_stream=1)
-            rows_and_images = data.iterate_batches(splits["train"].images, order, BATCH_SIZE,
-                                                   device, drop_last=False)
-        loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
-        for rows, images in tqdm(rows_and_images, total=steps_per_epoch, leave=False,
-                                 desc=f"epoch {epoch + 1}/{NUM_EPOCHS}", disable=FEATURE_CACHE):
-            rows = torch.from_numpy(rows).to(device)
-            if FEATURE_CACHE:
-                batch_features = features["train"][rows]
-            else:
-                x = (augment(images, augment_generator) if augment
-                     else data.eval_batch(images, image_size))
-                batch_features = embed(model.backbone, x, device, amp_dtype, channels_last)
+        sums = torch.zeros(2, len(heads), device=device)  # loss x images, correct: per head
+        for rows, x in tqdm(train_batches(epoch, backbone, standardized, splits["train"].images,
+                                          image_size, device, channels_last, augment),
+                            total=steps_per_epoch, leave=False, disable=FEATURE_CACHE,
+                            desc=f"epoch {epoch + 1}/{NUM_EPOCHS}"):
             lr = warmup_cosine(step, NUM_EPOCHS * steps_per_epoch, 0, lr_peak)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch_labels = labels["train"][rows]
-            logits = model.head((batch_features - mean) / std)
-            loss = F.cross_entropy(logits, batch_labels)
+            logits = torch.stack([head(x) for head in heads])  # (heads, batch, classes)
+            losses = F.cross_entropy(logits.flatten(0, 1), batch_labels.repeat(len(heads)),
+                                     reduction="none").view(len(heads), -1).mean(1)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            losses.sum().backward()  # each head's gradient is that of its own loss
             optimizer.step()
-            loss_sum += loss.detach() * len(rows)
-            correct += (logits.argmax(dim=1) == batch_labels).sum()
+            sums += torch.stack([losses.detach() * len(rows),
+                                 (logits.argmax(dim=2) == batch_labels).sum(1)])
             step += 1
-        train_loss, train_acc = loss_sum.item() / num_train, correct.item() / num_train * 100
-        if not math.isfinite(train_loss):
-            fail(f"the head's loss became {train_loss} at epoch {epoch + 1}. Lower --base_lr.")
-        val_features = features["validation"] if FEATURE_CACHE else extract_features(
-            model.backbone, splits["validation"].images, image_size, device, amp_dtype,
-            channels_last, "features val")
-        val_loss, val_acc, _ = evaluate(model.head, (val_features - mean) / std,
-                                        labels["validation"])
-        if val_acc > metrics["best_val_acc"] or best_head is None:
-            # the standardisation is folded into the saved head, which therefore works on raw
-            # backbone features
-            best_head = saved.head = fold_standardization(model.head, mean, std)
-            metrics.update(best_epoch=epoch + 1, best_val_acc=val_acc)
-            save_best(saved, config, class_names, epoch, val_acc, pretrained, best_path)
-        line = record_evaluation_epoch(metrics, epoch, NUM_EPOCHS, {
-            "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-            "val_acc": val_acc, "lr": lr, "epoch_time_s": time.time() - epoch_started})
+        if not torch.isfinite(sums).all():
+            fail(f"a head's loss became non-finite at epoch {epoch + 1}. Lower --base_lr.")
+        chosen = validate_heads(heads, sums, standardized, labels, metrics, grid, epoch)
+        if chosen is not None:  # the standardisation folded in: it works on raw features
+            best_head = fold_standardization(chosen, mean, std)
+            save_best(backbone, best_head, config, class_names, epoch, metrics, best_path)
+        print(record_probe_epoch(metrics, grid, epoch, lr, time.time() - epoch_started),
+              flush=True)
         metrics["wall_time_s"] = time.time() - started
         atomic_save(metrics, metrics_path)
-        print(line, flush=True)
     head_time = time.time() - head_timer
+    print(probe_summary(metrics, grid))
 
-    # ---- test ----
+    # ---- test: the chosen head, once; kNN; the frozen-backbone check ----
     timer = time.time()
-    metrics.update(test_and_report(model, best_head, features, splits, labels, frozen_before,
-                                   image_size, device, amp_dtype, channels_last),
-                   wall_time_s=time.time() - started)
+    test_loss, _, predictions = evaluate(best_head, features["test"], labels["test"])
+    metrics.update(test_results(labels["test"], predictions, test_loss, class_names),
+                   knn=knn_accuracies(features if backbone else standardized, labels))
+    if backbone is not None:
+        check_unchanged(backbone, frozen_before)
     metrics["timings"].update(head_training_s=head_time, test_and_knn_s=time.time() - timer)
+    metrics["wall_time_s"] = time.time() - started
     atomic_save(metrics, metrics_path)
+    print_summary(metrics, feature_time, head_time, metrics_path)
+
+
+def save_best(backbone, head, config, class_names, epoch, metrics, best_path):
+    """The backbone with the chosen (folded) head, as a classifier file; the image-statistics floor
+    has no network, so no file."""
+    if backbone is None:
+        return
+    print(f"saving best head (epoch {epoch + 1}, weight decay {metrics['weight_decay']:g}, val "
+          f"{metrics['best_val_acc']:.2f}%) to {best_path}")
+    classifier = Classifier(backbone, head.in_features, head.out_features)
+    classifier.head = head
+    atomic_save(classifier_checkpoint(classifier, config, class_names, data.IMAGENET_MEAN,
+                                      data.IMAGENET_STD,
+                                      extra={"epoch": epoch + 1, "val_acc": metrics["best_val_acc"],
+                                             "weight_decay": metrics["weight_decay"],
+                                             "source": "linear_eval",
+                                             "pretrained_path": metrics["pretrained_path"],
+                                             "pretrained_identity": metrics["pretrained_identity"],
+                                             "standardisation": "folded into the head"}),
+                best_path)
+
+
+def record_probe_epoch(metrics, grid, epoch, lr, seconds):
+    """Record the epoch; the metrics' curves are those of the chosen weight decay so far (the
+    plots draw them). Returns the epoch's line."""
+    curves = metrics["probe"]["curves"][grid.index(metrics["weight_decay"])]
+    line = record_evaluation_epoch(metrics, epoch, NUM_EPOCHS, {
+        "train_loss": curves["train_loss"][-1], "train_acc": curves["train_acc"][-1],
+        "val_loss": curves["val_loss"][-1], "val_acc": curves["val_acc"][-1], "lr": lr,
+        "epoch_time_s": seconds}, note=f"wd {metrics['weight_decay']:g}")
+    metrics.update({key: list(values) for key, values in curves.items()})
+    return line
+
+
+def knn_accuracies(features, labels):
+    """Weighted kNN accuracy on test.csv, the train features as the bank, k=20 and k=200. Image
+    statistics come standardised: their 12 numbers are in different units."""
+    num_classes = int(labels["train"].max()) + 1
+    return {f"k{k}": (knn_predict(features["train"], labels["train"], features["test"],
+                                  num_classes, k=k, temperature=KNN_TEMPERATURE)
+                      == labels["test"]).float().mean().item() * 100 for k in (20, 200)}
+
+
+def print_summary(metrics, feature_time, head_time, metrics_path):
     knn = metrics["knn"]
     print(f"test accuracy {metrics['test_acc']:.2f}% (loss {metrics['test_loss']:.4f}) with the "
-          f"head of epoch {metrics['best_epoch']} (val {metrics['best_val_acc']:.2f}%); kNN k20 "
-          f"{knn['k20']:.2f}% k200 {knn['k200']:.2f}% (temperature {KNN_TEMPERATURE})")
+          f"head of epoch {metrics['best_epoch']} (weight decay {metrics['weight_decay']:g}, val "
+          f"{metrics['best_val_acc']:.2f}%); kNN k20 {knn['k20']:.2f}% k200 {knn['k200']:.2f}% "
+          f"(temperature {KNN_TEMPERATURE})")
     print("per-class test accuracy: "
           + ", ".join(f"{n} {a:.1f}%" for n, a in metrics["per_class_acc"].items()))
     print(f"wall time {metrics['wall_time_s']:.1f} s: feature extraction {feature_time:.1f} s, "

@@ -35,7 +35,7 @@ from runtime import (AMP_MODES, above, amp_dtype_for, at_least, atomic_save, aut
                      channels_last_for, check_settings, configure, describe_device,
                      device_and_precision, epoch_generator, fail, one_of, pick_device,
                      prepare_output_dir, run, seed_everything, warmup_cosine)
-from simsiam_model import (ARCHS, FINETUNE_METRICS_KIND, Classifier,
+from simsiam_model import (ARCHS, FINETUNE_METRICS_KIND, IMAGE_STATS, Classifier,
                            classifier_checkpoint, classifier_from_checkpoint,
                            evaluation_outputs, evaluation_metrics, record_evaluation_epoch,
                            start_evaluation, test_results)
@@ -55,6 +55,7 @@ BASE_LR = 8e-4  # AdamW lr per 256 images: BASE_LR * BATCH_SIZE / 256 = 1e-4 at 
 WEIGHT_DECAY = 0.05  # AdamW decoupled weight decay on conv/linear weights (not BatchNorm, biases)
 WARMUP_EPOCHS = 1  # linear lr warm-up, then half-cosine to 0, per step
 CROP_SCALE_MIN = 0.8  # RandomResizedCrop keeps 80-100% of the area; + h/v flips, no colour changes
+OVERWRITE = False  # replace results of another checkpoint in OUTPUT_DIR (refused otherwise)
 SEED = 0  # seeds the head's initialisation, the batch order and the augmentation
 DEVICE = "auto"  # auto | cuda | cpu | mps
 AMP = "auto"  # auto (GPU: bf16 if native, else fp16 + grad scaler; CPU: fp32) | bf16 | fp16 | off
@@ -75,7 +76,10 @@ def settings_rules():
             "BATCH_SIZE": at_least(2),  # BatchNorm trains on more than one image
             "NUM_EPOCHS": at_least(1), "BASE_LR": above(0), "WEIGHT_DECAY": at_least(0),
             "WARMUP_EPOCHS": between(0, NUM_EPOCHS), "CROP_SCALE_MIN": between(0.01, 1.0),
-            "SEED": at_least(0), "AMP": one_of(*AMP_MODES)}
+            "SEED": at_least(0), "AMP": one_of(*AMP_MODES),
+            "PRETRAINED_PATH": ((lambda v: v != IMAGE_STATS),
+                                "a checkpoint, empty (the newest) or random: image_stats has no "
+                                "network to fine-tune (it is Linear_evaluation.py's floor)")}
 
 
 def out_of_memory():
@@ -136,8 +140,8 @@ def main():
     lr_peak = BASE_LR * BATCH_SIZE / 256
     device_line = (device_and_precision(device, amp_dtype, precision_reason)
                    + f"; lr {lr_peak:.6f} (= {BASE_LR} x {BATCH_SIZE} / 256)")
-    backbone, feature_dim, config, header = start_evaluation(config, device_line, "fine-tuning",
-                                                             (metrics_path, best_path))
+    backbone, feature_dim, config, identity, header = start_evaluation(
+        config, device_line, "fine-tuning", (metrics_path, best_path))
     image_size, pretrained = config["IMAGE_SIZE"], config["PRETRAINED_PATH"]  # as used
     print(header)
     splits, labels = data.load_eurosat_splits(EUROSAT_DIR, CACHE_DIR, device)
@@ -166,7 +170,8 @@ def main():
     # ---- training, best epoch on validation.csv ----
     metrics = evaluation_metrics(FINETUNE_METRICS_KIND, config, pretrained, image_size,
                                  class_names, splits["test"].paths, best_path,
-                                 describe_device(device), images_per_s=[])
+                                 describe_device(device), images_per_s=[],
+                                 pretrained_identity=identity)
     step = 0
     for epoch in range(NUM_EPOCHS):
         model.train()
@@ -216,7 +221,9 @@ def main():
                                               data.IMAGENET_STD,
                                               extra={"epoch": epoch + 1, "val_acc": val_acc,
                                                      "source": "finetune",
-                                                     "pretrained_path": pretrained}), best_path)
+                                                     "pretrained_path": pretrained,
+                                                     "pretrained_identity": identity}),
+                        best_path)
         line = record_evaluation_epoch(metrics, epoch, NUM_EPOCHS, {
             "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
             "val_acc": val_acc, "lr": lr, "epoch_time_s": time.time() - epoch_started,

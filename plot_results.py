@@ -229,9 +229,10 @@ def describe_ops(params, i, height, width):
     """The augmentations BatchAugment applied to sample i, e.g. 'crop 46%, flip, jitter, blur'."""
     x0, y0, x1, y1 = params["boxes"][i].tolist()
     ops = [f"crop {100 * (x1 - x0) * (y1 - y0) / (height * width):.0f}%"]
-    ops += [name for name, key in (("flip", "flip"), ("jitter", "jitter"), ("gray", "gray"),
-                                   ("blur", "blur"), ("solarised", "solarize"))
+    ops += [name for name, key in (("flip", "flip"), ("v-flip", "vflip"), ("jitter", "jitter"),
+                                   ("gray", "gray"), ("blur", "blur"), ("solarised", "solarize"))
             if bool(params[key][i])]
+    ops += [f"turn {90 * int(params['turns'][i])}°"] if int(params["turns"][i]) else []
     return ", ".join(ops)
 
 
@@ -246,19 +247,16 @@ def plot_augmentations(m):
     rng = np.random.default_rng(SEED)
     chosen = sorted(rng.choice(len(paths), min(AUGMENT_IMAGES, len(paths)), replace=False))
     images = [data.open_rgb(paths[i]) for i in chosen]
-    size, scale, solarize = config["IMAGE_SIZE"], config["CROP_SCALE_MIN"], config["SOLARIZE"]
-    strengths = dict(jitter_strength=config.get("JITTER_STRENGTH", 1.0),
-                     gray_p=config.get("GRAY_P", 0.2), blur_p=config.get("BLUR_P", 0.5))
+    size, augmentation = config["IMAGE_SIZE"], data.augmentation_settings(config)
     views, labels = [], []
     if config.get("PIPELINE", "fast") == "reference":
         torch.manual_seed(SEED)
-        first = data.simsiam_transform_v1(size, scale, **strengths)
-        second = data.simsiam_transform_v2(size, scale, solarize=solarize, **strengths)
+        first, second = data.simsiam_transform_pair(size, **augmentation)
         views = [(first(image), second(image)) for image in images]
         labels = [("", "")] * len(images)
         pipeline = "reference pipeline: simsiam_transform_v1 / v2 (PIL, per sample)"
     else:
-        first, second = data.batch_augment_pair(size, scale, solarize, **strengths)
+        first, second = data.batch_augment_pair(size, **augmentation)
         generator = torch.Generator().manual_seed(SEED)
         for image in images:
             batch = torch.from_numpy(np.array(image)).unsqueeze(0)  # one uint8 NHWC sample
@@ -280,12 +278,12 @@ def plot_augmentations(m):
             ax.imshow(picture)
             ax.set_title(title, fontsize=8)
             ax.axis("off")
-    solarisation = ("view 2 solarised with p=0.2" if solarize
+    solarisation = ("view 2 solarised with p=0.2" if augmentation["solarize"]
                     else "no solarisation (the paper's symmetric recipe)")
     fig.suptitle(f"SimSiam augmentations ({config['ARCH']} pre-training config)\n"
                  f"{len(images)} images from {folder_name(folder)}, {size} px views")
-    fig.supxlabel(f"{pipeline}\ncrop area {scale}-1, {solarisation}", fontsize=8,
-                  color=COLOR["note"])
+    fig.supxlabel(f"{pipeline}\ncrop area {augmentation['crop_scale_min']}-1, {solarisation}",
+                  fontsize=8, color=COLOR["note"])
     return fig
 
 

@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 import torchvision.transforms as T
+import torchvision.transforms.functional as TF
 from PIL import Image, UnidentifiedImageError
 from torchvision.ops import roi_align
 from tqdm import tqdm
@@ -84,15 +85,26 @@ def gaussian_kernel_size(image_size):
 # -------------------------------------------------------------------------------------------------
 # reference pipeline: the write-up's per-sample PIL transforms
 
-def simsiam_transform_v1(image_size=224, crop_scale_min=0.2, jitter_strength=1.0, gray_p=0.2,
-                         blur_p=0.5):
+class RandomRotate90(torch.nn.Module):
+    """Rotate by 0, 90, 180 or 270 degrees, each with probability 1/4: overhead imagery has no
+    "up". Exact (a transpose of the pixel grid), for PIL images and tensors."""
+
+    def forward(self, image):
+        quarter_turns = int(torch.randint(4, (1,)))
+        return TF.rotate(image, 90.0 * quarter_turns) if quarter_turns else image
+
+
+def simsiam_transform_v1(image_size=224, crop_scale_min=0.2, jitter_strength=1.0, jitter_p=0.8,
+                         gray_p=0.2, blur_p=0.5, vflip_p=0.0, rotate90=False):
     """View 1 as the write-up lists it; the keyword defaults are the write-up's (and the paper's)
-    values."""
+    values. vflip_p and rotate90 add the free augmentations of overhead imagery (write-up: off)."""
     b, c, s, h = (jitter_strength * v for v in JITTER)
     return T.Compose([
         T.RandomResizedCrop(image_size, scale=(crop_scale_min, 1.0)),
         T.RandomHorizontalFlip(),
-        T.RandomApply([T.ColorJitter(b, c, s, h)], p=0.8),
+        T.RandomVerticalFlip(p=vflip_p),
+        *([RandomRotate90()] if rotate90 else []),
+        T.RandomApply([T.ColorJitter(b, c, s, h)], p=jitter_p),
         T.RandomGrayscale(p=gray_p),
         T.RandomApply([T.GaussianBlur(gaussian_kernel_size(image_size), sigma=(0.1, 2.0))],
                       p=blur_p),
@@ -105,8 +117,25 @@ def simsiam_transform_v2(image_size=224, crop_scale_min=0.2, solarize=True, **st
     solarize=False is the paper's symmetric recipe."""
     steps = simsiam_transform_v1(image_size, crop_scale_min, **strengths).transforms
     if solarize:
-        steps.insert(5, T.RandomSolarize(threshold=128, p=0.2))
+        steps.insert(len(steps) - 2, T.RandomSolarize(threshold=128, p=0.2))
     return T.Compose(steps)
+
+
+def simsiam_transform_pair(image_size=224, solarize=True, **settings):
+    """The two views of the reference pipeline, with the same arguments as batch_augment_pair."""
+    return (simsiam_transform_v1(image_size, **settings),
+            simsiam_transform_v2(image_size, solarize=solarize, **settings))
+
+
+def augmentation_settings(config):
+    """The keyword arguments of simsiam_transform_v2 / batch_augment_pair from a pre-training
+    config; settings a config predates take the write-up's values, which it was run with."""
+    return {"crop_scale_min": config.get("CROP_SCALE_MIN", 0.2),
+            "solarize": config.get("SOLARIZE", True),
+            "jitter_strength": config.get("JITTER_STRENGTH", 1.0),
+            "jitter_p": config.get("JITTER_P", 0.8), "gray_p": config.get("GRAY_P", 0.2),
+            "blur_p": config.get("BLUR_P", 0.5), "vflip_p": config.get("VFLIP_P", 0.0),
+            "rotate90": config.get("ROTATE90", False)}
 
 
 class PretrainImageDataset(torch.utils.data.Dataset):
@@ -435,11 +464,12 @@ def sample_crop_boxes(n, height, width, scale, ratio, generator):
 
 
 def batch_augment_pair(image_size, crop_scale_min=0.2, solarize=True, jitter_strength=1.0,
-                       gray_p=0.2, blur_p=0.5):
+                       jitter_p=0.8, gray_p=0.2, blur_p=0.5, vflip_p=0.0, rotate90=False):
     """The two views of pre-training as BatchAugments, with the same arguments as
     simsiam_transform_v1/v2."""
-    common = dict(crop_scale=(crop_scale_min, 1.0),
-                  jitter=tuple(jitter_strength * v for v in JITTER), gray_p=gray_p, blur_p=blur_p)
+    common = dict(crop_scale=(crop_scale_min, 1.0), vflip_p=vflip_p, rotate90=rotate90,
+                  jitter_p=jitter_p, jitter=tuple(jitter_strength * v for v in JITTER),
+                  gray_p=gray_p, blur_p=blur_p)
     return (BatchAugment(image_size, **common),
             BatchAugment(image_size, solarize_p=0.2 if solarize else 0.0, **common))
 
@@ -460,12 +490,15 @@ class BatchAugment:
     # columns of the packed parameter tensor that travels to the device
     COLUMNS = ("x0", "y0", "x1", "y1", "flip", "vflip", "jitter",
                "brightness", "contrast", "saturation", "hue",
-               "order0", "order1", "order2", "order3", "gray", "blur", "sigma", "solarize")
+               "order0", "order1", "order2", "order3", "gray", "blur", "sigma", "solarize",
+               "turns")
 
     def __init__(self, image_size, crop_scale=(0.2, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_p=0.5,
                  vflip_p=0.0, jitter_p=0.8, jitter=JITTER, gray_p=0.2, blur_p=0.5,
-                 blur_sigma=(0.1, 2.0), solarize_p=0.0, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+                 blur_sigma=(0.1, 2.0), solarize_p=0.0, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 rotate90=False):
         self.image_size, self.crop_scale, self.crop_ratio = image_size, crop_scale, crop_ratio
+        self.rotate90 = rotate90
         self.flip_p, self.vflip_p, self.jitter_p, self.jitter = flip_p, vflip_p, jitter_p, jitter
         self.gray_p, self.blur_p, self.blur_sigma, self.solarize_p = (
             gray_p, blur_p, blur_sigma, solarize_p)
@@ -485,22 +518,30 @@ class BatchAugment:
                   "order": torch.argsort(torch.rand(n, 4, generator=generator), dim=1),
                   "gray": coin(self.gray_p), "blur": coin(self.blur_p),
                   "sigma": u(*self.blur_sigma), "solarize": coin(self.solarize_p)}
+        # drawn last, and only when used: the other draws stay those of the write-up's recipe
+        params["turns"] = (torch.randint(4, (n,), generator=generator) if self.rotate90
+                           else torch.zeros(n, dtype=torch.long))
         return params
 
     def __call__(self, images, generator=None, return_params=False):
         n, height, width, _ = images.shape
         params = self.sample_params(n, height, width, generator)
-        packed = torch.cat([params["boxes"],
-                            torch.stack([params[k].float()
-                                         for k in ("flip", "vflip", "jitter")], 1),
-                            params["factors"], params["order"].float(),
-                            torch.stack([params[k].float()
-                                         for k in ("gray", "blur", "sigma", "solarize")], 1)], 1)
+        packed = self.pack(params)
         if images.device.type == "cuda":
             # from pinned memory a copy is asynchronous: no stream synchronisation
             packed = packed.pin_memory()
         x = self.apply(images, packed.to(images.device, non_blocking=True))
         return (x, params) if return_params else x
+
+    @staticmethod
+    def pack(params):
+        """The sampled parameters as one float tensor, a row per sample, in COLUMNS order."""
+        return torch.cat([params["boxes"],
+                          torch.stack([params[k].float() for k in ("flip", "vflip", "jitter")], 1),
+                          params["factors"], params["order"].float(),
+                          torch.stack([params[k].float()
+                                       for k in ("gray", "blur", "sigma", "solarize", "turns")],
+                                      1)], 1)
 
     def apply(self, images, packed):
         """The augmentation itself, on the device, given the packed parameters (one row per sample,
@@ -519,6 +560,9 @@ class BatchAugment:
                           sampling_ratio=2, aligned=True)
             x = torch.where(_per_sample(p["flip"]), x.flip(3), x)
             x = torch.where(_per_sample(p["vflip"]), x.flip(2), x)
+            if self.rotate90:  # counter-clockwise quarter turns, as TF.rotate; views are square
+                for turns in (1, 2, 3):
+                    x = torch.where(_per_sample(p["turns"] == turns), x.rot90(turns, (2, 3)), x)
             if self.jitter_p > 0:
                 x = _color_jitter(x, p["jitter"] > 0, packed[:, 7:11], packed[:, 11:15].long())
             if self.gray_p > 0:
@@ -603,6 +647,28 @@ def eval_batch(images, image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD):
 def eval_transform(image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """The same evaluation transform for PIL images (classify_image.py, on-the-fly evaluation)."""
     return T.Compose([T.Resize((image_size, image_size)), T.ToTensor(), T.Normalize(mean, std)])
+
+
+def image_statistics(images, chunk=2048):
+    """The floor of every results table: for each image of a uint8 NHWC array, at its stored
+    size, the mean, std (population), min and max of each RGB channel on the 0-255 scale, as
+    (N, 12) float32 in that order (means R G B, stds R G B, mins R G B, maxs R G B). Colour alone
+    separates most EuroSAT classes; a learned representation has to beat these 12 numbers."""
+    rows = []
+    for start in range(0, len(images), chunk):
+        x = torch.from_numpy(np.array(images[start:start + chunk])).float()
+        x = x.flatten(1, 2)  # (n, pixels, 3)
+        rows.append(torch.cat([x.mean(1), x.std(1, unbiased=False), x.amin(1), x.amax(1)], 1))
+    return torch.cat(rows) if rows else torch.zeros(0, 12)
+
+
+def standardization(reference):
+    """(mean, std) per dimension of `reference` (the train split's features), for
+    (features - mean) / std: one scale for every dimension. The std is floored at a thousandth of
+    the typical (median) std, so a dimension that hardly varies is not blown up to unit
+    variance."""
+    mean, std = reference.mean(dim=0), reference.std(dim=0)
+    return mean, std.clamp_min(max(1e-3 * std.median().item(), 1e-12))
 
 
 # -------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ Pure definitions: no paths, no device.
 - `evaluation_metrics`, `record_evaluation_epoch`, `test_results`: the metrics file of
   Linear_evaluation.py and finetune_model.py (one schema), its per-epoch line and its test report.
 """
+import hashlib
 import math
 import os
 import re
@@ -36,6 +37,8 @@ FINETUNE_METRICS_KIND = "finetune_metrics"  # finetune_metrics.pth
 # collapse warning: the std of l2-normalised z below this fraction of the healthy 1/sqrt(dim)
 COLLAPSE_RATIO = 0.25
 KNOWN_PREFIXES = ("module.", "_orig_mod.", "backbone.", "encoder.")
+IMAGE_STATS = "image_stats"  # PRETRAINED_PATH of the colour-statistics floor (no network)
+IMAGE_STATS_DIM = 12  # mean, std, min and max of each RGB channel
 
 
 def build_backbone(arch="resnet50", in_channels=3, small_stem=False, stem_stride=1):
@@ -240,15 +243,18 @@ def newest_pretrained(output_dir):
 
 def backbone_for_evaluation(config):
     """The backbone that Linear_evaluation.py and finetune_model.py start from, from their config's
-    PRETRAINED_PATH: a checkpoint, "" for the newest simsiam_<arch>_epoch_X.pth in OUTPUT_DIR, or
+    PRETRAINED_PATH: a checkpoint, "" for the newest simsiam_<arch>_epoch_X.pth in OUTPUT_DIR,
     "random" for a randomly initialised ARCH (the honest baseline, with SMALL_STEM and
-    STEM_STRIDE).
+    STEM_STRIDE), or "image_stats" for no network at all: IMAGE_STATS_DIM colour statistics per
+    image (the other floor; linear evaluation only).
 
-    Returns (backbone, feature_dim, the config resolved with what was actually used: the
+    Returns (backbone or None, feature_dim, the config resolved with what was actually used: the
     checkpoint's architecture, IMAGE_SIZE 0 replaced, the checkpoint path; the size the checkpoint
     was pre-trained at). Raises CheckpointError with the fix.
     """
     image_size = config["IMAGE_SIZE"]
+    if config["PRETRAINED_PATH"] == IMAGE_STATS:
+        return None, IMAGE_STATS_DIM, dict(config, IMAGE_SIZE=0), 0
     if config["PRETRAINED_PATH"] == "random":
         try:
             backbone, feature_dim = build_backbone(config["ARCH"], 3, config["SMALL_STEM"],
@@ -270,6 +276,41 @@ def backbone_for_evaluation(config):
                     STEM_STRIDE=found["stem_stride"], IN_CHANNELS=3,
                     IMAGE_SIZE=image_size or found["image_size"], PRETRAINED_PATH=path)
     return backbone, feature_dim, resolved, found["image_size"]
+
+
+def backbone_identity(config):
+    """What an evaluation's results are results of, as recorded in its files: the checkpoint (its
+    path and a hash of its bytes, so a file rewritten by another run differs), or the baseline
+    with the settings that make it (for random init: network, input size and seed)."""
+    if config["PRETRAINED_PATH"] == IMAGE_STATS:
+        return "image statistics"
+    if config["PRETRAINED_PATH"] == "random":
+        stem = stem_label(config["SMALL_STEM"], config["STEM_STRIDE"])
+        return f"random init {config['ARCH']}{stem} {config['IMAGE_SIZE']} px seed {config['SEED']}"
+    digest = hashlib.sha1()
+    with open(config["PRETRAINED_PATH"], "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return f"{os.path.abspath(config['PRETRAINED_PATH'])} (sha1 {digest.hexdigest()[:12]})"
+
+
+def check_results_replaceable(paths, identity, overwrite):
+    """Refuse to replace an earlier evaluation's results (metrics file, best model) of another
+    backbone: evaluating checkpoint A, then B into one folder would otherwise lose A's results
+    as soon as B's first epoch is saved. The same backbone's results (a rerun) may be replaced."""
+    for path in paths:
+        if overwrite or not os.path.exists(path):
+            continue
+        try:
+            recorded = load_checkpoint(path).get("pretrained_identity")
+        except CheckpointError:
+            recorded = "an unreadable file"
+        if recorded != identity:
+            raise CheckpointError(
+                f"{path} holds the results of {recorded or 'another backbone (not recorded)'}, "
+                f"and this run evaluates {identity}: it would replace them. Move that file (and "
+                "the other results beside it) elsewhere, pass another --output_dir, or pass "
+                "--overwrite=True to replace them.")
 
 
 class Classifier(nn.Module):
@@ -365,9 +406,10 @@ def knn_predict(train_features, train_labels, query_features, num_classes, k=200
 # evaluation scaffolding shared by Linear_evaluation.py and finetune_model.py: one metrics schema
 
 def evaluation_outputs(config, metrics_name, best_name):
-    """(metrics file, best model file, lock name) in OUTPUT_DIR; `_random` names for the
-    random-init baseline, so that it never overwrites the results of a pre-trained backbone."""
-    suffix = "_random" if config["PRETRAINED_PATH"] == "random" else ""
+    """(metrics file, best model file, lock name) in OUTPUT_DIR; `_random` and `_image_stats`
+    names for the two floors, so that they never overwrite the results of a pre-trained
+    backbone."""
+    suffix = {"random": "_random", IMAGE_STATS: "_image_stats"}.get(config["PRETRAINED_PATH"], "")
     return (os.path.join(config["OUTPUT_DIR"], f"{metrics_name}{suffix}.pth"),
             os.path.join(config["OUTPUT_DIR"], f"{best_name}{suffix}.pth"),
             f"{metrics_name}{suffix}")
@@ -376,19 +418,29 @@ def evaluation_outputs(config, metrics_name, best_name):
 def start_evaluation(config, device_line, verb, outputs):
     """The backbone an evaluation starts from (backbone_for_evaluation) and the lines that
     Linear_evaluation.py and finetune_model.py print first: what runs, where, from which backbone.
+    Results of another backbone already in `outputs` are refused (check_results_replaceable)
+    unless OVERWRITE.
 
-    Returns (backbone, feature_dim, the config as it is used, those lines joined)."""
+    Returns (backbone, feature_dim, the config as it is used, its identity, those lines
+    joined)."""
     backbone, feature_dim, config, pretrained_size = backbone_for_evaluation(config)
-    lines = [f"config: {config}", f"device: {device_line}",
-             f"backbone: {config['ARCH']}"
-             f"{stem_label(config['SMALL_STEM'], config['STEM_STRIDE'])} from "
-             f"{config['PRETRAINED_PATH']}, {feature_dim}-d features, {config['IMAGE_SIZE']} px"]
-    if config["IMAGE_SIZE"] != pretrained_size:
+    identity = backbone_identity(config)
+    check_results_replaceable(outputs[:2], identity, config["OVERWRITE"])
+    if backbone is None:
+        described = (f"none: image statistics ({feature_dim} numbers per image: mean, std, min "
+                     "and max of each channel at the stored size)")
+    else:
+        described = (f"{config['ARCH']}{stem_label(config['SMALL_STEM'], config['STEM_STRIDE'])} "
+                     f"from {config['PRETRAINED_PATH']}, {feature_dim}-d features, "
+                     f"{config['IMAGE_SIZE']} px")
+    lines = [f"config: {config}", f"device: {device_line}", f"backbone: {described}"]
+    if backbone is not None and config["IMAGE_SIZE"] != pretrained_size:
         lines.append(f"note: {verb} at {config['IMAGE_SIZE']} px; the checkpoint was pre-trained "
                      f"at {pretrained_size} px")
-    if config["PRETRAINED_PATH"] == "random":
-        lines.append(f"random-init baseline: results go to {outputs[0]} and {outputs[1]}")
-    return backbone, feature_dim, config, "\n".join(lines)
+    if config["PRETRAINED_PATH"] in ("random", IMAGE_STATS):
+        lines.append(f"baseline: results go to {outputs[0]}"
+                     + (f" and {outputs[1]}" if backbone is not None else ""))
+    return backbone, feature_dim, config, identity, "\n".join(lines)
 
 
 def evaluation_metrics(kind, config, pretrained, image_size, class_names, test_files, best_path,

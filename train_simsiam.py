@@ -57,9 +57,12 @@ WARMUP_EPOCHS = 10  # linear warm-up epochs, then half-cosine to 0, updated ever
 FIX_PRED_LR = True  # keep the predictor's lr constant (paper: +0.4 points); False decays it too
 CROP_SCALE_MIN = 0.2  # RandomResizedCrop lower area bound (paper: 0.2)
 SOLARIZE = True  # write-up: solarise view 2 with p=0.2; False = the paper's symmetric recipe
-JITTER_STRENGTH = 1.0  # scales ColorJitter(0.4, 0.4, 0.4, 0.1) at p=0.8; 1.0 = write-up and paper
+JITTER_STRENGTH = 1.0  # scales ColorJitter(0.4, 0.4, 0.4, 0.1); 1.0 = write-up and paper
+JITTER_P = 0.8  # probability of colour jitter (write-up and paper: 0.8)
 GRAY_P = 0.2  # probability of random grayscale (write-up and paper: 0.2)
 BLUR_P = 0.5  # probability of Gaussian blur, sigma 0.1-2 (write-up and paper: 0.5)
+VFLIP_P = 0.0  # probability of a vertical flip (write-up: 0; overhead imagery has no "up": 0.5)
+ROTATE90 = False  # rotate each view by a random multiple of 90 degrees (write-up: no)
 PIPELINE = "fast"  # fast: decode once, device batch augment | reference: PIL per sample in workers
 NUM_WORKERS = 4  # DataLoader workers (reference pipeline only)
 DECODE_PROCESSES = 0  # processes that decode the fast pipeline's image cache; 0 = one per core
@@ -92,7 +95,8 @@ def settings_rules():
             "CROP_SCALE_MIN": between(0.01, 1.0),
             # above 2.5 the brightness range would go below 0
             "JITTER_STRENGTH": between(0.0, 2.5),
-            "GRAY_P": between(0.0, 1.0), "BLUR_P": between(0.0, 1.0),
+            "JITTER_P": between(0.0, 1.0), "GRAY_P": between(0.0, 1.0),
+            "BLUR_P": between(0.0, 1.0), "VFLIP_P": between(0.0, 1.0),
             "PIPELINE": one_of("fast", "reference"),
             "NUM_WORKERS": at_least(0), "DECODE_PROCESSES": at_least(0), "AMP": one_of(*AMP_MODES),
             "SAVE_EVERY": at_least(1), "SAMPLE_EVERY": at_least(1), "KNN_EVERY": at_least(1),
@@ -214,10 +218,8 @@ def epoch_batches(epoch, images, paths, steps, rank, world_size, device, augment
         for _, batch in data.iterate_batches(images, order[rank::world_size], BATCH_SIZE, device):
             yield augment1(batch, augment_generator), augment2(batch, augment_generator), []
         return
-    strengths = dict(jitter_strength=JITTER_STRENGTH, gray_p=GRAY_P, blur_p=BLUR_P)
     dataset = data.PretrainImageDataset(
-        paths, data.simsiam_transform_v1(IMAGE_SIZE, CROP_SCALE_MIN, **strengths),
-        data.simsiam_transform_v2(IMAGE_SIZE, CROP_SCALE_MIN, solarize=SOLARIZE, **strengths))
+        paths, *data.simsiam_transform_pair(IMAGE_SIZE, **data.augmentation_settings(globals())))
     sampler = None
     if world_size > 1:
         sampler = torch.utils.data.DistributedSampler(dataset, world_size, rank, shuffle=True,
@@ -484,8 +486,7 @@ def main():
     images, paths, unreadable, steps_per_epoch = prepare_data(
         world_size, device, main_process, log)
     knn_data = load_knn_data(log) if KNN_DATA_DIR and main_process else None
-    augment_pair = data.batch_augment_pair(IMAGE_SIZE, CROP_SCALE_MIN, SOLARIZE, JITTER_STRENGTH,
-                                           GRAY_P, BLUR_P)
+    augment_pair = data.batch_augment_pair(IMAGE_SIZE, **data.augmentation_settings(config))
 
     # ---- optimiser, resume ----
     model = model.to(device, memory_format=memory_format)

@@ -17,6 +17,7 @@ in the README.
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -24,8 +25,8 @@ import time
 import pandas as pd
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from runtime import (AMP_MODES, CheckpointError, at_least, atomic_write,  # noqa: E402
-                     check_settings, configure, fail, load_checkpoint, one_of, run)
+from runtime import (AMP_MODES, CheckpointError, at_least, atomic_save,  # noqa: E402
+                     atomic_write, check_settings, configure, fail, load_checkpoint, one_of, run)
 from simsiam_model import COLLAPSE_RATIO, stem_label  # noqa: E402
 
 # -------------------------------------------------------------------------------------------------
@@ -38,7 +39,8 @@ FINETUNE_EPOCHS = 0  # 0 = the preset's
 SKIP_FINETUNE = False  # only kNN and linear evaluation (fine-tuning is the slow part on a CPU)
 PRETRAIN_IMAGES = 0  # 0 = all of train.csv; N = a fixed random N (seed 0), for quick comparisons
 PRETRAIN_ARGS = ""  # extra train_simsiam.py overrides after preset's, e.g. "--weight_decay=5e-4"
-AMP = ""  # every step's AMP; "" = preset's (cpu: bf16, where the CPU has it natively; gpu: auto)
+AMP = ""  # pre-training and fine-tuning AMP; "" = preset's (cpu: bf16 where native; gpu: auto)
+FLOORS_DIR = ""  # an earlier OUTPUT_DIR whose floors (same network, size, commands) are reused
 # -------------------------------------------------------------------------------------------------
 
 # What each preset runs. The CPU preset departs from the write-up's defaults where measurement
@@ -110,6 +112,27 @@ def write_subset(train_csv, count, path, setting="PRETRAIN_IMAGES"):
     return path
 
 
+def reuse_floor(name, command, metrics_file, path):
+    """Copy a floor's finished result from FLOORS_DIR to `path` when that folder's run made it
+    with the same command (up to its output and cache folders): the rows of a study share one
+    network, so they share its floors. Returns whether it did."""
+    if not FLOORS_DIR or not name.endswith(("_random", "_image_stats")):
+        return False
+    source = os.path.join(os.path.abspath(FLOORS_DIR), metrics_file)
+    try:
+        with open(os.path.join(os.path.abspath(FLOORS_DIR), "quality.json")) as f:
+            earlier = json.load(f)["commands"].get(name, "")
+    except (OSError, ValueError, KeyError):
+        earlier = ""
+    folders = re.compile(r" --(output_dir|cache_dir)=\S+")
+    if not finished(source) or folders.sub("", earlier) != folders.sub("", command):
+        print(f"[{name}] not in FLOORS_DIR {FLOORS_DIR} with this command: running it")
+        return False
+    atomic_save(load_checkpoint(source), path)
+    print(f"[{name}] reused from {source}")
+    return True
+
+
 def finished(path):
     try:
         return load_checkpoint(path).get("test_acc") is not None
@@ -147,9 +170,8 @@ def main():
                                  os.path.join(out, "pretrain_images.csv"))
     finetune = (preset["finetune"]
                 + ([f"--num_epochs={FINETUNE_EPOCHS}"] if FINETUNE_EPOCHS else []))
-    precision = [f"--amp={AMP or preset['amp']}"]
-    common = [f"--eurosat_dir={eurosat}", f"--output_dir={out}", f"--cache_dir={cache}",
-              *precision]
+    precision = [f"--amp={AMP or preset['amp']}"]  # the probe's features are always fp32
+    common = [f"--eurosat_dir={eurosat}", f"--output_dir={out}", f"--cache_dir={cache}"]
     times, commands = {}, {}
 
     # ---- pre-training on the unlabeled training images ----
@@ -175,11 +197,14 @@ def main():
               [f"--pretrained_path={checkpoint}", *preset["linear"]],
               "linear_eval_metrics.pth"),
              ("linear_random", "Linear_evaluation.py", [*random_model, *preset["linear"]],
-              "linear_eval_metrics_random.pth")]
+              "linear_eval_metrics_random.pth"),
+             ("linear_image_stats", "Linear_evaluation.py",
+              ["--pretrained_path=image_stats", *preset["linear"]],
+              "linear_eval_metrics_image_stats.pth")]
     if not SKIP_FINETUNE:
-        steps += [("finetune", "finetune_model.py", [f"--pretrained_path={checkpoint}", *finetune],
-                   "finetune_metrics.pth"),
-                  ("finetune_random", "finetune_model.py", [*random_model, *finetune],
+        finetune_args = [f"--pretrained_path={checkpoint}", *precision, *finetune]
+        steps += [("finetune", "finetune_model.py", finetune_args, "finetune_metrics.pth"),
+                  ("finetune_random", "finetune_model.py", [*random_model, *precision, *finetune],
                    "finetune_metrics_random.pth")]
     results = {}
     for name, script, args, metrics_file in steps:
@@ -187,7 +212,7 @@ def main():
         path = os.path.join(out, metrics_file)
         if finished(path):
             print(f"[{name}] already done: {path}")
-        else:
+        elif not reuse_floor(name, commands[name], metrics_file, path):
             run_step(name, script, common + args, out)
         results[name] = load_checkpoint(path)
         # the script's own timing: the same on a rerun that skips it
@@ -197,6 +222,23 @@ def main():
                              final=name == steps[-1][0])
     print(table)
     print(f"\nwrote {out}/quality.json and {out}/quality.md")
+
+
+# the rows of every table: SimSiam, then the two floors it must clear (same protocols, same splits)
+INITS = (("SimSiam pre-trained", ""), ("random init", "_random"),
+         ("image statistics", "_image_stats"))
+
+
+def margins(rows):
+    """SimSiam's accuracy minus the higher of the two floors, per protocol: what pre-training
+    bought beyond colour statistics and an untrained network."""
+    by_protocol = {}
+    for init, protocol, accuracy, _ in rows:
+        by_protocol.setdefault(protocol.split(" (")[0], {})[init] = accuracy
+    return {protocol: found["SimSiam pre-trained"] - max(found[f] for f in floors)
+            for protocol, found in by_protocol.items()
+            if "SimSiam pre-trained" in found
+            and (floors := [f for f in found if f != "SimSiam pre-trained"])}
 
 
 def write_report(out, config, pretrain_metrics, results, times, commands, final):
@@ -210,14 +252,15 @@ def write_report(out, config, pretrain_metrics, results, times, commands, final)
                    if results else "")
     epochs = pretrain_metrics["epochs"][-1]
     rows = []
-    for init, suffix in (("SimSiam pre-trained", ""), ("random init", "_random")):
+    for init, suffix in INITS:
         if f"linear{suffix}" in results:
             linear = results[f"linear{suffix}"]
             for k in ("k20", "k200"):
                 rows.append((init, f"kNN k={k[1:]} (cosine, T=0.2)", linear["knn"][k],
                              times[f"linear{suffix}"]))
-            rows.append((init, f"linear probe ({linear['config']['NUM_EPOCHS']} epochs, "
-                         "best on validation)", linear["test_acc"], times[f"linear{suffix}"]))
+            rows.append((init, f"linear probe ({linear['config']['NUM_EPOCHS']} epochs, weight "
+                         f"decay {linear['weight_decay']:g}, both chosen on validation)",
+                         linear["test_acc"], times[f"linear{suffix}"]))
         if f"finetune{suffix}" in results:
             tuned = results[f"finetune{suffix}"]
             epochs_tuned = tuned["config"]["NUM_EPOCHS"]
@@ -239,6 +282,7 @@ def write_report(out, config, pretrain_metrics, results, times, commands, final)
         "feature_effective_rank": ranks,
         "knn_val_per_epoch": dict(zip(pretrain_metrics["epochs"], pretrain_metrics["knn_top1"])),
         "rows": [{"init": i, "protocol": p, "test_acc": a, "wall_s": w} for i, p, a, w in rows],
+        "margin_over_floors": margins(rows),
         "commands": commands, "config": config}
     lines = [f"Real EuroSAT RGB, `test.csv`{test_images}, {network} at {size} px, "
              f"preset `{PRESET}` on {machine()}; "
@@ -252,6 +296,9 @@ def write_report(out, config, pretrain_metrics, results, times, commands, final)
              "| initialisation | protocol | test accuracy | wall time |",
              "| --- | --- | --- | --- |"]
     lines += [f"| {i} | {p} | {a:.2f} % | {w / 60:.1f} min |" for i, p, a, w in rows]
+    if summary["margin_over_floors"]:
+        lines += ["", "SimSiam minus the higher floor (random init or image statistics): "
+                  + ", ".join(f"{p} {m:+.2f}" for p, m in summary["margin_over_floors"].items())]
     if len(ranks) == 2 and None not in ranks.values():
         lines += ["", f"Feature effective rank (train, {results['linear']['feature_dim']}-d): "
                       f"pre-trained "

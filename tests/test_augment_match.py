@@ -117,3 +117,63 @@ def test_output_statistics_match_the_reference_pipeline():
         assert (ref_std - fast_std).abs().max() < 0.08, (ref_std, fast_std)
         assert math.isclose(reference.min().item(), fast.min().item(), abs_tol=0.05)
         assert math.isclose(reference.max().item(), fast.max().item(), abs_tol=0.05)
+
+
+def test_overhead_imagery_draws_match_their_settings():
+    """Vertical flips, quarter turns and the colour-jitter probability are drawn at the rates asked
+    for; turned off, they draw nothing (the write-up's recipe keeps its random stream)."""
+    on = _params(vflip_p=0.5, rotate90=True, jitter_p=0.2)
+    assert abs(on["vflip"].float().mean().item() - 0.5) < 0.03
+    assert abs(on["jitter"].float().mean().item() - 0.2) < 0.03
+    quarters = torch.bincount(on["turns"], minlength=4).float() / N
+    assert (quarters - 0.25).abs().max() < 0.03, quarters
+    off, write_up = _params(), _params()
+    assert not off["vflip"].any() and not off["turns"].any()
+    assert torch.equal(off["boxes"], write_up["boxes"])
+    shared = ("boxes", "flip", "jitter", "factors", "order", "gray", "blur", "sigma")
+    assert all(torch.equal(off[k], _params(rotate90=True)[k]) for k in shared)
+
+
+def test_flips_and_quarter_turns_match_torchvision_functional():
+    images = _gradient_images(n=16, size=24)
+    augment = data.BatchAugment(20, vflip_p=0.5, rotate90=True, jitter_p=0, gray_p=0, blur_p=0,
+                                mean=(0, 0, 0), std=(1, 1, 1))
+    params = augment.sample_params(16, 24, 24, torch.Generator().manual_seed(3))
+    packed = augment.pack(params)
+    plain = packed.clone()
+    for column in ("flip", "vflip", "turns"):
+        plain[:, data.BatchAugment.COLUMNS.index(column)] = 0
+    out, cropped = augment.apply(images, packed), augment.apply(images, plain)
+    assert len({int(t) for t in params["turns"]}) == 4 and params["vflip"].any()
+    for i in range(16):
+        expected = TF.hflip(cropped[i]) if params["flip"][i] else cropped[i]
+        expected = TF.vflip(expected) if params["vflip"][i] else expected
+        expected = TF.rotate(expected, 90.0 * int(params["turns"][i]))
+        assert torch.equal(out[i], expected), i
+
+
+def test_overhead_imagery_views_match_the_reference_pipeline():
+    """Both pipelines, with vertical flips, quarter turns and weak colour jitter, move a horizontal
+    brightness ramp into every orientation equally often (the reference uses
+    T.RandomVerticalFlip and RandomRotate90), and give the same colour statistics."""
+    images = _gradient_images(n=16, size=48)
+    pil_images = [TF.to_pil_image(img.permute(2, 0, 1)) for img in images]
+    settings = dict(vflip_p=0.5, rotate90=True, jitter_strength=0.25, jitter_p=0.2, gray_p=0.0,
+                    blur_p=0.0, crop_scale_min=0.5)
+    torch.manual_seed(0)
+    first, _ = data.simsiam_transform_pair(32, solarize=False, **settings)
+    reference = torch.stack([first(img) for img in pil_images for _ in range(48)])
+    fast, _ = data.batch_augment_pair(32, solarize=False, **settings)
+    fast = fast(images.repeat(48, 1, 1, 1), torch.Generator().manual_seed(2))
+
+    def ramps(views):  # mean |left - right| and |top - bottom| brightness difference
+        gray = views.mean(dim=1)
+        return torch.stack([(gray[:, :, :16].mean((1, 2)) - gray[:, :, 16:].mean((1, 2))).abs(),
+                            (gray[:, :16].mean((1, 2)) - gray[:, 16:].mean((1, 2))).abs()]).mean(1)
+
+    ref_ramps, fast_ramps = ramps(reference), ramps(fast)
+    # half the views show the ramp across, half along: both directions about equally strong
+    assert (ref_ramps.min() / ref_ramps.max()) > 0.8 and (fast_ramps.min() / fast_ramps.max()) > 0.8
+    assert (ref_ramps - fast_ramps).abs().max() < 0.08, (ref_ramps, fast_ramps)
+    assert (reference.mean(dim=(0, 2, 3)) - fast.mean(dim=(0, 2, 3))).abs().max() < 0.1
+    assert (reference.std(dim=(0, 2, 3)) - fast.std(dim=(0, 2, 3))).abs().max() < 0.08

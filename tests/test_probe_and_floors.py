@@ -1,0 +1,155 @@
+"""The linear probe and the two floors every result is shown beside: image statistics computed as by
+hand, the probe's weight decay and epoch chosen on validation only, a standardisation that does not
+blow up near-constant features, and results of one checkpoint never replaced by another's."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import simsiam_data as data
+from conftest import run_in_process
+from test_evaluation import make_eurosat, make_pretrain_checkpoint
+
+TINY_PROBE = ["--num_epochs=3", "--batch_size=8", "--weight_decays=0 1e-3 1e-1"]
+
+
+def test_image_statistics_of_a_known_image_equal_values_computed_by_hand():
+    image = np.zeros((1, 2, 2, 3), dtype=np.uint8)
+    image[0, :, :, 0] = [[0, 10], [20, 30]]  # red: mean 15, population std sqrt(125)
+    image[0, :, :, 1] = 7  # green: constant
+    image[0, :, :, 2] = [[255, 255], [0, 0]]  # blue: mean 127.5, std 127.5
+    stats = data.image_statistics(image)
+    expected = [15, 7, 127.5, 125 ** 0.5, 0, 127.5, 0, 7, 0, 30, 7, 255]
+    assert stats.shape == (1, 12)
+    assert torch.allclose(stats[0], torch.tensor(expected, dtype=torch.float32), atol=1e-4)
+    # a memory map in chunks gives the same as one block
+    many = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    assert torch.allclose(data.image_statistics(many, chunk=2),
+                          data.image_statistics(many, chunk=5))
+
+
+def test_standardization_does_not_blow_up_a_near_constant_feature():
+    torch.manual_seed(0)
+    features = torch.randn(1000, 8)
+    features[:, 3] = 5.0 + 1e-7 * torch.randn(1000)  # rounding noise on a constant
+    mean, std = data.standardization(features)
+    scaled = (features - mean) / std
+    assert scaled[:, 3].abs().max() < 0.01  # not unit variance
+    assert torch.allclose(scaled[:, 0].std(), torch.tensor(1.0), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def eurosat(tmp_path_factory):
+    root = tmp_path_factory.mktemp("probe") / "EuroSAT"
+    make_eurosat(str(root))
+    return root
+
+
+def _evaluate(eurosat, out, *args):
+    return run_in_process("Linear_evaluation.py", f"--eurosat_dir={eurosat}",
+                          f"--output_dir={out}", f"--cache_dir={out / 'cache'}", *TINY_PROBE,
+                          *args)
+
+
+def _metrics(path):
+    return torch.load(path, weights_only=False)
+
+
+def test_the_probe_never_reads_test_labels_before_its_choice(eurosat, tmp_path, monkeypatch):
+    """Test labels are first read after the last epoch's choice is on disk; and permuting them
+    changes nothing of the choice (weight decay, epoch, validation accuracy, the saved head)."""
+    random_init = ["--pretrained_path=random", "--arch=resnet18", "--image_size=32"]
+    reads = []
+    load_splits = data.load_eurosat_splits
+
+    class WatchedLabels(dict):
+        def __getitem__(self, split):
+            if split == "test" and not reads:
+                metrics_file = tmp_path / "first" / "linear_eval_metrics_random.pth"
+                reads.append(_metrics(metrics_file)["epochs"] if metrics_file.exists() else [])
+            return super().__getitem__(split)
+
+    def watched(*args, **kwargs):
+        splits, labels = load_splits(*args, **kwargs)
+        return splits, WatchedLabels(labels)
+
+    monkeypatch.setattr(data, "load_eurosat_splits", watched)
+    first = _evaluate(eurosat, tmp_path / "first", *random_init)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    assert reads == [[1, 2, 3]], "test labels were read before the probe's last epoch"
+    monkeypatch.setattr(data, "load_eurosat_splits", load_splits)
+
+    shuffled = eurosat.parent / "EuroSAT_shuffled_test"
+    if not shuffled.exists():
+        import shutil
+        shutil.copytree(eurosat, shuffled)
+        lines = (shuffled / "test.csv").read_text().splitlines()
+        names = json.loads((shuffled / "label_map.json").read_text())
+        rows = [line.split(",") for line in lines[1:]]
+        classes = [row[3] for row in rows]
+        classes = classes[5:] + classes[:5]  # every test image gets another class
+        (shuffled / "test.csv").write_text("\n".join(
+            [lines[0]] + [f"{r[0]},{r[1]},{names[c]},{c}" for r, c in zip(rows, classes)]) + "\n")
+    second = _evaluate(shuffled, tmp_path / "second", *random_init)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+    a = _metrics(tmp_path / "first" / "linear_eval_metrics_random.pth")
+    b = _metrics(tmp_path / "second" / "linear_eval_metrics_random.pth")
+    for key in ("weight_decay", "best_epoch", "best_val_acc", "probe", "val_acc", "train_acc"):
+        assert a[key] == b[key], key
+    assert a["test_acc"] != b["test_acc"]  # the labels did change
+    chosen = [max(c["val_acc"]) for c in a["probe"]["curves"]]
+    assert a["best_val_acc"] == max(chosen)
+    assert a["weight_decay"] == a["probe"]["weight_decays"][chosen.index(max(chosen))]
+    head_a = torch.load(tmp_path / "first" / "linear_eval_eurosat_best_model_random.pth")["head"]
+    head_b = torch.load(tmp_path / "second" / "linear_eval_eurosat_best_model_random.pth")["head"]
+    assert all(torch.equal(head_a[k], head_b[k]) for k in head_a)
+    assert "weight decay 0.1: best val" in first.stdout and "<- chosen" in first.stdout
+
+
+def test_image_statistics_floor_runs_the_same_protocols(eurosat, tmp_path):
+    result = _evaluate(eurosat, tmp_path, "--pretrained_path=image_stats")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    metrics = _metrics(tmp_path / "linear_eval_metrics_image_stats.pth")
+    assert metrics["feature_dim"] == 12 and metrics["pretrained_identity"] == "image statistics"
+    assert set(metrics["knn"]) == {"k20", "k200"} and metrics["test_acc"] is not None
+    # colour separates these generated classes completely
+    assert metrics["test_acc"] >= 90 and metrics["knn"]["k20"] >= 90
+    assert not (tmp_path / "linear_eval_eurosat_best_model_image_stats.pth").exists()
+    assert "no network" in run_in_process(
+        "finetune_model.py", f"--eurosat_dir={eurosat}", "--pretrained_path=image_stats").stderr
+
+
+def test_results_of_another_checkpoint_are_not_replaced(eurosat, tmp_path):
+    for epoch in (1, 2):
+        make_pretrain_checkpoint(tmp_path / f"simsiam_resnet18_epoch_{epoch}.pth")
+    # epoch 2 differs from epoch 1 (another seed's weights)
+    second = torch.load(tmp_path / "simsiam_resnet18_epoch_2.pth", weights_only=False)
+    second["model"] = {k: v + 0.01 if v.is_floating_point() else v
+                       for k, v in second["model"].items()}
+    torch.save(second, tmp_path / "simsiam_resnet18_epoch_2.pth")
+    first_path = str(tmp_path / "simsiam_resnet18_epoch_1.pth")
+    done = _evaluate(eurosat, tmp_path, f"--pretrained_path={first_path}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    before = (tmp_path / "linear_eval_metrics.pth").read_bytes()
+    refused = _evaluate(eurosat, tmp_path)  # the newest: epoch 2, another checkpoint
+    assert refused.returncode == 1
+    assert "linear_eval_metrics.pth holds the results of" in refused.stderr
+    assert "simsiam_resnet18_epoch_1.pth" in refused.stderr
+    assert "--overwrite=True" in refused.stderr
+    assert (tmp_path / "linear_eval_metrics.pth").read_bytes() == before
+    again = _evaluate(eurosat, tmp_path, f"--pretrained_path={first_path}")  # the same: allowed
+    assert again.returncode == 0, again.stderr[-2000:]
+    replaced = _evaluate(eurosat, tmp_path, "--overwrite=True")
+    assert replaced.returncode == 0, replaced.stderr[-2000:]
+    assert "epoch_2.pth" in _metrics(tmp_path / "linear_eval_metrics.pth")["pretrained_identity"]
+    refused = run_in_process("finetune_model.py", f"--eurosat_dir={eurosat}",
+                             f"--output_dir={tmp_path}", f"--cache_dir={tmp_path / 'cache'}",
+                             "--num_epochs=1", "--batch_size=8")
+    assert refused.returncode == 0  # no fine-tuning results there yet
+    refused = run_in_process("finetune_model.py", f"--eurosat_dir={eurosat}",
+                             f"--output_dir={tmp_path}", f"--cache_dir={tmp_path / 'cache'}",
+                             "--num_epochs=1", "--batch_size=8",
+                             f"--pretrained_path={first_path}")
+    assert refused.returncode == 1 and "finetune_metrics.pth holds the results of" in \
+        refused.stderr
