@@ -8,13 +8,13 @@
 Reads the metrics files named below from OUTPUT_DIR (and, only when finetune_metrics.pth holds no
 test predictions, the classifier checkpoint it names) and writes PNGs at DPI into FIGURES_DIR:
     pretrain_curves.png         loss per epoch, lr schedule per step, z std against 1/sqrt(dim),
-                                kNN per epoch
+                                kNN per epoch with its floors (random init, image statistics)
     augmentations.png           pre-training images and their two augmented views, as the
                                 pre-training config ran them
     linear_eval_curves.png      train / validation loss and accuracy per epoch, best epoch marked
     finetune_curves.png         the same for fine-tuning
-    comparison.png              test accuracy of kNN, linear evaluation and fine-tuning; SimSiam vs
-                                random init
+    comparison.png              test accuracy of kNN, linear evaluation and fine-tuning; SimSiam
+                                beside its floors: random init and image statistics
     confusion_linear_eval.png   test confusion matrix and per-class accuracy
     confusion_finetune.png      the same for fine-tuning
     predictions_finetune.png    test images with true and predicted class, wrong ones in red
@@ -39,7 +39,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import simsiam_data as data  # noqa: E402
 from runtime import (CheckpointError, at_least, atomic_write, check_settings,  # noqa: E402
                      configure, load_checkpoint, pick_device, prepare_output_dir, run)
-from simsiam_model import (COLLAPSE_RATIO, FINETUNE_METRICS_KIND,  # noqa: E402
+from simsiam_model import (COLLAPSE_RATIO, FINETUNE_METRICS_KIND, IMAGE_STATS,  # noqa: E402
                            LINEAR_METRICS_KIND, PRETRAIN_METRICS_KIND, classifier_from_checkpoint)
 
 # -------------------------------------------------------------------------------------------------
@@ -49,6 +49,7 @@ PRETRAIN_METRICS = "pretrain_metrics.pth"  # file names in OUTPUT_DIR (absolute 
 LINEAR_METRICS = "linear_eval_metrics.pth"  # written by Linear_evaluation.py
 FINETUNE_METRICS = "finetune_metrics.pth"  # written by finetune_model.py
 LINEAR_RANDOM_METRICS = "linear_eval_metrics_random.pth"  # Linear_evaluation.py, random-init run
+LINEAR_STATS_METRICS = "linear_eval_metrics_image_stats.pth"  # Linear_evaluation.py, image stats
 FINETUNE_RANDOM_METRICS = "finetune_metrics_random.pth"  # finetune_model.py, random-init run
 EUROSAT_DIR = ""  # folder with test.csv and label_map.json; "" = EUROSAT_DIR the metrics record
 AUGMENT_IMAGES_DIR = ""  # images for augmentations.png; "" = DATA_DIR of the pre-training config
@@ -62,7 +63,7 @@ DEVICE = "auto"  # auto | cuda | cpu | mps; runs the classifier if the metrics h
 
 # one colour per meaning, the same in every figure
 COLOR = {"train": "tab:blue", "val": "tab:orange", "pretrained": "tab:green", "random": "tab:gray",
-         "wrong": "tab:red", "note": "0.45"}
+         "stats": "tab:brown", "wrong": "tab:red", "note": "0.45"}
 written, skipped = [], []  # figure paths written, figure names skipped (for the summary line)
 
 
@@ -146,6 +147,8 @@ def run_label(m):
     """Which model and data: "resnet18, 64 px, SimSiam-pretrained (simsiam_resnet18_epoch_90.pth),
     EuroSAT 'X'"."""
     pretrained = m.get("pretrained_path", "?")
+    if pretrained == IMAGE_STATS:
+        return f"image statistics, EuroSAT {folder_name(m['config'].get('EUROSAT_DIR'))}"
     source = ("random init" if pretrained == "random"
               else f"SimSiam-pretrained ({os.path.basename(pretrained)})")
     return (f"{m['arch']}, {m['image_size']} px, {source}, "
@@ -204,9 +207,15 @@ def plot_pretraining(m):
 
     knn = [(e, v) for e, v in zip(epochs, m["knn_top1"]) if v is not None]
     if knn:
-        ax_knn.plot(*zip(*knn), "-o", color=COLOR["val"])
+        ax_knn.plot(*zip(*knn), "-o", color=COLOR["val"], label="SimSiam")
         ax_knn.annotate(f"{knn[-1][1]:.1f}%", knn[-1], textcoords="offset points", xytext=(0, 8),
                         ha="center")
+        # the floors: where the curve crosses them is where pre-training starts to pay
+        for name, value in (m.get("knn_floors") or {}).items():
+            ax_knn.axhline(value, ls="--" if name == "random init" else ":",
+                           color=COLOR["random" if name == "random init" else "stats"],
+                           label=f"{name} (floor): {value:.1f}%")
+        ax_knn.legend(loc="lower right")
         ax_knn.set(ylim=(0, 100))
     else:
         ax_knn.text(0.5, 0.5, "kNN monitor not run\n"
@@ -317,49 +326,55 @@ def plot_curves(m, baseline, stage):
     return fig
 
 
+# the bars of comparison.png: SimSiam and the two floors it must clear
+SERIES = (("SimSiam-pretrained", "pretrained"), ("random init", "random"),
+          ("image statistics", "stats"))
+
+
 def plot_comparison(runs):
-    """runs: (label, pretrained metrics or None, random-init metrics or None) of linear evaluation
-    and fine-tuning."""
-    (_, linear, linear_random), _ = runs
-    groups = []  # (x label, SimSiam value, random-init value)
+    """runs: (label, SimSiam metrics, random-init metrics, image-statistics metrics; each or None)
+    of linear evaluation and fine-tuning."""
+    (_, *linear), _ = runs
+    groups = []  # (x label, SimSiam value, random-init value, image-statistics value)
     for k in ("k20", "k200"):
-        values = [(r.get("knn") or {}).get(k) if r is not None else None
-                  for r in (linear, linear_random)]
+        values = [(r.get("knn") or {}).get(k) if r is not None else None for r in linear]
         if any(v is not None for v in values):
             groups.append((f"kNN, k={k[1:]}\n(frozen features)", *values))
-    for label, pretrained, random_init in runs:
-        values = [r.get("test_acc") if r is not None else None for r in (pretrained, random_init)]
+    for label, *results in runs:
+        values = [r.get("test_acc") if r is not None else None for r in results]
         if any(v is not None for v in values):
             groups.append((label, *values))
     if not groups:
         skip("comparison", "no test accuracy recorded in any metrics file", ["comparison"])
         return None
-    has_random = any(g[2] is not None for g in groups)
-    width = 0.38 if has_random else 0.6
+    shown = [column for column in range(3) if any(g[1 + column] is not None for g in groups)]
+    width = 0.8 / len(shown)
     fig, ax = plt.subplots(figsize=figure_inches("comparison"))
-    for column, (name, offset) in enumerate((("SimSiam-pretrained",
-                                              -width / 2 if has_random else 0),
-                                             ("random init", width / 2))):
+    for slot, column in enumerate(shown):
+        offset = (slot - (len(shown) - 1) / 2) * width
         bars = [(x + offset, g[1 + column]) for x, g in enumerate(groups)
                 if g[1 + column] is not None]
-        if bars:
-            drawn = ax.bar(*zip(*bars), width=width, label=name,
-                           color=COLOR["pretrained" if column == 0 else "random"])
-            ax.bar_label(drawn, fmt="%.1f%%", padding=2)
-    reference = next(r for _, *pair in runs for r in pair if r is not None)
+        drawn = ax.bar(*zip(*bars), width=width, label=SERIES[column][0],
+                       color=COLOR[SERIES[column][1]])
+        ax.bar_label(drawn, fmt="%.1f%%", padding=2, fontsize=8)
+    reference = next(r for _, *results in runs for r in results if r is not None)
     chance = 100 / len(reference["class_names"])
     ax.axhline(chance, color="black", ls=":", lw=1,
                label=f"chance ({len(reference['class_names'])} classes)")
     ax.set_xticks(range(len(groups)), [g[0] for g in groups])
-    ax.set(ylabel="top-1 accuracy on the test set (%)", ylim=(0, 108))
+    ax.set(ylabel="top-1 accuracy on the test set (%)", ylim=(0, 112))
     ax.grid(axis="x", visible=False)
-    ax.legend(loc="upper left", ncols=3)
-    source = next((r["pretrained_path"] for _, r, _ in runs if r is not None), None)
+    ax.legend(loc="upper left", ncols=4)
+    source = next((r["pretrained_path"] for _, r, *_ in runs if r is not None), None)
     weights = (f"SimSiam weights {os.path.basename(source)}" if source
-               else "random-init baselines only")
-    fig.suptitle(f"EuroSAT test accuracy: {reference['arch']}, {reference['image_size']} px, "
-                 f"{weights}, data "
-                 f"{folder_name(reference['config'].get('EUROSAT_DIR'))}")
+               else "baselines only")
+    networks = sorted({f"{r['arch']}, {r['image_size']} px" for _, *results in runs
+                       for r in results if r is not None and r["pretrained_path"] != IMAGE_STATS})
+    fig.suptitle(f"EuroSAT test accuracy: {' / '.join(networks) or 'no network'}, {weights}, "
+                 f"data {folder_name(reference['config'].get('EUROSAT_DIR'))}"
+                 + (f"\nnote: these runs used {len(networks)} different networks or input "
+                    "sizes, so their bars do not compare like for like" if len(networks) > 1
+                    else ""))
     return fig
 
 
@@ -421,6 +436,21 @@ def predict(model_path, paths):
     return [checkpoint["class_names"][i] for i in model(batch).argmax(dim=1).tolist()]
 
 
+def relative_name(path, root):
+    """An image's name inside its EuroSAT folder ("Forest/Forest_1.jpg"), whatever the folder is
+    called now."""
+    return os.path.relpath(os.path.normpath(path), os.path.normpath(os.path.abspath(root)))
+
+
+def recorded_predictions(m):
+    """{image name inside the EuroSAT folder: predicted class name} of the recorded test run."""
+    files, predictions = m.get("test_files") or [], m.get("test_predictions") or []
+    if len(files) != len(predictions):
+        return {}
+    root = m["config"].get("EUROSAT_DIR", "")
+    return {relative_name(f, root): m["class_names"][p] for f, p in zip(files, predictions)}
+
+
 def plot_predictions(m):
     name = "predictions_finetune"
     folder = eurosat_dir_of(m)
@@ -436,17 +466,19 @@ def plot_predictions(m):
         skip("prediction grid",
              f"test images not found under {folder!r} (pass --eurosat_dir=FOLDER)", [name])
         return None
+    # recorded predictions belong to file names, not to rows: test.csv may have been re-split
+    recorded = recorded_predictions(m)
+    known = [i for i in present if relative_name(paths[i], folder) in recorded]
     rng = np.random.default_rng(SEED)
-    chosen = sorted(rng.choice(present, min(GRID_IMAGES, len(present)), replace=False))
-    recorded = m.get("test_predictions")
-    if recorded is not None and len(recorded) == len(paths):
-        predicted = [m["class_names"][recorded[i]] for i in chosen]
-        source = "predictions recorded during the test run"
+    pool = known or present
+    chosen = sorted(rng.choice(pool, min(GRID_IMAGES, len(pool)), replace=False))
+    if known:
+        predicted = [recorded[relative_name(paths[i], folder)] for i in chosen]
+        source = "predictions recorded during the test run, matched by file name"
     else:
-        if recorded is not None:
-            print(f"note: {len(recorded)} recorded test predictions but test.csv has "
-                  f"{len(paths)} rows; "
-                  "running the model instead")
+        if m.get("test_predictions") is not None:
+            print(f"note: none of the {len(m['test_predictions'])} recorded test predictions is of "
+                  f"an image in {folder}/test.csv; running the model instead")
         model_path = resolve_model_path(m.get("best_model_path"))
         if model_path is None:
             skip("prediction grid", "no test predictions recorded and the model "
@@ -499,6 +531,10 @@ def main():
     linear_random = load_metrics(LINEAR_RANDOM_METRICS, LINEAR_METRICS_KIND,
                                  "random-init linear evaluation baseline",
                                  "run python Linear_evaluation.py --pretrained_path=random", [])
+    linear_stats = load_metrics(LINEAR_STATS_METRICS, LINEAR_METRICS_KIND,
+                                "image-statistics baseline",
+                                "run python Linear_evaluation.py --pretrained_path=image_stats",
+                                [])
     finetune_random = load_metrics(FINETUNE_RANDOM_METRICS, FINETUNE_METRICS_KIND,
                                    "random-init fine-tuning baseline",
                                    "run python finetune_model.py --pretrained_path=random", [])
@@ -514,9 +550,9 @@ def main():
         draw("finetune_curves", plot_curves, finetune, finetune_random, "Fine-tuning")
         draw("confusion_finetune", plot_confusion, finetune, "Fine-tuning", "confusion_finetune")
         draw("predictions_finetune", plot_predictions, finetune)
-    runs = (("linear evaluation\n(frozen backbone)", linear, linear_random),
-            ("fine-tuning\n(all layers)", finetune, finetune_random))
-    if any(r is not None for _, *pair in runs for r in pair):
+    runs = (("linear evaluation\n(frozen backbone)", linear, linear_random, linear_stats),
+            ("fine-tuning\n(all layers)", finetune, finetune_random, None))
+    if any(r is not None for _, *results in runs for r in results):
         draw("comparison", plot_comparison, runs)
     else:
         skip("comparison", "no linear evaluation or fine-tuning metrics", ["comparison"])

@@ -230,15 +230,35 @@ def strip_wrappers(state_dict):
 
 
 def newest_pretrained(output_dir):
-    """The simsiam_<arch>_epoch_X.pth in output_dir with the highest X (tie: newest modification
-    time), or None."""
+    """The newest simsiam_<arch>_epoch_X.pth of the pre-training run that output_dir's
+    pretrain_metrics.pth describes (its run_id and the epoch files it wrote), or None when the
+    folder holds none. Files of an older run left there (after --resume=False or a smaller
+    --num_epochs) are never taken for the current run's: if the run wrote none that is still there,
+    this refuses and lists what it found. Without pretrain_metrics.pth (or one from before run ids),
+    the highest X is taken (tie: newest modification time)."""
     found = []
     for name in os.listdir(output_dir) if os.path.isdir(output_dir) else []:
         match = re.fullmatch(r"simsiam_(.+)_epoch_(\d+)\.pth", name)
         if match:
             path = os.path.join(output_dir, name)
             found.append((int(match.group(2)), os.path.getmtime(path), path))
-    return max(found)[2] if found else None
+    metrics_path = os.path.join(output_dir, "pretrain_metrics.pth")
+    try:
+        run = load_checkpoint(metrics_path, kinds=(PRETRAIN_METRICS_KIND,))
+    except CheckpointError:
+        run = {}
+    if not found or not run.get("run_id"):
+        return max(found)[2] if found else None
+    written = [os.path.join(output_dir, name)
+               for _, name in sorted(run.get("checkpoints", {}).items())
+               if os.path.isfile(os.path.join(output_dir, name))]
+    if not written:
+        raise CheckpointError(
+            f"{metrics_path} describes a run (id {run['run_id']}) that has written no epoch file "
+            f"yet, and the simsiam_*_epoch_X.pth files in {output_dir!r} are of an earlier run: "
+            f"{', '.join(os.path.basename(p) for _, _, p in sorted(found))}. Wait for the run's "
+            "first SAVE_EVERY epochs, or pass --pretrained_path=FILE to evaluate one of those.")
+    return written[-1]
 
 
 def backbone_for_evaluation(config):
@@ -254,7 +274,7 @@ def backbone_for_evaluation(config):
     """
     image_size = config["IMAGE_SIZE"]
     if config["PRETRAINED_PATH"] == IMAGE_STATS:
-        return None, IMAGE_STATS_DIM, dict(config, IMAGE_SIZE=0), 0
+        return None, IMAGE_STATS_DIM, dict(config, ARCH="none", IMAGE_SIZE=0), 0
     if config["PRETRAINED_PATH"] == "random":
         try:
             backbone, feature_dim = build_backbone(config["ARCH"], 3, config["SMALL_STEM"],

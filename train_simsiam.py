@@ -269,19 +269,42 @@ def knn_monitor(model, knn_data, device, amp_dtype):
                     chunks.append(backbone(data.eval_batch(batch, IMAGE_SIZE)).float())
             features[split] = torch.cat(chunks)
     backbone.train()
-    bank_labels = knn_data["train"][1].to(device)
+    return knn_accuracy(features, knn_data)
+
+
+def knn_accuracy(features, knn_data):
+    """The monitor's kNN (k = KNN_K, cosine, temperature 0.2) of validation on train, in %."""
+    bank_labels = knn_data["train"][1].to(features["train"].device)
     predicted = knn_predict(features["train"], bank_labels, features["validation"],
                             int(bank_labels.max()) + 1, k=KNN_K, temperature=0.2)
     return (predicted.cpu() == knn_data["validation"][1]).float().mean().item() * 100
+
+
+def knn_floors(model, knn_data, device, amp_dtype, log):
+    """The kNN monitor's two floors, before the first step: this network at its random
+    initialisation, and the 12 colour statistics of each image (standardised with train's). A
+    representation worth pre-training for rises well above both."""
+    stats = {split: data.image_statistics(images) for split, (images, _) in knn_data.items()}
+    mean, std = data.standardization(stats["train"])
+    floors = {"random init": knn_monitor(model, knn_data, device, amp_dtype),
+              "image statistics": knn_accuracy({s: (f - mean) / std for s, f in stats.items()},
+                                               knn_data)}
+    log("kNN monitor floors (validation): "
+        + ", ".join(f"{name} {value:.1f}%" for name, value in floors.items()))
+    return floors
 
 
 # -------------------------------------------------------------------------------------------------
 # resuming and saving
 
 def new_metrics():
-    return {"kind": PRETRAIN_METRICS_KIND, "epochs": [], "loss": [], "lr": [], "z_std": [],
-            "epoch_time_s": [], "pairs_per_s": [], "knn_top1": [], "skipped_images": [],
-            "step": [], "step_lr": [], "step_loss": []}
+    """The metrics of a new run. run_id names the run in every file it writes, and checkpoints
+    lists its epoch files: evaluations take the newest of this run, never an older run's file
+    left in OUTPUT_DIR (--resume=False, a smaller --num_epochs)."""
+    return {"kind": PRETRAIN_METRICS_KIND, "run_id": f"{time.strftime('%Y%m%d-%H%M%S')}-"
+            f"{os.getpid()}-{os.urandom(3).hex()}", "checkpoints": {}, "epochs": [], "loss": [],
+            "lr": [], "z_std": [], "epoch_time_s": [], "pairs_per_s": [], "knn_top1": [],
+            "skipped_images": [], "step": [], "step_lr": [], "step_loss": []}
 
 
 def resume_or_start(model, optimizer, scaler, config, world_size, log):
@@ -340,10 +363,12 @@ def save_epoch(model, optimizer, scaler, metrics, config, epoch, global_step):
     resume past a file never written."""
     model_state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
     if (epoch + 1) % SAVE_EVERY == 0 or epoch + 1 == NUM_EPOCHS:
-        path = os.path.join(OUTPUT_DIR, f"simsiam_{ARCH}_epoch_{epoch + 1}.pth")
-        print(f"saving checkpoint to {path}")
+        name = f"simsiam_{ARCH}_epoch_{epoch + 1}.pth"
+        print(f"saving checkpoint to {os.path.join(OUTPUT_DIR, name)}")
         atomic_save({"kind": PRETRAIN_KIND, "arch": ARCH, "config": config, "epoch": epoch + 1,
-                     "model": model_state}, path)
+                     "run_id": metrics.get("run_id"), "model": model_state},
+                    os.path.join(OUTPUT_DIR, name))
+        metrics.setdefault("checkpoints", {})[epoch + 1] = name
     atomic_save({"kind": PRETRAIN_LAST_KIND, "arch": ARCH, "config": config, "epoch": epoch + 1,
                  "global_step": global_step, "model": model_state,
                  "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
@@ -464,6 +489,12 @@ def describe_run(config, model, device, amp_dtype, precision_reason, world_size,
     log(f"config: {config}")
     log(f"device: {device_and_precision(device, amp_dtype, precision_reason)}; processes: "
         f"{world_size}")
+    earlier = sorted(n for n in os.listdir(OUTPUT_DIR) if n.startswith("simsiam_")
+                     and n.endswith(".pth") and "_epoch_" in n) if start_epoch == 0 else []
+    if earlier:
+        log(f"note: {OUTPUT_DIR} holds {len(earlier)} epoch file(s) of an earlier run "
+            f"({', '.join(earlier[:4])}{'...' if len(earlier) > 4 else ''}); this run overwrites "
+            "those of its own epochs, and evaluations take only this run's")
     log(f"model: SimSiam {ARCH}, {facts['param_count'] / 1e6:.2f} M parameters; {num_images} "
         f"images, global batch {global_batch}, {steps_per_epoch} steps per epoch, lr "
         f"{base_lr:.5f} (= {BASE_LR} x {global_batch} / 256), epochs "
@@ -496,6 +527,8 @@ def main():
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     metrics, start_epoch, global_step = resume_or_start(model, optimizer, scaler, config,
                                                         world_size, log)
+    if knn_data and start_epoch == 0:
+        metrics["knn_floors"] = knn_floors(model, knn_data, device, amp_dtype, log)
     train_model = for_training(model, device, world_size, log)
     run_facts = describe_run(config, model, device, amp_dtype, precision_reason, world_size,
                              len(paths), steps_per_epoch, base_lr, start_epoch, log)

@@ -5,6 +5,7 @@ dimensional-collapse diagnostic it reports)."""
 import json
 
 import pandas as pd
+import pytest
 import torch
 
 from conftest import run_script
@@ -44,11 +45,33 @@ def test_bench_quality_quick_run_writes_table(tmp_path):
     random_metrics = torch.load(out / "linear_eval_metrics_random.pth", weights_only=False)
     assert random_metrics["config"]["SMALL_STEM"] is True and random_metrics["image_size"] == 32
     protocols = {(row["init"], row["protocol"].split(" (")[0]) for row in summary["rows"]}
-    assert {("SimSiam pre-trained", "linear probe"), ("random init", "linear probe")} <= protocols
+    assert {(init, protocol) for init in ("SimSiam pre-trained", "random init", "image statistics")
+            for protocol in ("linear probe", "kNN k=20")} <= protocols
+    assert set(summary["margin_over_floors"]) == {"kNN k=20", "kNN k=200", "linear probe"}
+    by_row = {(row["init"], row["protocol"].split(" (")[0]): row["test_acc"]
+              for row in summary["rows"]}
+    assert summary["margin_over_floors"]["linear probe"] == pytest.approx(
+        by_row["SimSiam pre-trained", "linear probe"]
+        - max(by_row["random init", "linear probe"], by_row["image statistics", "linear probe"]))
+    # the kNN monitor's floors, measured before the first step
+    pretrain_metrics = torch.load(out / "pretrain_metrics.pth", weights_only=False)
+    assert set(pretrain_metrics["knn_floors"]) == {"random init", "image statistics"}
+    assert "kNN monitor floors (validation): random init" in (out / "pretrain.log").read_text()
     assert all(0 <= row["test_acc"] <= 100 for row in summary["rows"])
     assert all(0 < rank <= 512 for rank in summary["feature_effective_rank"].values())
     table = (out / "quality.md").read_text()
     assert "| random init | linear probe" in table and "python train_simsiam.py" in table
+    assert "| image statistics | linear probe" in table and "minus the higher floor" in table
+    assert "--pretrained_path=image_stats" in summary["commands"]["linear_image_stats"]
+
+    # another run reuses those floors when its commands for them are the same
+    reuse = [a.replace(str(out), str(tmp_path / "second")) for a in args]
+    second = run_script("scripts/bench_quality.py", *reuse, f"--floors_dir={out}", timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "[linear_random] reused from" in second.stdout
+    assert "[linear_image_stats] reused from" in second.stdout
+    assert json.loads((tmp_path / "second" / "quality.json").read_text())["rows"][3:] == \
+        summary["rows"][3:]
 
     # a rerun skips what is done and keeps the pre-training time of the run that did the work
     rerun = run_script("scripts/bench_quality.py", *args, timeout=600)

@@ -89,7 +89,8 @@ def tiny_run(tmp_path_factory):
             ("linear_eval_metrics", "linear_eval_metrics", pretrained, 3),
             ("finetune_metrics", "finetune_metrics", pretrained, 2),
             ("linear_eval_metrics_random", "linear_eval_metrics", "random", 7),
-            ("finetune_metrics_random", "finetune_metrics", "random", 5)):
+            ("finetune_metrics_random", "finetune_metrics", "random", 5),
+            ("linear_eval_metrics_image_stats", "linear_eval_metrics", "image_stats", 4)):
         torch.save(eval_metrics(kind, eurosat, labels, model_path, source, wrong),
                    out / f"{name}.pth")
     return {"base": base, "out": out, "eurosat": eurosat, "labels": labels,
@@ -170,3 +171,45 @@ def test_grid_runs_the_best_model_when_no_predictions_are_recorded(tiny_run):
     assert f"{len(tiny_run['labels'])} random test images" in title
     assert (plot_results.figure_inches("predictions_finetune", len(tiny_run["labels"]))
             == tuple(fig.get_size_inches()))
+
+
+def test_grid_matches_recorded_predictions_by_file_name(tiny_run):
+    """After a re-split (here: test.csv in reverse order, under another folder name) the grid still
+    shows each image with its own recorded prediction: the two mislabelled AnnualCrop images are
+    the only wrong ones."""
+    resplit = tiny_run["base"] / "EuroSAT_resplit"
+    if not resplit.exists():
+        shutil.copytree(tiny_run["eurosat"], resplit)
+        lines = (resplit / "test.csv").read_text().splitlines()
+        (resplit / "test.csv").write_text("\n".join([lines[0]] + lines[:0:-1]) + "\n")
+    metrics = torch.load(tiny_run["out"] / "finetune_metrics.pth", weights_only=True)
+    plot_results.EUROSAT_DIR = str(resplit)
+    try:
+        fig = plot_results.plot_predictions(metrics)
+    finally:
+        plot_results.EUROSAT_DIR = ""
+    assert "2 wrong" in fig.get_suptitle() and "matched by file name" in fig.get_suptitle()
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert sum("pred: Forest" in t and "true: AnnualCrop" in t for t in titles) == 2
+
+
+def test_floors_are_drawn_beside_simsiam(tiny_run):
+    """comparison.png has the image-statistics bars beside random init; the kNN monitor panel
+    draws both floors as lines; runs of different networks are said to differ."""
+    names = ("linear_eval_metrics", "linear_eval_metrics_random",
+             "linear_eval_metrics_image_stats", "finetune_metrics", "finetune_metrics_random")
+    linear, linear_random, stats, tuned, tuned_random = (
+        torch.load(tiny_run["out"] / f"{n}.pth", weights_only=True) for n in names)
+    runs = (("linear", linear, linear_random, stats), ("fine-tune", tuned, tuned_random, None))
+    fig = plot_results.plot_comparison(runs)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert {"SimSiam-pretrained", "random init", "image statistics"} <= set(legend)
+    assert "different networks" not in fig.get_suptitle()
+    tuned["image_size"] = 64
+    assert "2 different networks or input sizes" in plot_results.plot_comparison(runs).get_suptitle()
+    pretrain = torch.load(tiny_run["out"] / "pretrain_metrics.pth", weights_only=True)
+    pretrain.update(knn_top1=[40.0, 60.0],
+                    knn_floors={"random init": 45.0, "image statistics": 55.0})
+    knn_panel = plot_results.plot_pretraining(pretrain).axes[3]
+    labels = [t.get_text() for t in knn_panel.get_legend().get_texts()]
+    assert labels == ["SimSiam", "random init (floor): 45.0%", "image statistics (floor): 55.0%"]

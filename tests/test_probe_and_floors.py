@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import simsiam_data as data
-from conftest import run_in_process
+from conftest import TINY_PRETRAIN, run_in_process, write_images
+from runtime import CheckpointError
 from test_evaluation import make_eurosat, make_pretrain_checkpoint
 
 TINY_PROBE = ["--num_epochs=3", "--batch_size=8", "--weight_decays=0 1e-3 1e-1"]
@@ -153,3 +154,25 @@ def test_results_of_another_checkpoint_are_not_replaced(eurosat, tmp_path):
                              f"--pretrained_path={first_path}")
     assert refused.returncode == 1 and "finetune_metrics.pth holds the results of" in \
         refused.stderr
+
+
+def test_evaluations_take_the_current_runs_checkpoint_not_an_older_runs(tmp_path):
+    """A folder holding an older run's epoch 2 and a new run (--resume=False) of 1 epoch: the
+    default is the new run's epoch 1. While a new run has written no epoch file yet, the default
+    refuses and lists the older files."""
+    from simsiam_model import newest_pretrained
+    images, out = tmp_path / "images", tmp_path / "out"
+    write_images(str(images), 16)
+    common = [f"--data_dir={images}", f"--output_dir={out}", f"--cache_dir={tmp_path / 'cache'}",
+              "--save_every=1", *TINY_PRETRAIN]
+    assert run_in_process("train_simsiam.py", *common, "--num_epochs=2").returncode == 0
+    assert newest_pretrained(str(out)) == str(out / "simsiam_resnet18_epoch_2.pth")
+    again = run_in_process("train_simsiam.py", *common, "--num_epochs=1", "--resume=False")
+    assert again.returncode == 0
+    assert "holds 2 epoch file(s) of an earlier run" in again.stdout
+    assert newest_pretrained(str(out)) == str(out / "simsiam_resnet18_epoch_1.pth")
+    metrics = torch.load(out / "pretrain_metrics.pth", weights_only=False)
+    metrics["checkpoints"] = {}  # a new run that has not reached its first epoch file
+    torch.save(metrics, out / "pretrain_metrics.pth")
+    with pytest.raises(CheckpointError, match="simsiam_resnet18_epoch_2.pth"):
+        newest_pretrained(str(out))
