@@ -1,5 +1,5 @@
-"""Linear evaluation of a SimSiam backbone on EuroSAT: frozen backbone + linear head, regularisation
-and epoch chosen on validation.csv, scored once on test.csv; and weighted kNN.
+"""Linear evaluation of a SimSiam backbone on EuroSAT: frozen backbone + linear head,
+regularisation and epoch chosen on validation.csv, scored once on test.csv; and weighted kNN.
 
     python Linear_evaluation.py                     # newest outputs/simsiam_<arch>_epoch_X.pth,
                                                     # its own arch and size
@@ -57,7 +57,7 @@ from simsiam_model import (ARCHS, LINEAR_METRICS_KIND, Classifier, classifier_ch
 EUROSAT_DIR = "datae/EuroSAT"  # JPEG class folders + train/validation/test.csv, label_map.json
 OUTPUT_DIR = "outputs"  # train_simsiam.py's simsiam_<arch>_epoch_X.pth files; results go here too
 CACHE_DIR = "cache"  # decoded-once image arrays; safe to delete
-PRETRAINED_PATH = ""  # "" = newest simsiam_<arch>_epoch_X.pth | a checkpoint | random | image_stats
+PRETRAINED_PATH = ""  # "" = newest simsiam_<arch>_epoch_X.pth | checkpoint | random | image_stats
 ARCH = "resnet50"  # random baseline only (checkpoints name theirs): resnet18 | resnet34 | resnet50
 SMALL_STEM = False  # 3x3 stride-1 stem for the random baseline only (a checkpoint names its own)
 STEM_STRIDE = 1  # that small stem's conv stride, random baseline only (a checkpoint names its own)
@@ -347,7 +347,8 @@ def save_best(backbone, head, config, class_names, epoch, metrics, best_path):
     classifier.head = head
     atomic_save(classifier_checkpoint(classifier, config, class_names, data.IMAGENET_MEAN,
                                       data.IMAGENET_STD,
-                                      extra={"epoch": epoch + 1, "val_acc": metrics["best_val_acc"],
+                                      extra={"epoch": epoch + 1,
+                                             "val_acc": metrics["best_val_acc"],
                                              "weight_decay": metrics["weight_decay"],
                                              "source": "linear_eval",
                                              "pretrained_path": metrics["pretrained_path"],

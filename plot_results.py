@@ -477,8 +477,8 @@ def plot_predictions(m):
         source = "predictions recorded during the test run, matched by file name"
     else:
         if m.get("test_predictions") is not None:
-            print(f"note: none of the {len(m['test_predictions'])} recorded test predictions is of "
-                  f"an image in {folder}/test.csv; running the model instead")
+            print(f"note: none of the {len(m['test_predictions'])} recorded test predictions is "
+                  f"of an image in {folder}/test.csv; running the model instead")
         model_path = resolve_model_path(m.get("best_model_path"))
         if model_path is None:
             skip("prediction grid", "no test predictions recorded and the model "

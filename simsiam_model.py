@@ -234,8 +234,8 @@ def newest_pretrained(output_dir):
     pretrain_metrics.pth describes (its run_id and the epoch files it wrote), or None when the
     folder holds none. Files of an older run left there (after --resume=False or a smaller
     --num_epochs) are never taken for the current run's: if the run wrote none that is still there,
-    this refuses and lists what it found. Without pretrain_metrics.pth (or one from before run ids),
-    the highest X is taken (tie: newest modification time)."""
+    this refuses and lists what it found. Without pretrain_metrics.pth (or one from before run
+    ids), the highest X is taken (tie: newest modification time)."""
     found = []
     for name in os.listdir(output_dir) if os.path.isdir(output_dir) else []:
         match = re.fullmatch(r"simsiam_(.+)_epoch_(\d+)\.pth", name)
@@ -306,7 +306,8 @@ def backbone_identity(config):
         return "image statistics"
     if config["PRETRAINED_PATH"] == "random":
         stem = stem_label(config["SMALL_STEM"], config["STEM_STRIDE"])
-        return f"random init {config['ARCH']}{stem} {config['IMAGE_SIZE']} px seed {config['SEED']}"
+        return (f"random init {config['ARCH']}{stem} {config['IMAGE_SIZE']} px "
+                f"seed {config['SEED']}")
     digest = hashlib.sha1()
     with open(config["PRETRAINED_PATH"], "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):

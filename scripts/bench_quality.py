@@ -1,18 +1,20 @@
 """Real-data quality: does the pre-training learn? SimSiam on the unlabeled EuroSAT training
-images, then kNN, linear evaluation and fine-tuning on test.csv, beside the same evaluations from a
-random initialisation.
+images, then kNN, the linear probe and fine-tuning on test.csv, beside the same evaluations of its
+two floors: the same network at random initialisation, and image statistics (12 colour numbers per
+image; kNN and probe only).
 
-    python scripts/bench_quality.py                 # PRESET="cpu": ResNet-18, small stem, 32 px,
-                                                    # 5 epochs, bf16
-    python scripts/bench_quality.py --preset=gpu    # ResNet-50 at 224 px
+    python scripts/bench_quality.py                   # PRESET="cpu" (see PRESETS)
+    python scripts/bench_quality.py --preset=gpu      # ResNet-18, small stem, EuroSAT's 64 px
+    python scripts/bench_quality.py --preset=writeup  # the write-up's ResNet-50 at 224 px
     python scripts/bench_quality.py --eurosat_dir=../shared/data/EuroSAT  # another copy of EuroSAT
 
 Pre-training sees only the images listed in train.csv (FILE_LIST), without labels; validation.csv
-picks the best linear/fine-tuned epoch; test.csv gives every reported accuracy. Each step is a
-plain run of the project's scripts (its command is printed and recorded), logged to
-OUTPUT_DIR/<step>.log. A rerun skips the steps that finished. Writes OUTPUT_DIR/quality.json and
-OUTPUT_DIR/quality.md (the table the README shows); how long each preset takes on named machines is
-in the README.
+picks the probe's weight decay and every best epoch; test.csv gives every reported accuracy. Each
+step is a plain run of the project's scripts (its command is printed and recorded), logged to
+OUTPUT_DIR/<step>.log. A rerun skips the steps that finished; FLOORS_DIR reuses another run's
+floors (a study's rows share them). Writes OUTPUT_DIR/quality.json and OUTPUT_DIR/quality.md (the
+table the README shows, with SimSiam's margin over the higher floor); how long each preset takes
+on named machines is in the README.
 """
 import json
 import os
@@ -30,7 +32,7 @@ from runtime import (AMP_MODES, CheckpointError, at_least, atomic_save,  # noqa:
 from simsiam_model import COLLAPSE_RATIO, stem_label  # noqa: E402
 
 # -------------------------------------------------------------------------------------------------
-PRESET = "cpu"  # cpu | gpu (see PRESETS below)
+PRESET = "cpu"  # cpu | gpu | writeup (see PRESETS below)
 EUROSAT_DIR = "datae/EuroSAT"  # real EuroSAT RGB with train/validation/test CSVs, label_map.json
 OUTPUT_DIR = ""  # "" = bench_results/quality_<PRESET>
 CACHE_DIR = "cache"  # decoded-once image arrays, shared by all steps
@@ -54,12 +56,26 @@ PRESETS = {
                          "--knn_every=1"],
             "linear": ["--batch_size=256", "--num_epochs=90"],
             "finetune": ["--batch_size=64", "--num_epochs=1", "--warmup_epochs=0"], "amp": "bf16"},
-    "gpu": {"model": ["--arch=resnet50", "--image_size=224"],
-            "pretrain": ["--batch_size=256", "--num_epochs=10", "--warmup_epochs=1",
+    # EuroSAT's native 64 px through the small stem, many short steps (past SimSiam's slow start:
+    # scripts/gpu_check.sh plans the epochs, and the stem's stride, from a timing at the start)
+    "gpu": {"model": ["--arch=resnet18", "--small_stem=True", "--stem_stride=1",
+                      "--image_size=64"],
+            "pretrain": ["--batch_size=64", "--base_lr=0.2", "--warmup_epochs=2",
+                         "--num_epochs=60", "--weight_decay=5e-4", "--jitter_p=0.2",
+                         "--jitter_strength=0.25", "--gray_p=0", "--blur_p=0", "--solarize=False",
+                         "--crop_scale_min=0.2", "--vflip_p=0.5", "--rotate90=True",
                          "--knn_every=5"],
             "linear": ["--batch_size=256", "--num_epochs=90"],
-            "finetune": ["--batch_size=128", "--num_epochs=3", "--warmup_epochs=0"],
+            "finetune": ["--batch_size=128", "--num_epochs=10", "--warmup_epochs=1"],
             "amp": "auto"},
+    # the write-up's recipe at full size (ResNet-50, 224 px) with the batch a GPU wants: the first
+    # H200 run (README)
+    "writeup": {"model": ["--arch=resnet50", "--image_size=224"],
+                "pretrain": ["--batch_size=256", "--num_epochs=10", "--warmup_epochs=1",
+                             "--knn_every=5"],
+                "linear": ["--batch_size=256", "--num_epochs=90"],
+                "finetune": ["--batch_size=128", "--num_epochs=3", "--warmup_epochs=0"],
+                "amp": "auto"},
 }
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole pipeline end to end on a small generated data set, on the CPU, in a few minutes:
 #   data prep (fake SSL4EO-S12 v1.1 .zarr.zip -> PNGs), SimSiam pre-training, linear evaluation (+ random-init
-#   baseline), fine-tuning (+ from-scratch baseline), classifying one image, and the report's figures.
+#   and image-statistics floors), fine-tuning (+ from-scratch baseline), classifying one image, and the report's figures.
 # Same scripts and code paths as a real run; only the sizes are tiny (ResNet-18, 32 px, a few epochs), so the
 # accuracies it prints say nothing about real data: see the README's results table for those.
 #   bash scripts/demo.sh
@@ -31,10 +31,11 @@ python train_simsiam.py --data_dir="$DATA/barlow_data/train" $COMMON --arch=resn
   --batch_size=32 --base_lr=0.5 --num_epochs=6 --warmup_epochs=1 --proj_dim=256 --pred_dim=64 --save_every=3 \
   --knn_data_dir="$DATA/EuroSAT" --knn_every=3 --knn_k=20
 
-step "3. linear evaluation (Linear_evaluation.py), then the random-init baseline"
+step "3. linear evaluation (Linear_evaluation.py), then its two floors: random init and image statistics"
 python Linear_evaluation.py $EUROSAT $COMMON --batch_size=64 --num_epochs=30
 python Linear_evaluation.py $EUROSAT $COMMON --batch_size=64 --num_epochs=30 --pretrained_path=random \
   --arch=resnet18 --image_size=32
+python Linear_evaluation.py $EUROSAT $COMMON --batch_size=64 --num_epochs=30 --pretrained_path=image_stats
 
 step "4. fine-tuning (finetune_model.py), then the from-scratch baseline"
 python finetune_model.py $EUROSAT $COMMON --num_epochs=3

@@ -206,7 +206,8 @@ def test_floors_are_drawn_beside_simsiam(tiny_run):
     assert {"SimSiam-pretrained", "random init", "image statistics"} <= set(legend)
     assert "different networks" not in fig.get_suptitle()
     tuned["image_size"] = 64
-    assert "2 different networks or input sizes" in plot_results.plot_comparison(runs).get_suptitle()
+    mixed = plot_results.plot_comparison(runs).get_suptitle()
+    assert "2 different networks or input sizes" in mixed
     pretrain = torch.load(tiny_run["out"] / "pretrain_metrics.pth", weights_only=True)
     pretrain.update(knn_top1=[40.0, 60.0],
                     knn_floors={"random init": 45.0, "image statistics": 55.0})

@@ -1,6 +1,7 @@
-"""The linear probe and the two floors every result is shown beside: image statistics computed as by
-hand, the probe's weight decay and epoch chosen on validation only, a standardisation that does not
-blow up near-constant features, and results of one checkpoint never replaced by another's."""
+"""The linear probe and the two floors every result is shown beside: image statistics computed as
+by hand, the probe's weight decay and epoch chosen on validation only, a standardisation that does
+not blow up near-constant features; results of one checkpoint never replaced by another's, and the
+default checkpoint always the current run's."""
 import json
 
 import numpy as np
