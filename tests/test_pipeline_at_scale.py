@@ -1,0 +1,214 @@
+"""The pre-training pipeline at scale, on the CPU: an honest reference row in the throughput
+benchmark, per-rank augmentations under torchrun, one copy of the decode cache, temporary files of
+several nodes, and the GPU paths (side stream, CUDA graphs) with their CPU fallbacks. What only a
+GPU can show is in tests/test_cuda.py."""
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import runtime
+import simsiam_data as data
+from conftest import ROOT, TINY_PRETRAIN, run_in_process, write_images
+from runtime import load_checkpoint
+
+CUDA = torch.device("cuda")  # a device object only: nothing here touches a GPU
+
+
+# -------------------------------------------------------------------------------------------------
+# 1. the throughput benchmark times whole worker waves, and all of the default's data work
+
+WAVE_INTERVAL = 0.4  # seconds a fake DataLoader worker takes per batch
+
+
+class TinySimSiam(torch.nn.Module):
+    """Stands in for SimSiam where only the timing is under test: a step of a millisecond or so,
+    far faster than the fake workers."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+        self.projector, self.predictor = torch.nn.Linear(3, 8), torch.nn.Linear(8, 8)
+
+    def forward(self, x1, x2):
+        z1, z2 = (self.projector(x.mean(dim=(2, 3))) for x in (x1, x2))
+        return self.predictor(z1), self.predictor(z2), z1.detach(), z2.detach()
+
+
+class WaveLoader:
+    """Hands batches over as a DataLoader with W workers and prefetch factor 2 does: worker i % W
+    makes batch i in WAVE_INTERVAL s, one after another, with at most 2 batches asked of each
+    worker ahead; a new batch is asked for whenever one is taken, and batches are taken in order.
+    So they land in waves of W, and a consumer faster than the workers waits for each wave."""
+
+    def __init__(self, dataset, batch_size, num_workers=0, **kwargs):
+        views, _ = dataset[0]
+        self.views = [v.unsqueeze(0).expand(batch_size, -1, -1, -1).contiguous() for v in views]
+        self.workers = max(1, num_workers)
+
+    def __iter__(self):
+        started = time.perf_counter()
+        free_at, lands_at = [started] * self.workers, []
+
+        def ask(at):
+            worker = len(lands_at) % self.workers
+            free_at[worker] = max(free_at[worker], at) + WAVE_INTERVAL
+            lands_at.append(free_at[worker])
+
+        for _ in range(2 * self.workers):
+            ask(started)
+        for index in range(10_000):
+            time.sleep(max(0.0, lands_at[index] - time.perf_counter()))
+            ask(time.perf_counter())
+            yield self.views[0], self.views[1], []
+
+
+def _slow_augment_pair(seconds):
+    """batch_augment_pair whose every view takes at least `seconds` (the data work of the
+    default)."""
+    real = data.batch_augment_pair
+
+    def pair(*args, **kwargs):
+        def slow(augment):
+            def call(*a, **k):
+                time.sleep(seconds)
+                return augment(*a, **k)
+            return call
+        return tuple(slow(augment) for augment in real(*args, **kwargs))
+    return pair
+
+
+def test_bench_reference_rows_time_whole_waves_and_default_rows_all_data_work(tmp_path,
+                                                                              monkeypatch):
+    import simsiam_model
+    monkeypatch.setattr(torch.utils.data, "DataLoader", WaveLoader)
+    monkeypatch.setattr(simsiam_model, "SimSiam", TinySimSiam)
+    monkeypatch.setattr(data, "batch_augment_pair", _slow_augment_pair(0.2))
+    workers, batch = 2, 4
+    result = run_in_process("scripts/bench_pretrain.py", "--arch=resnet18", "--image_size=32",
+                            f"--batch_size={batch}", "--steps=2", "--warmup_steps=1",
+                            "--num_images=8", f"--num_workers={workers}",
+                            f"--cache_dir={tmp_path / 'cache'}",
+                            f"--generated_dir={tmp_path / 'images'}",
+                            f"--output_json={tmp_path / 'bench.json'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.load(open(tmp_path / "bench.json"))["results"]
+    workers_rate = workers * batch / WAVE_INTERVAL  # what the fake workers deliver
+    for name in ("reference", "reference_amp"):
+        # the old window counted a queued wave plus the next one over one interval: about 2x
+        assert abs(rows[name]["pairs_per_s"] / workers_rate - 1) < 0.15, (name, rows[name])
+        assert rows[name]["timed_steps"] % workers == 0
+    # two views of 0.2 s each per step, every one of them inside the window
+    assert rows["default"]["ms_per_step"] >= 0.95 * 400, rows["default"]
+    assert rows["reference"]["precision"] == "fp32" and rows["default"]["precision"] == "fp32"
+
+
+def test_the_reference_precision_on_cuda_is_named_tf32():
+    import bench_pretrain
+    flag = torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = True
+        assert bench_pretrain.precision_label(CUDA, None) == "tf32"
+        assert bench_pretrain.precision_label(CUDA, torch.bfloat16) == "bf16"
+        assert bench_pretrain.precision_label(torch.device("cpu"), None) == "fp32"
+        torch.backends.cudnn.allow_tf32 = False
+        assert bench_pretrain.precision_label(CUDA, None) == "fp32"
+    finally:
+        torch.backends.cudnn.allow_tf32 = flag
+
+
+# -------------------------------------------------------------------------------------------------
+# 2. under torchrun, each rank's DataLoader workers draw their own augmentations
+
+def _first_reference_views(rank, world_size, init_file, paths, out_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world_size)
+    sys.path.insert(0, ROOT)
+    import train_simsiam
+    train_simsiam.PIPELINE, train_simsiam.NUM_WORKERS = "reference", 1
+    train_simsiam.BATCH_SIZE, train_simsiam.IMAGE_SIZE = 4, 32
+    batches = train_simsiam.epoch_batches(0, None, paths, 1, rank, world_size,
+                                          torch.device("cpu"), None)
+    x1, x2, _ = next(batches)
+    batches.close()
+    torch.save({"x1": x1, "x2": x2}, f"{out_file}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_reference_pipeline_ranks_draw_different_augmentations(tmp_path):
+    # eight copies of one image: whatever rows each rank reads, only the augmentation differs
+    first = write_images(str(tmp_path / "one"), 1)[0]
+    paths = []
+    for i in range(8):
+        paths.append(str(tmp_path / f"copy_{i}.png"))
+        shutil.copy(first, paths[-1])
+    out_file = str(tmp_path / "views")
+    mp.spawn(_first_reference_views, args=(2, str(tmp_path / "init"), paths, out_file),
+             nprocs=2, join=True)
+    rank0, rank1 = (torch.load(f"{out_file}.{rank}") for rank in range(2))
+    assert rank0["x1"].shape == rank1["x1"].shape == (4, 3, 32, 32)
+    assert not torch.equal(rank0["x1"], rank1["x1"]) and not torch.equal(rank0["x2"],
+                                                                         rank1["x2"])
+
+
+# -------------------------------------------------------------------------------------------------
+# 3. unreadable images leave one copy of the decode cache, not two
+
+def test_unreadable_images_do_not_make_a_second_copy_of_the_cache(tmp_path, monkeypatch):
+    paths = write_images(str(tmp_path / "images"), 10, size=24)
+    (tmp_path / "images" / "bad.png").write_bytes(b"not an image")
+    paths = sorted(paths + [str(tmp_path / "images" / "bad.png")])
+    real_open_memmap, made = np.lib.format.open_memmap, []
+
+    def disk_for_one_copy(path, mode="r+", dtype=None, shape=None, **kwargs):
+        if mode == "w+":
+            made.append(shape)
+            if len(made) > 1:  # the free-space check covered one copy of the cache
+                raise OSError(28, "No space left on device")
+        return real_open_memmap(path, mode=mode, dtype=dtype, shape=shape, **kwargs)
+
+    monkeypatch.setattr(np.lib.format, "open_memmap", disk_for_one_copy)
+    images, kept, bad = data.build_image_cache(paths, str(tmp_path / "cache"), workers=1,
+                                               desc=False)
+    assert len(made) == 1 and len(bad) == 1 and "bad.png" in bad[0]
+    assert len(images) == len(kept) == 10 and images.shape == (10, 24, 24, 3)
+    expected = np.stack([np.asarray(data.open_rgb(p)) for p in kept])
+    batches = list(data.iterate_batches(images, np.arange(10)[::-1], 5, torch.device("cpu")))
+    for rows, batch in batches:
+        assert np.array_equal(batch.numpy(), expected[rows])
+    again, kept_again, _ = data.build_image_cache(paths, str(tmp_path / "cache"), desc=False)
+    assert kept_again == kept and np.array_equal(again[np.arange(10)], expected)
+    assert len(made) == 1  # opened, not rebuilt
+
+
+# -------------------------------------------------------------------------------------------------
+# 6. several nodes on one shared file system: each cleans only its own temporary files
+
+def test_temporary_files_name_their_host_and_only_this_hosts_dead_ones_are_removed(
+        tmp_path, monkeypatch):
+    final = tmp_path / "checkpoint_last.pth"
+
+    def temp_name(host, pid):
+        with monkeypatch.context() as patch:
+            patch.setattr(runtime.platform, "node", lambda: host)
+            patch.setattr(runtime.os, "getpid", lambda: pid)
+            return runtime.temp_path_for(final)
+
+    here = runtime.platform.node()
+    # a run on node b, alive there; its pid means nothing on this host
+    other_node = temp_name("node-b.cluster", 999_999_999)
+    dead_here = temp_name(here, 999_999_998)  # a run on this host that was killed
+    live_here = runtime.temp_path_for(final)  # this process, writing now
+    assert "node-b" in os.path.basename(other_node) and other_node != dead_here
+    for path in (other_node, dead_here, live_here):
+        open(path, "w").close()
+    assert runtime.remove_stale_temp_files(str(tmp_path)) == 1
+    assert os.path.exists(other_node) and os.path.exists(live_here)
+    assert not os.path.exists(dead_here)
