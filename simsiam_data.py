@@ -187,7 +187,8 @@ def build_image_cache(paths, cache_dir, size=0, workers=0, desc=None, log=print)
     (array, kept, bad).
 
     size=0 keeps the native size when all images share one, else 256 px; size>0 resizes to
-    size x size. Unreadable images are left out and listed in `bad`. The key covers the file list,
+    size x size. Unreadable images are left out of `array` (a KeptRows view when there are any)
+    and listed in `bad`. The key covers the file list,
     sizes, modification times and `size`, so changed data builds a new cache. workers=0 decodes
     with one process per core (in-process below PARALLEL_CACHE_MIN images). One process builds a
     given cache; any other (another rank under torchrun, another run) waits for it, then opens the
@@ -217,7 +218,29 @@ def build_image_cache(paths, cache_dir, size=0, workers=0, desc=None, log=print)
             _build(paths, stem, size, workers, desc, log)
     with open(stem + ".json") as f:
         index = json.load(f)
-    return np.load(stem + ".npy", mmap_mode="r"), index["kept"], index["bad"]
+    array = np.load(stem + ".npy", mmap_mode="r")
+    # caches written before bad_rows was recorded hold the readable rows alone
+    if index.get("bad_rows"):
+        array = KeptRows(array, index["bad_rows"])
+    return array, index["kept"], index["bad"]
+
+
+class KeptRows:
+    """The readable rows of a cache that also holds unreadable ones (left as zeros), indexed like
+    an array of those rows alone: `kept[rows]`, `len(kept)`, `kept.shape`. Compacting the file
+    instead would need its size again in free disk, and a 52 GB cache may not have that."""
+
+    def __init__(self, array, bad_rows):
+        bad = set(bad_rows)
+        self.array = array
+        self.rows = np.array([row for row in range(len(array)) if row not in bad], dtype=np.int64)
+        self.shape, self.dtype = (len(self.rows),) + array.shape[1:], array.dtype
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, rows):
+        return self.array[self.rows[rows]]
 
 
 def _build(paths, stem, size, workers, desc, log):
@@ -258,38 +281,20 @@ def _build(paths, stem, size, workers, desc, log):
             for task, chunk_bad in zip(tasks, results):
                 bad += chunk_bad
                 bar.update(len(task[2]))
-        bad_rows = {row for row, _ in bad}
-        kept = [path for row, path in enumerate(paths) if row not in bad_rows]
-        if bad_rows:
-            _drop_rows(tmp, bad_rows, len(kept))
+        bad_rows = sorted(row for row, _ in bad)
+        unreadable = set(bad_rows)
+        kept = [path for row, path in enumerate(paths) if row not in unreadable]
         os.replace(tmp, stem + ".npy")
     finally:
         if pool is not None:
             pool.terminate()
         with contextlib.suppress(OSError):
             os.remove(tmp)
-    # the .json is written last: its presence says the .npy beside it is complete
+    # the .json is written last: its presence says the .npy beside it is complete. The unreadable
+    # rows stay in the .npy (see KeptRows)
     with atomic_write(stem + ".json", "w") as f:
-        json.dump({"kept": kept, "bad": [message for _, message in sorted(bad)], "size": size}, f)
-
-
-def _drop_rows(npy_path, bad_rows, kept_count, block=1024):
-    """Rewrite the .npy without the unreadable rows, a block at a time (the cache may not fit in
-    memory)."""
-    full = np.load(npy_path, mmap_mode="r")
-    compact_path = temp_path_for(npy_path + ".compact")
-    try:
-        compact = np.lib.format.open_memmap(compact_path, mode="w+", dtype=np.uint8,
-                                            shape=(kept_count,) + full.shape[1:])
-        good = np.array([row for row in range(len(full)) if row not in bad_rows], dtype=np.int64)
-        for start in range(0, len(good), block):
-            compact[start:start + block] = full[good[start:start + block]]
-        compact.flush()
-        del compact, full
-        os.replace(compact_path, npy_path)
-    finally:
-        with contextlib.suppress(OSError):
-            os.remove(compact_path)
+        json.dump({"kept": kept, "bad": [message for _, message in sorted(bad)],
+                   "bad_rows": bad_rows, "size": size}, f)
 
 
 def batch_rows(order, batch_size, drop_last=True):
