@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms as T
 from PIL import Image, UnidentifiedImageError
-from torchvision.ops import roi_align
 from tqdm import tqdm
 
 from runtime import (DataError, atomic_write, die_with_parent, remove_stale_temp_files,
@@ -439,6 +438,30 @@ def sample_crop_boxes(n, height, width, scale, ratio, generator):
     return torch.stack([left, top, left + w, top + h], dim=1)
 
 
+def _resize_weights(start, stop, length, size):
+    """(n, size, length): the weight of each input pixel of one axis in each output pixel, for
+    crops [start, stop) of n images resized to `size` px. PIL's antialiased bilinear filter, as
+    torchvision's resized_crop(antialias=True) applies it: a triangle around each output pixel's
+    centre, widened by the shrink factor so that every input pixel counts, over the crop alone."""
+    scale = ((stop - start) / size).view(-1, 1, 1)
+    steps = torch.arange(size, device=start.device, dtype=start.dtype).view(1, -1, 1)
+    centers = start.view(-1, 1, 1) + (steps + 0.5) * scale
+    pixels = torch.arange(length, device=start.device, dtype=start.dtype).view(1, 1, -1) + 0.5
+    weights = (1 - (pixels - centers).abs() / scale.clamp(min=1)).clamp(min=0)
+    inside = (pixels > start.view(-1, 1, 1)) & (pixels < stop.view(-1, 1, 1))
+    weights = torch.where(inside, weights, 0.0)
+    return weights / weights.sum(2, keepdim=True)
+
+
+def resized_crops(x, boxes, size):
+    """Crop each NCHW image to its box (x0, y0, x1, y1 on pixel borders) and resize it to
+    size x size, antialiased like PIL at any shrink factor: one matrix product per axis."""
+    _, _, height, width = x.shape
+    rows = _resize_weights(boxes[:, 1], boxes[:, 3], height, size)
+    columns = _resize_weights(boxes[:, 0], boxes[:, 2], width, size)
+    return torch.matmul(torch.matmul(rows.unsqueeze(1), x), columns.transpose(1, 2).unsqueeze(1))
+
+
 def batch_augment_pair(image_size, crop_scale_min=0.2, solarize=True, jitter_strength=1.0,
                        gray_p=0.2, blur_p=0.5):
     """The two views of pre-training as BatchAugments, with the same arguments as
@@ -453,8 +476,8 @@ class BatchAugment:
     """SimSiam augmentations for a uint8 NHWC batch on any device, each sample with its own random
     parameters.
 
-    Same distribution as `simsiam_transform_v1/v2`: random resized crop (bilinear, area-averaged
-    when shrinking), horizontal flip, colour jitter in a random order per sample, grayscale,
+    Same distribution as `simsiam_transform_v1/v2`: random resized crop (bilinear, antialiased
+    like PIL at any shrink factor), horizontal flip, colour jitter in a random order per sample, grayscale,
     Gaussian blur, optional solarisation, normalisation. Random numbers come from a CPU generator,
     so results do not depend on the device; they reach the device in one non-blocking copy, and
     every per-sample choice is a mask, so a training step on CUDA never waits for the GPU here.
@@ -514,14 +537,8 @@ class BatchAugment:
         guard = (torch.autocast(images.device.type, enabled=False)
                  if images.device.type in ("cuda", "cpu") else contextlib.nullcontext())
         with guard:
-            n = images.shape[0]
             x = images.permute(0, 3, 1, 2).float().div_(255)
-            # crop + resize in one batched op; aligned=True puts box edges on pixel borders
-            # like PIL
-            index = torch.arange(n, device=x.device, dtype=x.dtype).view(-1, 1)
-            boxes = torch.cat([index, packed[:, 0:4]], 1)
-            x = roi_align(x, boxes, output_size=self.image_size, spatial_scale=1.0,
-                          sampling_ratio=2, aligned=True)
+            x = resized_crops(x, packed[:, 0:4], self.image_size)
             x = torch.where(_per_sample(p["flip"]), x.flip(3), x)
             x = torch.where(_per_sample(p["vflip"]), x.flip(2), x)
             if self.jitter_p > 0:
