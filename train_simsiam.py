@@ -218,17 +218,20 @@ def epoch_batches(epoch, images, paths, steps, rank, world_size, device, augment
     dataset = data.PretrainImageDataset(
         paths, data.simsiam_transform_v1(IMAGE_SIZE, CROP_SCALE_MIN, **strengths),
         data.simsiam_transform_v2(IMAGE_SIZE, CROP_SCALE_MIN, solarize=SOLARIZE, **strengths))
-    sampler = None
     if world_size > 1:
         sampler = torch.utils.data.DistributedSampler(dataset, world_size, rank, shuffle=True,
                                                       seed=SEED, drop_last=True)
         sampler.set_epoch(epoch)
-    # the DataLoader's worker seeds derive from this
+    else:
+        sampler = torch.utils.data.RandomSampler(dataset, generator=order_generator)
+    # The augmentations are this rank's: the workers' seeds come from the loader's generator (the
+    # order's generator would give worker k of every rank the same ones), and without workers the
+    # transforms draw from the global generator
     torch.manual_seed(augment_generator.initial_seed())
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=BATCH_SIZE, shuffle=sampler is None, sampler=sampler, drop_last=True,
-        num_workers=NUM_WORKERS, pin_memory=device.type == "cuda",
-        collate_fn=data.collate_skipping, generator=order_generator)
+        dataset, batch_size=BATCH_SIZE, sampler=sampler, drop_last=True, num_workers=NUM_WORKERS,
+        pin_memory=device.type == "cuda", collate_fn=data.collate_skipping,
+        generator=augment_generator)
     for x1, x2, unreadable in loader:
         if world_size > 1 and not batch_usable_on_every_rank(x1, device):
             x1 = x2 = None

@@ -4,6 +4,7 @@ in tests/test_cuda.py."""
 import json
 import os
 import re
+import shutil
 import sys
 import tarfile
 import threading
@@ -280,7 +281,7 @@ def test_the_process_group_starts_after_the_cache_is_complete(tmp_path, monkeypa
 # -------------------------------------------------------------------------------------------------
 # 6. ranks agree (gloo, two processes on the CPU)
 
-def _agreement(rank, world_size, init_file, out_file):
+def _agreement(rank, world_size, init_file, out_file, copies):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world_size)
     sys.path.insert(0, ROOT)
@@ -303,6 +304,14 @@ def _agreement(rank, world_size, init_file, out_file):
         result["agreed"] = True
     except SystemExit:
         result["agreed"] = False
+    # (c) the reference pipeline's DataLoader workers draw this rank's augmentations (worker k of
+    # every rank drew the same ones): on copies of one image the ranks' first views differ
+    train_simsiam.PIPELINE, train_simsiam.NUM_WORKERS = "reference", 1
+    train_simsiam.BATCH_SIZE, train_simsiam.IMAGE_SIZE = 4, 32
+    batches = train_simsiam.epoch_batches(0, None, copies, 1, rank, world_size,
+                                          torch.device("cpu"), None)
+    result["first views"] = next(batches)[0][:, :, :4, :4].flatten().tolist()
+    batches.close()
     with open(f"{out_file}.{rank}", "w") as f:
         json.dump(result, f)
     dist.destroy_process_group()
@@ -310,8 +319,13 @@ def _agreement(rank, world_size, init_file, out_file):
 
 def test_ranks_agree_on_skipped_batches_and_on_resuming(tmp_path, capfd):
     out_file = str(tmp_path / "result")
-    mp.spawn(_agreement, args=(2, str(tmp_path / "init"), out_file), nprocs=2, join=True)
+    first = write_images(str(tmp_path / "one"), 1)[0]
+    copies = [shutil.copy(first, tmp_path / f"copy_{i}.png") for i in range(8)]
+    mp.spawn(_agreement, args=(2, str(tmp_path / "init"), out_file, [str(c) for c in copies]),
+             nprocs=2, join=True)
     results = [json.load(open(f"{out_file}.{rank}")) for rank in range(2)]
+    views = [result.pop("first views") for result in results]
+    assert len(views[0]) == 4 * 3 * 4 * 4 and views[0] != views[1], "the ranks drew one sequence"
     for result in results:
         assert result == {"one empty": False, "none empty": True, "stopped": 1, "agreed": True}
     err = capfd.readouterr().err

@@ -125,40 +125,6 @@ def test_the_reference_precision_on_cuda_is_named_tf32():
 
 
 # -------------------------------------------------------------------------------------------------
-# 2. under torchrun, each rank's DataLoader workers draw their own augmentations
-
-def _first_reference_views(rank, world_size, init_file, paths, out_file):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world_size)
-    sys.path.insert(0, ROOT)
-    import train_simsiam
-    train_simsiam.PIPELINE, train_simsiam.NUM_WORKERS = "reference", 1
-    train_simsiam.BATCH_SIZE, train_simsiam.IMAGE_SIZE = 4, 32
-    batches = train_simsiam.epoch_batches(0, None, paths, 1, rank, world_size,
-                                          torch.device("cpu"), None)
-    x1, x2, _ = next(batches)
-    batches.close()
-    torch.save({"x1": x1, "x2": x2}, f"{out_file}.{rank}")
-    dist.destroy_process_group()
-
-
-def test_reference_pipeline_ranks_draw_different_augmentations(tmp_path):
-    # eight copies of one image: whatever rows each rank reads, only the augmentation differs
-    first = write_images(str(tmp_path / "one"), 1)[0]
-    paths = []
-    for i in range(8):
-        paths.append(str(tmp_path / f"copy_{i}.png"))
-        shutil.copy(first, paths[-1])
-    out_file = str(tmp_path / "views")
-    mp.spawn(_first_reference_views, args=(2, str(tmp_path / "init"), paths, out_file),
-             nprocs=2, join=True)
-    rank0, rank1 = (torch.load(f"{out_file}.{rank}") for rank in range(2))
-    assert rank0["x1"].shape == rank1["x1"].shape == (4, 3, 32, 32)
-    assert not torch.equal(rank0["x1"], rank1["x1"]) and not torch.equal(rank0["x2"],
-                                                                         rank1["x2"])
-
-
-# -------------------------------------------------------------------------------------------------
 # 3. unreadable images leave one copy of the decode cache, not two
 
 def test_unreadable_images_do_not_make_a_second_copy_of_the_cache(tmp_path, monkeypatch):
