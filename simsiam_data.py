@@ -305,12 +305,16 @@ def batch_rows(order, batch_size, drop_last=True):
             for start in range(0, stop, batch_size)]
 
 
-def iterate_batches(array, order, batch_size, device, drop_last=True, prefetch=2):
+def iterate_batches(array, order, batch_size, device, drop_last=True, prefetch=2,
+                    rows_on_device=False):
     """Yield (rows, batch) for each batch of `order` (see batch_rows): the array rows and those
     images as a uint8 NHWC tensor on `device`. Labels of the batch are labels[rows].
 
-    A background thread reads ahead (into pinned memory on CUDA). An error there is raised here, in
-    the loop that consumes the batches, instead of leaving it waiting forever.
+    A background thread reads ahead (into pinned memory on CUDA), so both copies to the GPU are
+    asynchronous. With rows_on_device the rows come as an int64 tensor on `device` too: a step
+    that indexes labels on the GPU with them then never waits for a copy from pageable memory
+    (which waits for the GPU's queued work). An error in the thread is raised here, in the loop
+    that consumes the batches, instead of leaving it waiting forever.
     """
     pin = device.type == "cuda"
     ready = queue.Queue(maxsize=prefetch)
@@ -328,8 +332,11 @@ def iterate_batches(array, order, batch_size, device, drop_last=True, prefetch=2
     def read_ahead():
         try:
             for rows in batch_rows(order, batch_size, drop_last):
+                index = torch.from_numpy(rows)
                 batch = torch.from_numpy(np.ascontiguousarray(array[rows]))
-                if not hand_over((rows, batch.pin_memory() if pin else batch)):
+                if pin:
+                    index, batch = index.pin_memory(), batch.pin_memory()
+                if not hand_over((rows, index, batch)):
                     return
             hand_over(None)
         except BaseException as error:  # noqa: B036 - handed to the consumer, which raises it
@@ -344,8 +351,9 @@ def iterate_batches(array, order, batch_size, device, drop_last=True, prefetch=2
                                     f"({type(item).__name__}: {item}). If CACHE_DIR is damaged, "
                                     "delete it; it is rebuilt on the next run.") from item
                 raise item
-            rows, batch = item
-            yield rows, batch.to(device, non_blocking=True)
+            rows, index, batch = item
+            yield (index.to(device, non_blocking=True) if rows_on_device else rows,
+                   batch.to(device, non_blocking=True))
     finally:
         done.set()
 

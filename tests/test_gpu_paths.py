@@ -151,6 +151,48 @@ def test_augmentation_step_has_no_synchronising_call():
     assert "tensor" not in counter.names[len(counter.names) // 2:]
 
 
+class _StepCopies(TorchFunctionMode):
+    """Records the copies (to, cuda, copy_) made in the body of every loop over
+    data.iterate_batches, with whether each was asked to be non-blocking."""
+
+    def __init__(self):
+        super().__init__()
+        self.active, self.steps, self.copies = False, 0, []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", str(func))
+        if self.active and name in ("to", "cuda", "copy_"):
+            self.copies.append((name, bool((kwargs or {}).get("non_blocking"))))
+        return func(*args, **(kwargs or {}))
+
+    def counting(self, iterate_batches):
+        def batches(*args, **kwargs):
+            for item in iterate_batches(*args, **kwargs):
+                self.active, self.steps = True, self.steps + 1
+                try:
+                    yield item  # the caller's loop body runs now
+                finally:
+                    self.active = False
+        return batches
+
+
+def test_fine_tuning_steps_copy_nothing_to_the_device_that_blocks(tmp_path, monkeypatch):
+    """From pageable memory a copy to the GPU waits for it: the labels of each batch arrive with
+    the images, pinned and non-blocking, instead of from a copy in the step."""
+    make_eurosat(str(tmp_path / "EuroSAT"))
+    counter = _StepCopies()
+    monkeypatch.setattr(data, "iterate_batches", counter.counting(data.iterate_batches))
+    with counter:
+        result = run_in_process("finetune_model.py", f"--eurosat_dir={tmp_path / 'EuroSAT'}",
+                                f"--output_dir={tmp_path / 'out'}",
+                                f"--cache_dir={tmp_path / 'cache'}", "--pretrained_path=random",
+                                "--arch=resnet18", "--image_size=32", "--num_epochs=1",
+                                "--batch_size=8")
+    assert result.returncode == 0, result.stderr[-2000:]
+    blocking = [name for name, non_blocking in counter.copies if not non_blocking]
+    assert counter.steps >= 4 and blocking == [], blocking
+
+
 # -------------------------------------------------------------------------------------------------
 # 4. the prefetch thread
 
