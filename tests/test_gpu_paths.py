@@ -300,8 +300,9 @@ def test_cache_checks_free_space_and_removes_dead_runs_temp_files(tmp_path, monk
 
 
 def test_the_process_group_starts_after_the_cache_is_complete(tmp_path, monkeypatch, tiny_images):
-    """Under torchrun the cache is decoded before init_process_group:
-    a long decode cannot time out a barrier."""
+    """Under torchrun the caches (the images, and the kNN monitor's two splits) are decoded before
+    init_process_group: a long decode cannot time out a barrier."""
+    make_eurosat(str(tmp_path / "EuroSAT"))
     seen = {}
 
     def init_process_group(*args, **kwargs):
@@ -315,9 +316,9 @@ def test_the_process_group_starts_after_the_cache_is_complete(tmp_path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         run_in_process("train_simsiam.py", f"--data_dir={tiny_images}",
                        f"--output_dir={tmp_path}/out", f"--cache_dir={tmp_path}/cache",
-                       *TINY_PRETRAIN)
-    assert (any(n.endswith(".npy") for n in seen["cache files"])
-            and any(n.endswith(".json") for n in seen["cache files"]))
+                       f"--knn_data_dir={tmp_path / 'EuroSAT'}", *TINY_PRETRAIN)
+    assert (sum(n.endswith(".npy") for n in seen["cache files"]) == 3
+            and sum(n.endswith(".json") for n in seen["cache files"]) == 3), seen
 
 
 # -------------------------------------------------------------------------------------------------
