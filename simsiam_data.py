@@ -358,6 +358,45 @@ def iterate_batches(array, order, batch_size, device, drop_last=True, prefetch=2
         done.set()
 
 
+def augmented_pairs(array, order, batch_size, device, augment_pair, generator, side_stream=True):
+    """(x1, x2) for each batch of `order`: the rows read from the cache and copied to `device`
+    (iterate_batches), then both views made by `augment_pair` with `generator`.
+
+    On CUDA with side_stream, this data work for batch n + 1 runs on a second stream while the
+    caller's step n runs on the current one, instead of adding to every step; the views, and the
+    random numbers they draw, are the same either way. Elsewhere each batch is made in turn.
+    """
+    augment1, augment2 = augment_pair
+    batches = iterate_batches(array, order, batch_size, device)
+
+    def views(batch):
+        return augment1(batch, generator), augment2(batch, generator)
+    if device.type != "cuda" or not side_stream:
+        return (views(batch) for _, batch in batches)
+    return _one_ahead_on_side_stream(batches, views, device)
+
+
+def _one_ahead_on_side_stream(batches, views, device):
+    """Make each batch's views on a side stream, one batch ahead of the caller, who gets them on
+    the current stream: that stream waits (on the GPU, the host does not) for that batch's work
+    alone, and the allocator keeps the views' memory until the current stream is done with it."""
+    side, current = torch.cuda.Stream(device), torch.cuda.current_stream(device)
+    ahead = None
+    while True:
+        with torch.cuda.stream(side):  # the batch's copy to the GPU is queued here too
+            item = next(batches, None)
+            made = None if item is None else (views(item[1]), side.record_event())
+        if ahead is not None:
+            pair, ready = ahead
+            current.wait_event(ready)
+            for x in pair:
+                x.record_stream(current)
+            yield pair
+        if made is None:
+            return
+        ahead = made
+
+
 # -------------------------------------------------------------------------------------------------
 # fast pipeline: the same augmentations on whole batches, per-sample random parameters
 
@@ -485,7 +524,7 @@ class BatchAugment:
     parameters.
 
     Same distribution as `simsiam_transform_v1/v2`: random resized crop (bilinear, antialiased
-    like PIL at any shrink factor), horizontal flip, colour jitter in a random order per sample, grayscale,
+    as PIL's), horizontal flip, colour jitter in a random order per sample, grayscale,
     Gaussian blur, optional solarisation, normalisation. Random numbers come from a CPU generator,
     so results do not depend on the device; they reach the device in one non-blocking copy, and
     every per-sample choice is a mask, so a training step on CUDA never waits for the GPU here.

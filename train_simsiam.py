@@ -67,6 +67,8 @@ DECODE_PROCESSES = 0  # processes that decode the fast pipeline's image cache; 0
 AMP = "auto"  # auto: GPU bf16 if native (capability 8.0+) else fp16; CPU fp32 | bf16 | fp16 | off
 CHANNELS_LAST = True  # channels_last memory format on CUDA and under bf16 on a CPU (faster convs)
 COMPILE = False  # torch.compile (CUDA; slower start, faster steps; compile time reported apart)
+CUDA_GRAPHS = False  # CUDA, one process: compile with CUDA graphs (fewer launches: small batches)
+OVERLAP_DATA = True  # CUDA, fast pipeline: make the next batch during this step, on a side stream
 SYNC_BN = True  # SyncBatchNorm when running under torchrun with several processes (paper)
 SAVE_EVERY = 10  # write simsiam_<arch>_epoch_X.pth every this many epochs (and at the end)
 RESUME = True  # continue from OUTPUT_DIR/checkpoint_last.pth when it exists
@@ -84,7 +86,8 @@ DEVICE = "auto"  # auto | cuda | cpu | mps
 # later is covered without a change here.
 RESUMABLE_CHANGES = ("NUM_EPOCHS", "OUTPUT_DIR", "CACHE_DIR", "RESUME", "SAVE_EVERY",
                      "SAMPLE_EVERY", "KNN_DATA_DIR", "KNN_EVERY", "KNN_K", "NUM_WORKERS",
-                     "DECODE_PROCESSES", "DEVICE", "AMP", "CHANNELS_LAST", "COMPILE")
+                     "DECODE_PROCESSES", "DEVICE", "AMP", "CHANNELS_LAST", "COMPILE",
+                     "CUDA_GRAPHS", "OVERLAP_DATA")
 # What a setting was before it existed, for checkpoints written then: its default when it was
 # added, which kept the old behaviour. A setting that a checkpoint lacks and that is not here is
 # refused (its earlier value is unknown); add a new setting here if it keeps the old behaviour.
@@ -221,9 +224,9 @@ def epoch_batches(epoch, images, paths, steps, rank, world_size, device, augment
     if PIPELINE == "fast":
         order = (torch.randperm(len(paths), generator=order_generator)
                  .numpy()[:steps * BATCH_SIZE * world_size])
-        augment1, augment2 = augment_pair
-        for _, batch in data.iterate_batches(images, order[rank::world_size], BATCH_SIZE, device):
-            yield augment1(batch, augment_generator), augment2(batch, augment_generator), []
+        for x1, x2 in data.augmented_pairs(images, order[rank::world_size], BATCH_SIZE, device,
+                                           augment_pair, augment_generator, OVERLAP_DATA):
+            yield x1, x2, []
         return
     strengths = dict(jitter_strength=JITTER_STRENGTH, gray_p=GRAY_P, blur_p=BLUR_P)
     dataset = data.PretrainImageDataset(
@@ -384,10 +387,10 @@ def load_optimizer_state(optimizer, saved):
     """The saved momentum buffers under this run's settings: load_state_dict alone would also
     bring back each group's saved lr, momentum, weight decay and fix_lr, so that the run would
     record one value and use another."""
-    current = optimizer.state_dict()["param_groups"]
-    groups = [dict(now, params=then["params"]) for now, then in zip(current, saved["param_groups"])]
+    current, saved_groups = optimizer.state_dict()["param_groups"], saved["param_groups"]
+    groups = [dict(now, params=then["params"]) for now, then in zip(current, saved_groups)]
     # a different number of groups is left for load_state_dict to refuse
-    optimizer.load_state_dict(dict(saved, param_groups=groups + saved["param_groups"][len(groups):]))
+    optimizer.load_state_dict(dict(saved, param_groups=groups + saved_groups[len(groups):]))
 
 
 def checkpoint_bytes(param_count):
@@ -508,9 +511,18 @@ def optimizer_for(model, base_lr):
 
 
 def for_training(model, device, world_size, log):
-    """The module the steps call: SyncBatchNorm (the paper normalises over all GPUs) and DDP under
-    torchrun, torch.compile when asked. The parameters stay the model's own, so the optimiser
-    needs no change."""
+    """(the module the steps call, whether its steps replay CUDA graphs): SyncBatchNorm (the paper
+    normalises over all GPUs) and DDP under torchrun, torch.compile when asked. The parameters stay
+    the model's own, so the optimiser needs no change.
+
+    CUDA_GRAPHS compiles with mode="reduce-overhead": each step replays recorded CUDA graphs, so
+    the host launches a few graphs instead of hundreds of kernels, which is what bounds a small
+    batch's step. It needs one process on CUDA; elsewhere the run steps as COMPILE says."""
+    if CUDA_GRAPHS and device.type == "cuda" and world_size == 1:
+        return torch.compile(model, mode="reduce-overhead"), True
+    if CUDA_GRAPHS:
+        log(f"note: CUDA_GRAPHS needs one process on a CUDA GPU; this run ({device.type}, "
+            f"{world_size} process(es)) steps without them")
     if world_size > 1 and SYNC_BN and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     elif world_size > 1 and SYNC_BN:
@@ -519,7 +531,7 @@ def for_training(model, device, world_size, log):
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    return torch.compile(model) if COMPILE else model
+    return (torch.compile(model) if COMPILE else model), False
 
 
 # -------------------------------------------------------------------------------------------------
@@ -570,7 +582,7 @@ def main():
         listed, knn_files, (start_epoch, global_step), world_size, device, main_process, log)
     augment_pair = data.batch_augment_pair(IMAGE_SIZE, CROP_SCALE_MIN, SOLARIZE, JITTER_STRENGTH,
                                            GRAY_P, BLUR_P)
-    train_model = for_training(model, device, world_size, log)
+    train_model, graphs = for_training(model, device, world_size, log)
     run_facts = describe_run(config, model, device, amp_dtype, precision_reason, world_size,
                              len(paths), listing, steps_per_epoch, base_lr, start_epoch, log)
 
@@ -579,7 +591,7 @@ def main():
         model.train()
         loss_sum = torch.zeros((), device=device)
         steps, skipped, samples = 0, [], {"step": [], "step_loss": [], "step_lr": [], "z_std": []}
-        started, compiling = time.time(), 0.0  # compiling: the first step under COMPILE
+        started, compiling = time.time(), 0.0  # compiling: the first compiled step
         batches = epoch_batches(epoch, images, paths, steps_per_epoch, rank, world_size, device,
                                 augment_pair)
         bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{NUM_EPOCHS}",
@@ -596,6 +608,8 @@ def main():
                     group["lr"] = base_lr if group["fix_lr"] else lr
                 x1 = x1.to(device, non_blocking=True).contiguous(memory_format=memory_format)
                 x2 = x2.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+                if graphs:  # a new step: the graphs may now overwrite the last step's outputs
+                    torch.compiler.cudagraph_mark_step_begin()
                 with autocast_for(device, amp_dtype):
                     # z1, z2 come back detached: the stop-gradient
                     p1, p2, z1, z2 = train_model(x1, x2)
@@ -604,7 +618,7 @@ def main():
                 scaler.scale(loss).backward()  # the scale is 1 and the scaler a no-op unless fp16
                 scaler.step(optimizer)
                 scaler.update()
-                if COMPILE and run_facts["compile_time_s"] is None:
+                if (COMPILE or graphs) and run_facts["compile_time_s"] is None:
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)
                     run_facts["compile_time_s"] = compiling = time.time() - step_started

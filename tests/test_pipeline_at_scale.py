@@ -178,3 +178,110 @@ def test_temporary_files_name_their_host_and_only_this_hosts_dead_ones_are_remov
     assert runtime.remove_stale_temp_files(str(tmp_path)) == 1
     assert os.path.exists(other_node) and os.path.exists(live_here)
     assert not os.path.exists(dead_here)
+
+
+# -------------------------------------------------------------------------------------------------
+# 9. the default's data work on a side stream, one batch ahead of the model's step
+
+class _FakeStreams:
+    """torch.cuda's streams and events, and Tensor.record_stream, on the CPU: each call is logged
+    in order, with the stream that was current."""
+
+    def __init__(self, monkeypatch):
+        self.log, self.current = [], "current"
+        streams = self
+
+        class Stream:
+            def __init__(self, name):
+                self.name = name
+
+            def record_event(self):
+                streams.log.append(("record event", self.name))
+                return sum(entry[0] == "record event" for entry in streams.log)
+
+            def wait_event(self, event):
+                streams.log.append(("wait for event", self.name, event))
+
+        @contextlib.contextmanager
+        def stream(chosen):
+            before, self.current = self.current, chosen.name
+            try:
+                yield
+            finally:
+                self.current = before
+
+        monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: Stream("side"))
+        monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream("current"))
+        monkeypatch.setattr(torch.cuda, "stream", stream)
+        monkeypatch.setattr(torch.Tensor, "record_stream",
+                            lambda tensor, chosen: self.log.append(("keep for", chosen.name)))
+
+
+def test_side_stream_makes_each_batch_one_step_ahead_with_the_same_views(monkeypatch):
+    images = np.random.default_rng(0).integers(0, 256, (24, 40, 40, 3), dtype=np.uint8)
+    order, pair = np.arange(24)[::-1], data.batch_augment_pair(32)
+
+    def pairs(device, side_stream):
+        return list(data.augmented_pairs(images, order, 8, device, pair,
+                                         torch.Generator().manual_seed(3), side_stream))
+
+    in_turn = pairs(torch.device("cpu"), True)  # the CPU fallback: made in turn
+    assert len(in_turn) == 3
+    streams = _FakeStreams(monkeypatch)
+    real_batches = data.iterate_batches
+
+    def cpu_batches(array, order, batch_size, device, **kwargs):
+        for rows, batch in real_batches(array, order, batch_size, torch.device("cpu"), **kwargs):
+            streams.log.append(("read batch", streams.current))
+            yield rows, batch
+    monkeypatch.setattr(data, "iterate_batches", cpu_batches)
+    handed = []
+    for x1, x2 in data.augmented_pairs(images, order, 8, CUDA, pair,
+                                       torch.Generator().manual_seed(3)):
+        streams.log.append(("step", len(handed)))
+        handed.append((x1, x2))
+    assert all(torch.equal(a, b) for ours, theirs in zip(handed, in_turn)
+               for a, b in zip(ours, theirs))
+    # batch n + 1 is read and augmented on the side stream before step n; step n waits (on the
+    # device) for batch n's event alone; its views are kept until the current stream is done
+    assert streams.log == [
+        ("read batch", "side"), ("record event", "side"),
+        ("read batch", "side"), ("record event", "side"),
+        ("wait for event", "current", 1), ("keep for", "current"), ("keep for", "current"),
+        ("step", 0),
+        ("read batch", "side"), ("record event", "side"),
+        ("wait for event", "current", 2), ("keep for", "current"), ("keep for", "current"),
+        ("step", 1),
+        ("wait for event", "current", 3), ("keep for", "current"), ("keep for", "current"),
+        ("step", 2)]
+
+
+# -------------------------------------------------------------------------------------------------
+# 10. CUDA graphs for the model step: on one CUDA process, with the fallback elsewhere
+
+def test_cuda_graphs_compile_the_step_on_cuda_and_fall_back_elsewhere(monkeypatch):
+    sys.path.insert(0, ROOT)
+    import train_simsiam
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: compiled.append(kwargs) or model)
+    monkeypatch.setattr(train_simsiam, "CUDA_GRAPHS", True)
+    notes = []
+    model = torch.nn.Linear(2, 2)
+    assert train_simsiam.for_training(model, CUDA, 1, notes.append) == (model, True)
+    assert compiled == [{"mode": "reduce-overhead"}] and notes == []
+    assert train_simsiam.for_training(model, torch.device("cpu"), 1, notes.append) == (model,
+                                                                                        False)
+    assert compiled == [{"mode": "reduce-overhead"}] and "CUDA_GRAPHS" in notes[0]
+
+
+def test_the_gpu_paths_fall_back_to_the_same_training_on_the_cpu(tmp_path, tiny_images):
+    weights = []
+    for name, flags in (("plain", []), ("gpu_paths", ["--cuda_graphs=True",
+                                                      "--overlap_data=True"])):
+        result = run_in_process("train_simsiam.py", f"--data_dir={tiny_images}",
+                                f"--output_dir={tmp_path / name}",
+                                f"--cache_dir={tmp_path / 'cache'}", *TINY_PRETRAIN,
+                                "--num_epochs=1", *flags)
+        assert result.returncode == 0, result.stderr[-2000:]
+        weights.append(load_checkpoint(str(tmp_path / name / "checkpoint_last.pth"))["model"])
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

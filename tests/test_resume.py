@@ -73,8 +73,9 @@ def test_resuming_records_what_may_change_and_knows_checkpoints_older_than_a_set
     assert code == 0 and "resuming from" in out, err
     metrics = load_checkpoint(str(tmp_path / "out" / "pretrain_metrics.pth"))
     assert metrics["epochs"] == [1, 2] and metrics["config"]["NUM_EPOCHS"] == 2
-    assert metrics["resumed_with"] == [{"epoch": 1, "changed": {
-        "NUM_EPOCHS": [1, 2], "KNN_EVERY": [5, 3], "SAMPLE_EVERY": [20, 5], "SAVE_EVERY": [10, 2]}}]
+    changed = {"NUM_EPOCHS": [1, 2], "KNN_EVERY": [5, 3], "SAMPLE_EVERY": [20, 5],
+               "SAVE_EVERY": [10, 2]}
+    assert metrics["resumed_with"] == [{"epoch": 1, "changed": changed}]
     # a setting the checkpoint does not know, and whose value before it existed is not known
     _edit_last(tmp_path, lambda last: last["config"].pop("CROP_SCALE_MIN"))
     code, _, err = run_in_process("train_simsiam.py", *common, "--num_epochs=3")
