@@ -456,6 +456,7 @@ def test_gpu_check_script_runs_each_part_and_writes_under_out(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path / "out"), GPU_CHECK_ARCH="resnet18",
                GPU_CHECK_IMAGE_SIZE="32", GPU_CHECK_BATCHES="4", GPU_CHECK_STEPS="1",
                GPU_CHECK_IMAGES="8", GPU_CHECK_WORKERS="2", GPU_CHECK_TESTS="tests/test_cuda.py",
+               GPU_CHECK_GRAPHS_BATCHES="4",
                PYTHON=sys.executable,
                GPU_CHECK_EUROSAT=str(tmp_path / "EuroSAT"), GPU_CHECK_PRETRAIN_S="3",
                GPU_CHECK_QUALITY_ARGS="--preset=cpu --skip_finetune=True "
@@ -470,6 +471,7 @@ def test_gpu_check_script_runs_each_part_and_writes_under_out(tmp_path):
                        "quality.json", "quality.md", "quality_logs.tar.gz", "system_check.txt"]
     log = open(tmp_path / "out" / "gpu_check.log").read()
     assert "== CUDA tests" in log and "== throughput" in log and "== quality: exit 0" in log
+    assert "GRAPHS needs a CUDA GPU" in log  # asked for at batch 4; measured on a GPU only
     # the epochs follow from the measured rate: few here, for a 3-second budget
     epochs = json.load(open(tmp_path / "out" / "quality.json"))["pretrain_epochs"]
     assert 2 <= epochs and f"== quality: {epochs} pre-training epochs" in log
