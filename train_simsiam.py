@@ -8,7 +8,8 @@
                                                    # lr scaled by global batch
 
 Writes into OUTPUT_DIR: `pretrain_metrics.pth` and `checkpoint_last.pth` after every epoch
-(rerunning the same command resumes from it), and `simsiam_<arch>_epoch_X.pth` every SAVE_EVERY
+(rerunning the same command resumes from it; a setting that defines the run, changed since, is
+refused by name, see RESUMABLE_CHANGES), and `simsiam_<arch>_epoch_X.pth` every SAVE_EVERY
 epochs and at the end. Every write is atomic, and a second run on the same OUTPUT_DIR is refused
 while this one runs. Prints one line per epoch:
     epoch 3/90 loss -0.8123 lr 0.01250 z_std 0.0208 (healthy 0.0221) 61.2 pairs/s 334 s

@@ -89,14 +89,6 @@ def test_batch_rows_reach_the_gpu_without_a_wait():
         range(64))
 
 
-def test_pretraining_with_cuda_graphs(tmp_path):
-    result = _pretrain(tmp_path, "--num_epochs=1", "--cuda_graphs=True")
-    assert result.returncode == 0, result.stderr[-3000:]
-    metrics = load_checkpoint(str(tmp_path / "out" / "pretrain_metrics.pth"))
-    assert metrics["compile_time_s"] > 0 and "torch.compile: the first step took" in result.stdout
-    assert torch.isfinite(torch.tensor(metrics["loss"])).all()
-
-
 def test_auto_precision_matches_the_card():
     major, _ = torch.cuda.get_device_capability()
     dtype, reason = amp_dtype_for(CUDA, "auto")
@@ -172,8 +164,9 @@ def test_resume_across_precisions_on_cuda(tmp_path):
         str(tmp_path / "out" / "pretrain_metrics.pth"))["epochs"] == [1, 2, 3, 4]
 
 
-def test_compiled_pretraining_step(tmp_path):
-    result = _pretrain(tmp_path, "--num_epochs=1", "--compile=True")
+@pytest.mark.parametrize("compiled", ["--compile=True", "--cuda_graphs=True"])
+def test_compiled_pretraining_step(tmp_path, compiled):
+    result = _pretrain(tmp_path, "--num_epochs=1", compiled)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = load_checkpoint(str(tmp_path / "out" / "pretrain_metrics.pth"))
     assert metrics["compile_time_s"] > 0 and "torch.compile: the first step took" in result.stdout

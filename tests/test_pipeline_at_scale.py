@@ -1,23 +1,18 @@
 """The pre-training pipeline at scale, on the CPU: an honest reference row in the throughput
-benchmark, per-rank augmentations under torchrun, one copy of the decode cache, temporary files of
-several nodes, and the GPU paths (side stream, CUDA graphs) with their CPU fallbacks. What only a
-GPU can show is in tests/test_cuda.py."""
+benchmark, one copy of the decode cache, temporary files of several nodes, and the GPU paths (side
+stream, CUDA graphs) with their CPU fallbacks. Per-rank augmentations under torchrun are checked
+in the gloo test of tests/test_gpu_paths.py; what only a GPU can show is in tests/test_cuda.py."""
 import contextlib
 import json
 import os
-import shutil
-import sys
 import time
 
 import numpy as np
-import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import runtime
 import simsiam_data as data
-from conftest import ROOT, TINY_PRETRAIN, run_in_process, write_images
+from conftest import TINY_PRETRAIN, run_in_process, write_images
 from runtime import load_checkpoint
 
 CUDA = torch.device("cuda")  # a device object only: nothing here touches a GPU
@@ -260,7 +255,6 @@ def test_side_stream_makes_each_batch_one_step_ahead_with_the_same_views(monkeyp
 # 10. CUDA graphs for the model step: on one CUDA process, with the fallback elsewhere
 
 def test_cuda_graphs_compile_the_step_on_cuda_and_fall_back_elsewhere(monkeypatch):
-    sys.path.insert(0, ROOT)
     import train_simsiam
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda model, **kwargs: compiled.append(kwargs) or model)
