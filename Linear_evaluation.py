@@ -189,16 +189,18 @@ def train_batches(epoch, backbone, standardized, train_images, image_size, devic
     backbone, with the same batches in the same order."""
     order = torch.randperm(len(train_images), generator=epoch_generator(SEED, epoch)).numpy()
     if FEATURE_CACHE:
-        for rows in data.batch_rows(order, BATCH_SIZE, drop_last=False):
-            rows = torch.from_numpy(rows).to(device)
-            yield rows, standardized["train"][rows]
+        # the epoch's rows reach the device in one copy, not one (blocking) copy per step
+        rows = torch.from_numpy(np.concatenate(data.batch_rows(order, BATCH_SIZE,
+                                                               drop_last=False))).to(device)
+        for start in range(0, len(rows), BATCH_SIZE):
+            batch = rows[start:start + BATCH_SIZE]
+            yield batch, standardized["train"][batch]
         return
     generator = epoch_generator(SEED, epoch, augment_stream=1)
     for rows, images in data.iterate_batches(train_images, order, BATCH_SIZE, device,
-                                             drop_last=False):
+                                             drop_last=False, rows_on_device=True):
         x = augment(images, generator) if augment else data.eval_batch(images, image_size)
-        yield (torch.from_numpy(rows).to(device),
-               standardized["scale"](embed(backbone, x, channels_last)))
+        yield rows, standardized["scale"](embed(backbone, x, channels_last))
 
 
 def validate_heads(heads, sums, standardized, labels, metrics, grid, epoch):

@@ -179,7 +179,7 @@ def main():
         order = torch.randperm(num_train, generator=epoch_generator(SEED, epoch)).numpy()
         augment_generator = epoch_generator(SEED, epoch, augment_stream=1)
         batches = data.iterate_batches(splits["train"].images, order, BATCH_SIZE, device,
-                                       drop_last=True)
+                                       drop_last=True, rows_on_device=True)
         loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
         bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{NUM_EPOCHS}",
                    leave=False)
@@ -189,7 +189,7 @@ def main():
                                    WARMUP_EPOCHS * steps_per_epoch, lr_peak)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                batch_labels = labels["train"][torch.from_numpy(rows).to(device)]
+                batch_labels = labels["train"][rows]  # both on the device: no wait
                 x = augment(images, augment_generator)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)

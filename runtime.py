@@ -393,16 +393,24 @@ def describe_device(device):
 # -------------------------------------------------------------------------------------------------
 # files: output folders, locks, atomic writes and checked loads
 
-# Every temporary file of the project is `.<final name>.tmp<pid>` beside its final file: hidden
-# from image listings, and the pid tells whether the process that wrote it is still alive.
-_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>\d+)$")
+# Every temporary file of the project is `.<final name>.tmp<pid>.<host>` beside its final file:
+# hidden from image listings; the host and the pid tell whether the process that wrote it is still
+# alive. On a file system that several nodes share, a pid says nothing about another node's
+# processes, so each host judges (and removes) only its own files. Names without a host are from
+# versions before it was added, and count as this host's.
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>\d+)(?:\.(?P<host>[A-Za-z0-9_-]+))?$")
 # open lock files: kept for the life of the process, released by the kernel when it ends
 _held_locks = []
 
 
+def _host():
+    """This machine's name as it appears in temporary file names (dots and the like as _)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", platform.node()) or "host"
+
+
 def temp_path_for(path):
     folder, name = os.path.split(os.path.abspath(str(path)))
-    return os.path.join(folder, f".{name}.tmp{os.getpid()}")
+    return os.path.join(folder, f".{name}.tmp{os.getpid()}.{_host()}")
 
 
 def _alive(pid):
@@ -416,13 +424,14 @@ def _alive(pid):
 
 
 def remove_stale_temp_files(folder):
-    """Delete the temporary files that processes now dead left in `folder` (a kill mid-write);
-    returns their count. A live process's files are left alone, so a run never deletes another live
-    run's work."""
+    """Delete the temporary files that processes of this host, now dead, left in `folder` (a kill
+    mid-write); returns their count. A live process's files are left alone, and so are other hosts'
+    files, so a run never deletes another live run's work."""
     removed = 0
     for name in os.listdir(folder) if os.path.isdir(folder) else []:
         match = _TEMP_NAME.match(name)
-        if (match and int(match.group("pid")) != os.getpid()
+        if (match and match.group("host") in (None, _host())
+                and int(match.group("pid")) != os.getpid()
                 and not _alive(int(match.group("pid")))):
             with contextlib.suppress(OSError):
                 os.remove(os.path.join(folder, name))

@@ -34,7 +34,6 @@ import torch.nn.functional as F
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image, UnidentifiedImageError
-from torchvision.ops import roi_align
 from tqdm import tqdm
 
 from runtime import (DataError, atomic_write, die_with_parent, remove_stale_temp_files,
@@ -216,7 +215,8 @@ def build_image_cache(paths, cache_dir, size=0, workers=0, desc=None, log=print)
     (array, kept, bad).
 
     size=0 keeps the native size when all images share one, else 256 px; size>0 resizes to
-    size x size. Unreadable images are left out and listed in `bad`. The key covers the file list,
+    size x size. Unreadable images are left out of `array` (a KeptRows view when there are any)
+    and listed in `bad`. The key covers the file list,
     sizes, modification times and `size`, so changed data builds a new cache. workers=0 decodes
     with one process per core (in-process below PARALLEL_CACHE_MIN images). One process builds a
     given cache; any other (another rank under torchrun, another run) waits for it, then opens the
@@ -246,7 +246,29 @@ def build_image_cache(paths, cache_dir, size=0, workers=0, desc=None, log=print)
             _build(paths, stem, size, workers, desc, log)
     with open(stem + ".json") as f:
         index = json.load(f)
-    return np.load(stem + ".npy", mmap_mode="r"), index["kept"], index["bad"]
+    array = np.load(stem + ".npy", mmap_mode="r")
+    # caches written before bad_rows was recorded hold the readable rows alone
+    if index.get("bad_rows"):
+        array = KeptRows(array, index["bad_rows"])
+    return array, index["kept"], index["bad"]
+
+
+class KeptRows:
+    """The readable rows of a cache that also holds unreadable ones (left as zeros), indexed like
+    an array of those rows alone: `kept[rows]`, `len(kept)`, `kept.shape`. Compacting the file
+    instead would need its size again in free disk, and a 52 GB cache may not have that."""
+
+    def __init__(self, array, bad_rows):
+        bad = set(bad_rows)
+        self.array = array
+        self.rows = np.array([row for row in range(len(array)) if row not in bad], dtype=np.int64)
+        self.shape, self.dtype = (len(self.rows),) + array.shape[1:], array.dtype
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, rows):
+        return self.array[self.rows[rows]]
 
 
 def _build(paths, stem, size, workers, desc, log):
@@ -287,38 +309,20 @@ def _build(paths, stem, size, workers, desc, log):
             for task, chunk_bad in zip(tasks, results):
                 bad += chunk_bad
                 bar.update(len(task[2]))
-        bad_rows = {row for row, _ in bad}
-        kept = [path for row, path in enumerate(paths) if row not in bad_rows]
-        if bad_rows:
-            _drop_rows(tmp, bad_rows, len(kept))
+        bad_rows = sorted(row for row, _ in bad)
+        unreadable = set(bad_rows)
+        kept = [path for row, path in enumerate(paths) if row not in unreadable]
         os.replace(tmp, stem + ".npy")
     finally:
         if pool is not None:
             pool.terminate()
         with contextlib.suppress(OSError):
             os.remove(tmp)
-    # the .json is written last: its presence says the .npy beside it is complete
+    # the .json is written last: its presence says the .npy beside it is complete. The unreadable
+    # rows stay in the .npy (see KeptRows)
     with atomic_write(stem + ".json", "w") as f:
-        json.dump({"kept": kept, "bad": [message for _, message in sorted(bad)], "size": size}, f)
-
-
-def _drop_rows(npy_path, bad_rows, kept_count, block=1024):
-    """Rewrite the .npy without the unreadable rows, a block at a time (the cache may not fit in
-    memory)."""
-    full = np.load(npy_path, mmap_mode="r")
-    compact_path = temp_path_for(npy_path + ".compact")
-    try:
-        compact = np.lib.format.open_memmap(compact_path, mode="w+", dtype=np.uint8,
-                                            shape=(kept_count,) + full.shape[1:])
-        good = np.array([row for row in range(len(full)) if row not in bad_rows], dtype=np.int64)
-        for start in range(0, len(good), block):
-            compact[start:start + block] = full[good[start:start + block]]
-        compact.flush()
-        del compact, full
-        os.replace(compact_path, npy_path)
-    finally:
-        with contextlib.suppress(OSError):
-            os.remove(compact_path)
+        json.dump({"kept": kept, "bad": [message for _, message in sorted(bad)],
+                   "bad_rows": bad_rows, "size": size}, f)
 
 
 def batch_rows(order, batch_size, drop_last=True):
@@ -330,12 +334,16 @@ def batch_rows(order, batch_size, drop_last=True):
             for start in range(0, stop, batch_size)]
 
 
-def iterate_batches(array, order, batch_size, device, drop_last=True, prefetch=2):
+def iterate_batches(array, order, batch_size, device, drop_last=True, prefetch=2,
+                    rows_on_device=False):
     """Yield (rows, batch) for each batch of `order` (see batch_rows): the array rows and those
     images as a uint8 NHWC tensor on `device`. Labels of the batch are labels[rows].
 
-    A background thread reads ahead (into pinned memory on CUDA). An error there is raised here, in
-    the loop that consumes the batches, instead of leaving it waiting forever.
+    A background thread reads ahead (into pinned memory on CUDA), so both copies to the GPU are
+    asynchronous. With rows_on_device the rows come as an int64 tensor on `device` too: a step
+    that indexes labels on the GPU with them then never waits for a copy from pageable memory
+    (which waits for the GPU's queued work). An error in the thread is raised here, in the loop
+    that consumes the batches, instead of leaving it waiting forever.
     """
     pin = device.type == "cuda"
     ready = queue.Queue(maxsize=prefetch)
@@ -353,8 +361,11 @@ def iterate_batches(array, order, batch_size, device, drop_last=True, prefetch=2
     def read_ahead():
         try:
             for rows in batch_rows(order, batch_size, drop_last):
+                index = torch.from_numpy(rows)
                 batch = torch.from_numpy(np.ascontiguousarray(array[rows]))
-                if not hand_over((rows, batch.pin_memory() if pin else batch)):
+                if pin:
+                    index, batch = index.pin_memory(), batch.pin_memory()
+                if not hand_over((rows, index, batch)):
                     return
             hand_over(None)
         except BaseException as error:  # noqa: B036 - handed to the consumer, which raises it
@@ -369,10 +380,50 @@ def iterate_batches(array, order, batch_size, device, drop_last=True, prefetch=2
                                     f"({type(item).__name__}: {item}). If CACHE_DIR is damaged, "
                                     "delete it; it is rebuilt on the next run.") from item
                 raise item
-            rows, batch = item
-            yield rows, batch.to(device, non_blocking=True)
+            rows, index, batch = item
+            yield (index.to(device, non_blocking=True) if rows_on_device else rows,
+                   batch.to(device, non_blocking=True))
     finally:
         done.set()
+
+
+def augmented_pairs(array, order, batch_size, device, augment_pair, generator, side_stream=True):
+    """(x1, x2) for each batch of `order`: the rows read from the cache and copied to `device`
+    (iterate_batches), then both views made by `augment_pair` with `generator`.
+
+    On CUDA with side_stream, this data work for batch n + 1 runs on a second stream while the
+    caller's step n runs on the current one, instead of adding to every step; the views, and the
+    random numbers they draw, are the same either way. Elsewhere each batch is made in turn.
+    """
+    augment1, augment2 = augment_pair
+    batches = iterate_batches(array, order, batch_size, device)
+
+    def views(batch):
+        return augment1(batch, generator), augment2(batch, generator)
+    if device.type != "cuda" or not side_stream:
+        return (views(batch) for _, batch in batches)
+    return _one_ahead_on_side_stream(batches, views, device)
+
+
+def _one_ahead_on_side_stream(batches, views, device):
+    """Make each batch's views on a side stream, one batch ahead of the caller, who gets them on
+    the current stream: that stream waits (on the GPU, the host does not) for that batch's work
+    alone, and the allocator keeps the views' memory until the current stream is done with it."""
+    side, current = torch.cuda.Stream(device), torch.cuda.current_stream(device)
+    ahead = None
+    while True:
+        with torch.cuda.stream(side):  # the batch's copy to the GPU is queued here too
+            item = next(batches, None)
+            made = None if item is None else (views(item[1]), side.record_event())
+        if ahead is not None:
+            pair, ready = ahead
+            current.wait_event(ready)
+            for x in pair:
+                x.record_stream(current)
+            yield pair
+        if made is None:
+            return
+        ahead = made
 
 
 # -------------------------------------------------------------------------------------------------
@@ -463,6 +514,30 @@ def sample_crop_boxes(n, height, width, scale, ratio, generator):
     return torch.stack([left, top, left + w, top + h], dim=1)
 
 
+def _resize_weights(start, stop, length, size):
+    """(n, size, length): the weight of each input pixel of one axis in each output pixel, for
+    crops [start, stop) of n images resized to `size` px. PIL's antialiased bilinear filter, as
+    torchvision's resized_crop(antialias=True) applies it: a triangle around each output pixel's
+    centre, widened by the shrink factor so that every input pixel counts, over the crop alone."""
+    scale = ((stop - start) / size).view(-1, 1, 1)
+    steps = torch.arange(size, device=start.device, dtype=start.dtype).view(1, -1, 1)
+    centers = start.view(-1, 1, 1) + (steps + 0.5) * scale
+    pixels = torch.arange(length, device=start.device, dtype=start.dtype).view(1, 1, -1) + 0.5
+    weights = (1 - (pixels - centers).abs() / scale.clamp(min=1)).clamp(min=0)
+    inside = (pixels > start.view(-1, 1, 1)) & (pixels < stop.view(-1, 1, 1))
+    weights = torch.where(inside, weights, 0.0)
+    return weights / weights.sum(2, keepdim=True)
+
+
+def resized_crops(x, boxes, size):
+    """Crop each NCHW image to its box (x0, y0, x1, y1 on pixel borders) and resize it to
+    size x size, antialiased like PIL at any shrink factor: one matrix product per axis."""
+    _, _, height, width = x.shape
+    rows = _resize_weights(boxes[:, 1], boxes[:, 3], height, size)
+    columns = _resize_weights(boxes[:, 0], boxes[:, 2], width, size)
+    return torch.matmul(torch.matmul(rows.unsqueeze(1), x), columns.transpose(1, 2).unsqueeze(1))
+
+
 def batch_augment_pair(image_size, crop_scale_min=0.2, solarize=True, jitter_strength=1.0,
                        jitter_p=0.8, gray_p=0.2, blur_p=0.5, vflip_p=0.0, rotate90=False):
     """The two views of pre-training as BatchAugments, with the same arguments as
@@ -478,8 +553,8 @@ class BatchAugment:
     """SimSiam augmentations for a uint8 NHWC batch on any device, each sample with its own random
     parameters.
 
-    Same distribution as `simsiam_transform_v1/v2`: random resized crop (bilinear, area-averaged
-    when shrinking), horizontal flip, colour jitter in a random order per sample, grayscale,
+    Same distribution as `simsiam_transform_v1/v2`: random resized crop (bilinear, antialiased
+    as PIL's), horizontal flip, colour jitter in a random order per sample, grayscale,
     Gaussian blur, optional solarisation, normalisation. Random numbers come from a CPU generator,
     so results do not depend on the device; they reach the device in one non-blocking copy, and
     every per-sample choice is a mask, so a training step on CUDA never waits for the GPU here.
@@ -550,14 +625,8 @@ class BatchAugment:
         guard = (torch.autocast(images.device.type, enabled=False)
                  if images.device.type in ("cuda", "cpu") else contextlib.nullcontext())
         with guard:
-            n = images.shape[0]
             x = images.permute(0, 3, 1, 2).float().div_(255)
-            # crop + resize in one batched op; aligned=True puts box edges on pixel borders
-            # like PIL
-            index = torch.arange(n, device=x.device, dtype=x.dtype).view(-1, 1)
-            boxes = torch.cat([index, packed[:, 0:4]], 1)
-            x = roi_align(x, boxes, output_size=self.image_size, spatial_scale=1.0,
-                          sampling_ratio=2, aligned=True)
+            x = resized_crops(x, packed[:, 0:4], self.image_size)
             x = torch.where(_per_sample(p["flip"]), x.flip(3), x)
             x = torch.where(_per_sample(p["vflip"]), x.flip(2), x)
             if self.rotate90:  # counter-clockwise quarter turns, as TF.rotate; views are square

@@ -8,7 +8,8 @@
                                                    # lr scaled by global batch
 
 Writes into OUTPUT_DIR: `pretrain_metrics.pth` and `checkpoint_last.pth` after every epoch
-(rerunning the same command resumes from it), and `simsiam_<arch>_epoch_X.pth` every SAVE_EVERY
+(rerunning the same command resumes from it; a setting that defines the run, changed since, is
+refused by name, see RESUMABLE_CHANGES), and `simsiam_<arch>_epoch_X.pth` every SAVE_EVERY
 epochs and at the end. Every write is atomic, and a second run on the same OUTPUT_DIR is refused
 while this one runs. Prints one line per epoch:
     epoch 3/90 loss -0.8123 lr 0.01250 z_std 0.0208 (healthy 0.0221) 61.2 pairs/s 334 s
@@ -17,6 +18,7 @@ What it reaches, and how fast, on named machines: see the README's results.
 import hashlib
 import math
 import os
+import shlex
 import time
 
 import numpy as np
@@ -69,6 +71,8 @@ DECODE_PROCESSES = 0  # processes that decode the fast pipeline's image cache; 0
 AMP = "auto"  # auto: GPU bf16 if native (capability 8.0+) else fp16; CPU fp32 | bf16 | fp16 | off
 CHANNELS_LAST = True  # channels_last memory format on CUDA and under bf16 on a CPU (faster convs)
 COMPILE = False  # torch.compile (CUDA; slower start, faster steps; compile time reported apart)
+CUDA_GRAPHS = False  # CUDA, one process: compile with CUDA graphs (fewer launches: small batches)
+OVERLAP_DATA = True  # CUDA, fast pipeline: make the next batch during this step, on a side stream
 SYNC_BN = True  # SyncBatchNorm when running under torchrun with several processes (paper)
 SAVE_EVERY = 10  # write simsiam_<arch>_epoch_X.pth every this many epochs (and at the end)
 RESUME = True  # continue from OUTPUT_DIR/checkpoint_last.pth when it exists
@@ -80,10 +84,21 @@ SEED = 0  # seeds data order, augmentation and initialisation
 DEVICE = "auto"  # auto | cuda | cpu | mps
 # -------------------------------------------------------------------------------------------------
 
-# settings that change the model's shape or wiring: a checkpoint_last.pth written with others
-# cannot be resumed
-SHAPE_KEYS = ("ARCH", "IN_CHANNELS", "SMALL_STEM", "STEM_STRIDE", "PROJ_DIM", "PRED_DIM")
+# Settings that may differ when checkpoint_last.pth is resumed: where files are, how fast the run
+# goes, what it logs, and how long it goes on (recorded in metrics["resumed_with"]). Every other
+# setting defines the run, and resuming with another value is refused by name: a setting added
+# later is covered without a change here.
+RESUMABLE_CHANGES = ("NUM_EPOCHS", "OUTPUT_DIR", "CACHE_DIR", "RESUME", "SAVE_EVERY",
+                     "SAMPLE_EVERY", "KNN_DATA_DIR", "KNN_EVERY", "KNN_K", "NUM_WORKERS",
+                     "DECODE_PROCESSES", "DEVICE", "AMP", "CHANNELS_LAST", "COMPILE",
+                     "CUDA_GRAPHS", "OVERLAP_DATA")
+# What a setting was before it existed, for checkpoints written then: its default when it was
+# added, which kept the old behaviour. A setting that a checkpoint lacks and that is not here is
+# refused (its earlier value is unknown); add a new setting here if it keeps the old behaviour.
+BEFORE_IT_EXISTED = {"FILE_LIST": "", "STEM_STRIDE": 1, "JITTER_STRENGTH": 1.0, "GRAY_P": 0.2,
+                     "BLUR_P": 0.5, "JITTER_P": 0.8, "VFLIP_P": 0.0, "ROTATE90": False}
 LAST_KEYS = ("config", "epoch", "global_step", "model", "optimizer", "scaler", "metrics")
+_UNKNOWN = object()  # a setting that a checkpoint predates
 
 
 def settings_rules():
@@ -214,39 +229,51 @@ def epoch_batches(epoch, images, paths, steps, rank, world_size, device, augment
     if PIPELINE == "fast":
         order = (torch.randperm(len(paths), generator=order_generator)
                  .numpy()[:steps * BATCH_SIZE * world_size])
-        augment1, augment2 = augment_pair
-        for _, batch in data.iterate_batches(images, order[rank::world_size], BATCH_SIZE, device):
-            yield augment1(batch, augment_generator), augment2(batch, augment_generator), []
+        for x1, x2 in data.augmented_pairs(images, order[rank::world_size], BATCH_SIZE, device,
+                                           augment_pair, augment_generator, OVERLAP_DATA):
+            yield x1, x2, []
         return
     dataset = data.PretrainImageDataset(
         paths, *data.simsiam_transform_pair(IMAGE_SIZE, **data.augmentation_settings(globals())))
-    sampler = None
     if world_size > 1:
         sampler = torch.utils.data.DistributedSampler(dataset, world_size, rank, shuffle=True,
                                                       seed=SEED, drop_last=True)
         sampler.set_epoch(epoch)
-    # the DataLoader's worker seeds derive from this
+    else:
+        sampler = torch.utils.data.RandomSampler(dataset, generator=order_generator)
+    # The augmentations are this rank's: the workers' seeds come from the loader's generator (the
+    # order's generator would give worker k of every rank the same ones), and without workers the
+    # transforms draw from the global generator
     torch.manual_seed(augment_generator.initial_seed())
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=BATCH_SIZE, shuffle=sampler is None, sampler=sampler, drop_last=True,
-        num_workers=NUM_WORKERS, pin_memory=device.type == "cuda",
-        collate_fn=data.collate_skipping, generator=order_generator)
+        dataset, batch_size=BATCH_SIZE, sampler=sampler, drop_last=True, num_workers=NUM_WORKERS,
+        pin_memory=device.type == "cuda", collate_fn=data.collate_skipping,
+        generator=augment_generator)
     for x1, x2, unreadable in loader:
         if world_size > 1 and not batch_usable_on_every_rank(x1, device):
             x1 = x2 = None
         yield x1, x2, unreadable
 
 
-def load_knn_data(log):
-    """{split: (images, labels)} of KNN_DATA_DIR's train.csv (the bank) and validation.csv
-    (the queries)."""
+def knn_splits():
+    """{split: SplitFiles} of KNN_DATA_DIR's train.csv (the bank) and validation.csv (the
+    queries), read and checked at start-up: a broken kNN folder stops the run before any image
+    is decoded."""
+    return {split: data.read_eurosat_split(KNN_DATA_DIR,
+                                           os.path.join(KNN_DATA_DIR, f"{split}.csv"),
+                                           os.path.join(KNN_DATA_DIR, "label_map.json"))
+            for split in ("train", "validation")}
+
+
+def decode_knn(splits, main_process, log):
+    """{split: (images, labels)} of the kNN monitor, decoded once into CACHE_DIR. Every rank calls
+    this before the process group exists (one builds each cache, the others wait for it), so that
+    no rank waits in a collective while rank 0 decodes."""
     knn_data = {}
-    for split in ("train", "validation"):
-        files = data.read_eurosat_split(KNN_DATA_DIR,
-                                        os.path.join(KNN_DATA_DIR, f"{split}.csv"),
-                                        os.path.join(KNN_DATA_DIR, "label_map.json"))
-        images, _, bad = data.build_image_cache(files.paths, CACHE_DIR,
-                                                desc=f"decoding kNN {split}", log=log)
+    for split, files in splits.items():
+        images, _, bad = data.build_image_cache(
+            files.paths, CACHE_DIR, desc=f"decoding kNN {split}" if main_process else False,
+            log=log)
         if bad:
             raise DataError(f"{len(bad)} unreadable image(s) in {KNN_DATA_DIR}/{split}.csv, "
                             f"first: {bad[0]}")
@@ -307,17 +334,15 @@ def new_metrics():
             "skipped_images": [], "step": [], "step_lr": [], "step_loss": []}
 
 
-def resume_or_start(model, optimizer, scaler, config, world_size, log):
-    """(metrics, epochs done, optimiser steps done), from OUTPUT_DIR/checkpoint_last.pth
-    when RESUME and it exists.
+def resume_or_start(model, optimizer, scaler, config, listing, world_size, log):
+    """(metrics, epochs done, optimiser steps done), from OUTPUT_DIR/checkpoint_last.pth when
+    RESUME and it exists: checked and loaded at start-up, before any image is decoded.
 
-    Under torchrun every rank decides from its own file system, so the ranks must agree on the
-    file and on what it holds; otherwise every rank stops with the same message."""
+    A resume that would not continue the same run is refused by name (refuse_another_run); what
+    may change is applied and recorded in metrics["resumed_with"]. Under torchrun every rank
+    decides from its own file system; prepare_data then makes them agree on what they resumed."""
     last_path = os.path.join(OUTPUT_DIR, "checkpoint_last.pth")
-    found = RESUME and os.path.exists(last_path)
-    if world_size > 1:
-        ranks_agree(found, f"whether {last_path} exists")
-    if not found:
+    if not (RESUME and os.path.exists(last_path)):
         return new_metrics(), 0, 0
     fix = "To start afresh, delete it or pass --resume=False (it is then overwritten)."
     try:
@@ -327,16 +352,10 @@ def resume_or_start(model, optimizer, scaler, config, world_size, log):
     missing = [key for key in LAST_KEYS if key not in last]
     if missing:
         raise CheckpointError(f"{last_path}: lacks {missing}, so it cannot be resumed. {fix}")
-    # checkpoints from before STEM_STRIDE existed used 1
-    recorded = {"STEM_STRIDE": 1, **last["config"]}
-    changed = [f"{k}={recorded.get(k)!r}" for k in SHAPE_KEYS if recorded.get(k) != config[k]]
-    if changed:
-        raise CheckpointError(f"{last_path} was written with different model settings "
-                              f"({', '.join(changed)}). Use the same settings, another "
-                              f"--output_dir, or --resume=False. {fix}")
+    refuse_another_run(last, config, listing, world_size, last_path)
     try:
         unwrap(model).load_state_dict(last["model"])
-        optimizer.load_state_dict(last["optimizer"])
+        load_optimizer_state(optimizer, last["optimizer"])
     except (RuntimeError, ValueError, KeyError) as error:
         raise CheckpointError(f"{last_path}: its weights do not match the model its config "
                               f"describes ({str(error).splitlines()[0][:200]}). {fix}") from None
@@ -344,11 +363,60 @@ def resume_or_start(model, optimizer, scaler, config, world_size, log):
     if scaler_state == "fresh":
         log(f"note: {last_path} was written without fp16; the grad scaler starts from its "
             "initial scale")
-    if world_size > 1:
-        ranks_agree((last["epoch"], last["global_step"]), f"the epoch that {last_path} holds")
+    metrics, then = last["metrics"], last["config"]
+    metrics.setdefault("resumed_with", []).append(
+        {"epoch": last["epoch"], "changed": {name: [then[name], config[name]]
+                                             for name in RESUMABLE_CHANGES
+                                             if name in then and then[name] != config[name]}})
     log(f"resuming from {last_path}: {last['epoch']} of {NUM_EPOCHS} epochs done, step "
         f"{last['global_step']}")
-    return last["metrics"], last["epoch"], last["global_step"]
+    return metrics, last["epoch"], last["global_step"]
+
+
+def refuse_another_run(last, config, listing, world_size, last_path):
+    """Stop, naming it, on what would make resuming `last` not the run it continues: a setting
+    outside RESUMABLE_CHANGES with another value (or one the checkpoint predates), another number
+    of processes, other images."""
+    fresh = ("or --resume=False to start afresh (its files are then overwritten), or another "
+             "--output_dir.")
+    then = {name: last["config"].get(name, BEFORE_IT_EXISTED.get(name, _UNKNOWN))
+            for name in config if name not in RESUMABLE_CHANGES}
+    unknown = [name for name, value in then.items() if value is _UNKNOWN]
+    if unknown:
+        raise CheckpointError(f"{last_path} predates the setting(s) {', '.join(unknown)}: what "
+                              "they were then is not known, so resuming may not continue that "
+                              f"run. Pass {fresh}")
+    changed = [name for name, value in then.items() if value != config[name]]
+    if changed:
+        raise CheckpointError(
+            f"{last_path} continues a run with other settings: "
+            + ", ".join(f"{name}={then[name]!r} (now {config[name]!r})" for name in changed)
+            + ". Resuming would not be that run. Pass "
+            + " ".join(f"--{name.lower()}={shlex.quote(str(then[name]))}" for name in changed)
+            + f" to continue it, {fresh}")
+    processes = last["metrics"].get("world_size", world_size)
+    if processes != world_size:
+        raise CheckpointError(f"{last_path} was written by {processes} process(es), and this run "
+                              f"has {world_size}: the global batch, the lr and each process's "
+                              "share of the data would change. Start it as that run was "
+                              f"(torchrun --nproc_per_node={processes}, or plain python for 1), "
+                              f"{fresh}")
+    images = last["metrics"].get("image_list", listing)  # not recorded before it was checked
+    if images != listing:
+        raise CheckpointError(f"the images of DATA_DIR {DATA_DIR!r} are not those {last_path} "
+                              f"was trained on ({images['count']} listed then, "
+                              f"{listing['count']} now): resuming would not be that run. Restore "
+                              f"them, {fresh}")
+
+
+def load_optimizer_state(optimizer, saved):
+    """The saved momentum buffers under this run's settings: load_state_dict alone would also
+    bring back each group's saved lr, momentum, weight decay and fix_lr, so that the run would
+    record one value and use another."""
+    current, saved_groups = optimizer.state_dict()["param_groups"], saved["param_groups"]
+    groups = [dict(now, params=then["params"]) for now, then in zip(current, saved_groups)]
+    # a different number of groups is left for load_state_dict to refuse
+    optimizer.load_state_dict(dict(saved, param_groups=groups + saved_groups[len(groups):]))
 
 
 def checkpoint_bytes(param_count):
@@ -415,24 +483,33 @@ def build_model(main_process):
     return model
 
 
-def prepare_data(world_size, device, main_process, log):
-    """(images, usable paths, unreadable, steps per epoch). The images are decoded once before the
-    process group exists, so that a long decode cannot time out a collective; then every rank must
-    see the same images."""
-    images, paths, unreadable = decode_once(list_pretraining_images(), main_process, log)
+def image_listing(paths):
+    """{"count", "sha1"} of a list of images, by their paths relative to DATA_DIR: what every
+    rank, and a resumed run, must see."""
+    names = "\n".join(os.path.relpath(p, DATA_DIR) for p in paths)
+    return {"count": len(paths), "sha1": hashlib.sha1(names.encode()).hexdigest()[:12]}
+
+
+def prepare_data(listed, knn_files, resumed_at, world_size, device, main_process, log):
+    """(images, usable paths, unreadable, steps per epoch, kNN data or None). The kNN splits and
+    the images are decoded once before the process group exists, so that a long decode cannot
+    time out a collective; then every rank must see the same images and have resumed the same
+    epoch and step."""
+    knn_data = decode_knn(knn_files, main_process, log) if knn_files else None
+    images, paths, unreadable = decode_once(listed, main_process, log)
     if unreadable:
         log(f"warning: skipping {len(unreadable)} unreadable image(s), e.g. {unreadable[0]}")
     if world_size > 1:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        listing = hashlib.sha1(
-            "\n".join(os.path.relpath(p, DATA_DIR) for p in paths).encode()).hexdigest()[:12]
-        ranks_agree((len(paths), listing), "the images of DATA_DIR (count, hash of the list)")
+        ranks_agree(image_listing(paths), "the images of DATA_DIR (count, hash of the list)")
+        ranks_agree(resumed_at, f"the (epoch, step) that {OUTPUT_DIR}/checkpoint_last.pth holds "
+                                "((0, 0): none)")
     steps_per_epoch = len(paths) // (BATCH_SIZE * world_size)
     if steps_per_epoch == 0:
         raise DataError(f"only {len(paths)} usable images in {DATA_DIR!r}, fewer than one "
                         f"global batch of {BATCH_SIZE * world_size} pairs. Lower --batch_size "
                         f"(at most {max(2, len(paths) // world_size)}) or add images.")
-    return images, paths, unreadable, steps_per_epoch
+    return images, paths, unreadable, steps_per_epoch, knn_data if main_process else None
 
 
 def sample_step(loss_sum, loss, z1, steps, world_size, samples, where):
@@ -462,9 +539,18 @@ def optimizer_for(model, base_lr):
 
 
 def for_training(model, device, world_size, log):
-    """The module the steps call: SyncBatchNorm (the paper normalises over all GPUs) and DDP under
-    torchrun, torch.compile when asked. The parameters stay the model's own, so the optimiser
-    needs no change."""
+    """(the module the steps call, whether its steps replay CUDA graphs): SyncBatchNorm (the paper
+    normalises over all GPUs) and DDP under torchrun, torch.compile when asked. The parameters stay
+    the model's own, so the optimiser needs no change.
+
+    CUDA_GRAPHS compiles with mode="reduce-overhead": each step replays recorded CUDA graphs, so
+    the host launches a few graphs instead of hundreds of kernels, which is what bounds a small
+    batch's step. It needs one process on CUDA; elsewhere the run steps as COMPILE says."""
+    if CUDA_GRAPHS and device.type == "cuda" and world_size == 1:
+        return torch.compile(model, mode="reduce-overhead"), True
+    if CUDA_GRAPHS:
+        log(f"note: CUDA_GRAPHS needs one process on a CUDA GPU; this run ({device.type}, "
+            f"{world_size} process(es)) steps without them")
     if world_size > 1 and SYNC_BN and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     elif world_size > 1 and SYNC_BN:
@@ -473,15 +559,16 @@ def for_training(model, device, world_size, log):
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    return torch.compile(model) if COMPILE else model
+    return (torch.compile(model) if COMPILE else model), False
 
 
 # -------------------------------------------------------------------------------------------------
 
 def describe_run(config, model, device, amp_dtype, precision_reason, world_size, num_images,
-                 steps_per_epoch, base_lr, start_epoch, log):
+                 listing, steps_per_epoch, base_lr, start_epoch, log):
     """Print what this run does; return the facts that every epoch's metrics record."""
     facts = dict(config=config, z_std_healthy=1 / math.sqrt(PROJ_DIM), num_images=num_images,
+                 image_list=listing,
                  param_count=sum(p.numel() for p in model.parameters()), world_size=world_size,
                  device=describe_device(device), precision=precision_name(amp_dtype),
                  compile_time_s=None)
@@ -513,32 +600,33 @@ def main():
     memory_format = (torch.channels_last if channels_last_for(device, amp_dtype, CHANNELS_LAST)
                      else torch.contiguous_format)
     seed_everything(SEED + rank)
-    model = build_model(main_process)
-    images, paths, unreadable, steps_per_epoch = prepare_data(
-        world_size, device, main_process, log)
-    knn_data = load_knn_data(log) if KNN_DATA_DIR and main_process else None
-    augment_pair = data.batch_augment_pair(IMAGE_SIZE, **data.augmentation_settings(config))
-
-    # ---- optimiser, resume ----
-    model = model.to(device, memory_format=memory_format)
+    model = build_model(main_process).to(device, memory_format=memory_format)
     global_batch = BATCH_SIZE * world_size
     base_lr = BASE_LR * global_batch / 256
     optimizer = optimizer_for(model, base_lr)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    metrics, start_epoch, global_step = resume_or_start(model, optimizer, scaler, config,
+
+    # ---- at start-up, before any image is decoded: the lists, the kNN folder, the resume ----
+    listed = list_pretraining_images()
+    listing = image_listing(listed)
+    knn_files = knn_splits() if KNN_DATA_DIR else None
+    metrics, start_epoch, global_step = resume_or_start(model, optimizer, scaler, config, listing,
                                                         world_size, log)
-    if knn_data and start_epoch == 0:
+    images, paths, unreadable, steps_per_epoch, knn_data = prepare_data(
+        listed, knn_files, (start_epoch, global_step), world_size, device, main_process, log)
+    augment_pair = data.batch_augment_pair(IMAGE_SIZE, **data.augmentation_settings(config))
+    if knn_data and main_process and start_epoch == 0:
         metrics["knn_floors"] = knn_floors(model, knn_data, device, amp_dtype, log)
-    train_model = for_training(model, device, world_size, log)
+    train_model, graphs = for_training(model, device, world_size, log)
     run_facts = describe_run(config, model, device, amp_dtype, precision_reason, world_size,
-                             len(paths), steps_per_epoch, base_lr, start_epoch, log)
+                             len(paths), listing, steps_per_epoch, base_lr, start_epoch, log)
 
     # ---- training loop ----
     for epoch in range(start_epoch, NUM_EPOCHS):
         model.train()
         loss_sum = torch.zeros((), device=device)
         steps, skipped, samples = 0, [], {"step": [], "step_loss": [], "step_lr": [], "z_std": []}
-        started, compiling = time.time(), 0.0  # compiling: the first step under COMPILE
+        started, compiling = time.time(), 0.0  # compiling: the first compiled step
         batches = epoch_batches(epoch, images, paths, steps_per_epoch, rank, world_size, device,
                                 augment_pair)
         bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{NUM_EPOCHS}",
@@ -555,6 +643,8 @@ def main():
                     group["lr"] = base_lr if group["fix_lr"] else lr
                 x1 = x1.to(device, non_blocking=True).contiguous(memory_format=memory_format)
                 x2 = x2.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+                if graphs:  # a new step: the graphs may now overwrite the last step's outputs
+                    torch.compiler.cudagraph_mark_step_begin()
                 with autocast_for(device, amp_dtype):
                     # z1, z2 come back detached: the stop-gradient
                     p1, p2, z1, z2 = train_model(x1, x2)
@@ -563,7 +653,7 @@ def main():
                 scaler.scale(loss).backward()  # the scale is 1 and the scaler a no-op unless fp16
                 scaler.step(optimizer)
                 scaler.update()
-                if COMPILE and run_facts["compile_time_s"] is None:
+                if (COMPILE or graphs) and run_facts["compile_time_s"] is None:
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)
                     run_facts["compile_time_s"] = compiling = time.time() - step_started

@@ -4,24 +4,33 @@ default (fast).
     python scripts/bench_pretrain.py --arch=resnet18 --image_size=64 --batch_size=64   # CPU
     python scripts/bench_pretrain.py --arch=resnet50 --image_size=224 --batch_size=256 # GPU (bf16)
 
-All four run the same SimSiam training step (forward, backward, SGD step) on the same images:
+Every row runs the same SimSiam training step (forward, backward, SGD step) on the same images:
 - ceiling:       batches already on the device, normalised; no data work at all
 - reference:     PNG decode + per-sample PIL transforms (simsiam_transform_v1/v2) in DataLoader
-                 workers, fp32, NCHW (the write-up's pipeline as written)
+                 workers, fp32, NCHW (the write-up's pipeline as written; on CUDA its convolutions
+                 run in TF32, as PyTorch's default allows, so the row says tf32)
 - reference_amp: the same pipeline with the default's precision and memory format: what precision
                  alone gains
 - default:       train_simsiam.py's PIPELINE="fast": decoded-once uint8 memory map, BatchAugment on
-                 the device, AMP as train_simsiam.py chooses it, channels_last on CUDA (and under
-                 bf16 on a CPU)
+                 the device (on CUDA made one batch ahead on a side stream, as OVERLAP_DATA does),
+                 AMP as train_simsiam.py chooses it, channels_last on CUDA (and under bf16 on a
+                 CPU)
+- default_serial (CUDA only): the default with each batch's data work on the model's stream
 - default_data_only: the default's data work (cache read, copy, both augmented views) without
                  the model: what the default pays over the ceiling, in ms per step
-Warm-up steps are excluded; the reference rows also skip the DataLoader's first wave of batches
-and time at least two more (see the comment there). Prints a table; OUTPUT_JSON is rewritten after
-each pipeline, so a late failure (out of memory at a large batch, a killed run) keeps the rows
-already measured.
+- ceiling_graphs, default_graphs (with --graphs=True, CUDA only): the ceiling and the default with
+                 the step compiled into CUDA graphs, as train_simsiam.py's CUDA_GRAPHS does (its
+                 compilation is in warmup_s, not in the rate)
+How the steps are timed (time_window): warm-up steps are left out; the window opens when the
+first timed batch is in hand and closes when the batch after the last is, so it holds as many
+batch fetches as steps (all the default's data work), and the DataLoader's batches, which land in
+waves of NUM_WORKERS, are timed over whole waves from one wave's landing to another's. Prints a
+table; OUTPUT_JSON is rewritten after each row, so a late failure (out of memory at a large batch,
+a killed run) keeps the rows already measured.
 """
 import atexit
 import json
+import math
 import os
 import resource
 import shutil
@@ -56,6 +65,7 @@ NUM_WORKERS = 2  # DataLoader workers, reference pipeline (the write-up's way of
 AMP = "auto"  # as train_simsiam.py's AMP, for ceiling, reference_amp, default (reference: fp32)
 CHANNELS_LAST = True  # channels_last on CUDA (and bf16 on CPU) for ceiling, reference_amp, default
 CACHE_DIR = ""  # where the default pipeline keeps its decoded array; "" = a temp folder
+GRAPHS = False  # also time ceiling and default with CUDA graphs (CUDA; compiles first, minutes)
 DEVICE = "auto"  # auto | cuda | cpu
 OUTPUT_JSON = "bench_results/bench_pretrain.json"  # the table as JSON
 # -------------------------------------------------------------------------------------------------
@@ -89,24 +99,22 @@ def generated_images(folder, count, size):
     return paths
 
 
-def timed(name, batches, model, optimizer, device, amp_dtype, channels_last, scaler,
-          warmup=None, steps=None):
-    """Run `warmup` (default WARMUP_STEPS) + `steps` (default STEPS) training steps over `batches`;
-    return pairs/s of the timed steps."""
-    warmup = WARMUP_STEPS if warmup is None else warmup
-    steps = STEPS if steps is None else steps
-    model.train()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    count, started = 0, None
-    for x1, x2 in batches:
-        if count == warmup:
-            synchronize(device)
-            started = time.perf_counter()
-        x1, x2 = x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
+def precision_label(device, amp_dtype):
+    """What a row computes in: an fp32 step on CUDA runs its convolutions in TF32 wherever cuDNN
+    may (PyTorch's default, and speed_up_cuda's), so it is named tf32 there."""
+    if amp_dtype is None and device.type == "cuda" and torch.backends.cudnn.allow_tf32:
+        return "tf32"
+    return precision_name(amp_dtype)
+
+
+def training_step(model, optimizer, scaler, device, amp_dtype, channels_last, graphs=False):
+    """One SimSiam step on a pair of views, as train_simsiam.py takes it."""
+    def step(views):
+        x1, x2 = (x.to(device, non_blocking=True) for x in views)
         if channels_last:
-            x1, x2 = (x1.contiguous(memory_format=torch.channels_last),
-                      x2.contiguous(memory_format=torch.channels_last))
+            x1, x2 = (x.contiguous(memory_format=torch.channels_last) for x in (x1, x2))
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast_for(device, amp_dtype):
             p1, p2, z1, z2 = model(x1, x2)
             loss = negative_cosine_loss(p1.float(), p2.float(), z1.float(), z2.float())
@@ -114,18 +122,50 @@ def timed(name, batches, model, optimizer, device, amp_dtype, channels_last, sca
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        count += 1
-        if count == warmup + steps:
-            break
-    loss.item()  # waits for the device
-    if count < warmup + steps:
-        fail(f"only {count} batches for {name}; use more images or fewer --steps")
-    elapsed = time.perf_counter() - started
-    pairs_per_s = steps * BATCH_SIZE / elapsed
-    print(f"{name:<10} {pairs_per_s:8.1f} pairs/s  ({elapsed / steps * 1000:.0f} ms/step over "
-          f"{steps} steps, peak {peak_memory_mib(device):.0f} MiB)", flush=True)
-    return {"pairs_per_s": pairs_per_s, "ms_per_step": elapsed / steps * 1000,
-            "peak_mib": peak_memory_mib(device), "timed_steps": steps}
+    return step
+
+
+def time_window(name, batches, step, skip, count, device):
+    """(seconds of the `skip` untimed steps, seconds of the next `count` steps) over `batches`.
+
+    The window opens when the first timed batch is in hand and closes when the batch after the
+    last timed step is: it holds `count` steps and `count` batch fetches, so a pipeline's data
+    work is all inside it. For a DataLoader whose batches land in waves of W (the W workers make
+    one batch each per interval), with `skip` ending a wave and `count` a multiple of W, the
+    window runs from one wave's landing to another's: whole worker intervals, and no wave that
+    was already queued when it opened.
+    """
+    iterator = iter(batches)
+    try:
+        started = time.perf_counter()
+        for _ in range(skip):
+            step(next(iterator))
+        batch = next(iterator)
+        synchronize(device)
+        warmed = time.perf_counter()
+        for _ in range(count):
+            step(batch)
+            batch = next(iterator)
+        synchronize(device)
+    except StopIteration:
+        fail(f"too few batches for {name}: use more --num_images or fewer --steps")
+    return warmed - started, time.perf_counter() - warmed
+
+
+def timed(name, batches, step, device, precision, skip=None, count=None):
+    """Time `count` (default STEPS) steps after `skip` (default WARMUP_STEPS); print and return
+    the row."""
+    skip = WARMUP_STEPS if skip is None else skip
+    count = STEPS if count is None else count
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    warmup_s, elapsed = time_window(name, batches, step, skip, count, device)
+    row = {"pairs_per_s": count * BATCH_SIZE / elapsed, "ms_per_step": elapsed / count * 1000,
+           "peak_mib": peak_memory_mib(device), "timed_steps": count, "warmup_s": warmup_s,
+           "precision": precision_label(device, precision)}
+    print(f"{name:<15} {row['pairs_per_s']:8.1f} pairs/s  ({row['ms_per_step']:.0f} ms/step over "
+          f"{count} steps, {row['precision']}, peak {row['peak_mib']:.0f} MiB)", flush=True)
+    return row
 
 
 def synchronize(device):
@@ -136,6 +176,147 @@ def synchronize(device):
 def write_json(summary):
     with atomic_write(OUTPUT_JSON, "w") as f:
         json.dump(summary, f, indent=2)
+
+
+def benchmark_images(workdir):
+    """The images every row reads: DATA_DIR's, or generated ones; repeated (same work per image)
+    to cover the most batches a row takes: the reference's skipped wave, its timed waves and the
+    batch that closes its window, or the default's warm-up, timed steps and closing batch."""
+    if DATA_DIR:
+        paths = data.list_images(DATA_DIR)
+        if not paths:
+            fail(f"DATA_DIR = {DATA_DIR!r} holds no images; point --data_dir at a folder of "
+                 "images, or leave it empty to generate some", code=2)
+    else:
+        paths = generated_images(GENERATED_DIR or os.path.join(workdir, "images"), NUM_IMAGES,
+                                 SOURCE_SIZE or (264 if IMAGE_SIZE > 64 else 64))
+    workers, waves = loader_waves()
+    needed = max(workers * (1 + waves) + 1, WARMUP_STEPS + STEPS + 1) * BATCH_SIZE
+    return (paths * (needed // len(paths) + 1))[:needed] if len(paths) < needed else paths
+
+
+def loader_waves():
+    """(W, timed waves) of the reference rows: the DataLoader's batches land in waves of W =
+    NUM_WORKERS (one per worker and interval); at least two waves, and at least STEPS steps.
+    Without workers each batch is made when it is asked for: STEPS "waves" of one."""
+    if NUM_WORKERS == 0:
+        return 1, STEPS
+    return NUM_WORKERS, max(2, math.ceil(STEPS / NUM_WORKERS))
+
+
+def fresh_step(device, use_channels_last, precision, graphs=False):
+    """training_step of a new SimSiam, with its SGD and grad scaler; with graphs, the model is
+    compiled into CUDA graphs (torch.compile mode="reduce-overhead"), as CUDA_GRAPHS does."""
+    model = SimSiam(ARCH, small_stem=SMALL_STEM)
+    model = model.to(device, memory_format=torch.channels_last if use_channels_last
+                     else torch.preserve_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05 * BATCH_SIZE / 256, momentum=0.9,
+                                weight_decay=1e-4)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
+    model.train()
+    if graphs:
+        model = torch.compile(model, mode="reduce-overhead")
+    return training_step(model, optimizer, scaler, device, precision, use_channels_last, graphs)
+
+
+def reference_rows(paths, warm_batch, device, amp_dtype, channels_last, results, summary):
+    """reference (the write-up's pipeline as written) and reference_amp (with the default's
+    precision and memory format).
+
+    The DataLoader asks 2 x NUM_WORKERS batches ahead. Had the workers started with the model's
+    warm-up (cuDNN autotuning of a fresh model takes seconds), they would have queued them, and
+    timed steps served from that queue measure the GPU, not the pipeline. So the model warms up on
+    device tensors first, the workers start only then, their first wave is skipped, and whole
+    waves are timed from one wave's landing to another's (time_window)."""
+    dataset = data.PretrainImageDataset(paths, data.simsiam_transform_v1(IMAGE_SIZE),
+                                        data.simsiam_transform_v2(IMAGE_SIZE))
+    workers, waves = loader_waves()
+
+    def batches():
+        yield from (warm_batch for _ in range(WARMUP_STEPS))
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=BATCH_SIZE, shuffle=True, drop_last=True,
+            num_workers=NUM_WORKERS, pin_memory=device.type == "cuda",
+            collate_fn=data.collate_skipping, persistent_workers=False)
+        yield from ((x1, x2) for x1, x2, _ in loader)
+
+    for name, precision, memory_format in (("reference", None, False),
+                                           ("reference_amp", amp_dtype, channels_last)):
+        results[name] = timed(name, batches(), fresh_step(device, memory_format, precision),
+                              device, precision, skip=WARMUP_STEPS + workers,
+                              count=waves * workers)
+        write_json(summary)
+
+
+def default_rows(paths, workdir, device, amp_dtype, channels_last, results, summary):
+    """default (as train_simsiam.py runs it), default_serial on CUDA (its data work on the model's
+    stream), default_data_only; returns the default's batches, pairs(side_stream)."""
+    started = time.perf_counter()
+    array, kept, _ = data.build_image_cache(sorted(set(paths)),
+                                            CACHE_DIR or os.path.join(workdir, "cache"), log=print)
+    decode_s = time.perf_counter() - started
+    position = {p: i for i, p in enumerate(kept)}
+    index = [position[p] for p in paths]  # the same (possibly repeated) file list as the reference
+    order = np.random.default_rng(0).permutation(index)
+    pair = data.batch_augment_pair(IMAGE_SIZE)
+
+    def pairs(side_stream):
+        return data.augmented_pairs(array, order, BATCH_SIZE, device, pair,
+                                    torch.Generator().manual_seed(0), side_stream)
+
+    results["default"] = timed("default", pairs(True),
+                               fresh_step(device, channels_last, amp_dtype), device, amp_dtype)
+    results["default"]["one_time_decode_s"] = decode_s
+    write_json(summary)
+    if device.type == "cuda":
+        results["default_serial"] = timed("default_serial", pairs(False),
+                                          fresh_step(device, channels_last, amp_dtype), device,
+                                          amp_dtype)
+        write_json(summary)
+    _, elapsed = time_window("default_data_only", pairs(False), lambda views: None, WARMUP_STEPS,
+                             STEPS, device)
+    results["default_data_only"] = {"ms_per_step": elapsed / STEPS * 1000}
+    print(f"default data work alone: {results['default_data_only']['ms_per_step']:.0f} ms/step")
+    write_json(summary)
+    return pairs
+
+
+def graphs_rows(fixed, pairs, device, amp_dtype, channels_last, results, summary):
+    """ceiling_graphs and default_graphs: one model compiled into CUDA graphs, its compilation in
+    the warm-up steps (warmup_s)."""
+    if device.type != "cuda":
+        print("note: GRAPHS needs a CUDA GPU; ceiling_graphs and default_graphs not measured")
+        return
+    step = fresh_step(device, channels_last, amp_dtype, graphs=True)
+    results["ceiling_graphs"] = timed("ceiling_graphs", iter(lambda: fixed, None), step, device,
+                                      amp_dtype)
+    write_json(summary)
+    results["default_graphs"] = timed("default_graphs", pairs(True), step, device, amp_dtype)
+    write_json(summary)
+
+
+def print_table(results, summary, decoded):
+    ratios = {"default_over_reference": ("default", "reference"),
+              "default_over_ceiling": ("default", "ceiling"),
+              "reference_amp_over_reference": ("reference_amp", "reference"),
+              "default_serial_over_ceiling": ("default_serial", "ceiling"),
+              "default_graphs_over_ceiling": ("default_graphs", "ceiling"),
+              "ceiling_graphs_over_ceiling": ("ceiling_graphs", "ceiling")}
+    summary.update({key: results[a]["pairs_per_s"] / results[b]["pairs_per_s"]
+                    for key, (a, b) in ratios.items() if a in results})
+    write_json(summary)
+    print("\n| pipeline | pairs/s | ms/step | precision | peak memory (MiB) |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, row in results.items():
+        if "pairs_per_s" in row:
+            print(f"| {name} | {row['pairs_per_s']:.1f} | {row['ms_per_step']:.0f} | "
+                  f"{row['precision']} | {row['peak_mib']:.0f} |")
+    print("\n" + ", ".join(f"{key.replace('_over_', ' / ')} = {summary[key]:.2f}"
+                           for key in ratios if key in summary)
+          + f" (one-time decode of {decoded} images: "
+          f"{results['default']['one_time_decode_s']:.1f} s, not in the rates); the default's "
+          f"data work alone: {results['default_data_only']['ms_per_step']:.0f} ms/step")
+    print(f"wrote {OUTPUT_JSON}")
 
 
 def main():
@@ -152,122 +333,27 @@ def main():
     torch.manual_seed(0)
     workdir = tempfile.mkdtemp(prefix="bench_pretrain_")  # generated images, the default's cache
     atexit.register(shutil.rmtree, workdir, True)
-    if DATA_DIR:
-        paths = data.list_images(DATA_DIR)
-        if not paths:
-            fail(f"DATA_DIR = {DATA_DIR!r} holds no images; point --data_dir at a folder of "
-                 "images, or leave it empty to generate some", code=2)
-    else:
-        paths = generated_images(GENERATED_DIR or os.path.join(workdir, "images"), NUM_IMAGES,
-                                 SOURCE_SIZE or (264 if IMAGE_SIZE > 64 else 64))
-    # The reference rows skip the DataLoader's first wave and time at least two more (see there);
-    # every pipeline reads this one list, repeated as needed (same work per image)
-    skipped = WARMUP_STEPS + max(1, NUM_WORKERS)
-    loader_steps = max(STEPS, 2 * NUM_WORKERS)
-    needed = (skipped + loader_steps) * BATCH_SIZE
-    if len(paths) < needed:
-        paths = (paths * (needed // len(paths) + 1))[:needed]
+    paths = benchmark_images(workdir)
     print(f"device: {describe_device(device)}; {ARCH} at {IMAGE_SIZE} px, batch {BATCH_SIZE} "
           f"pairs, {STEPS} timed steps after {WARMUP_STEPS} warm-up; "
-          f"precision {precision_name(amp_dtype)} "
-          f"({precision_reason}; reference: fp32){'; ' + tuned if tuned else ''}")
-
-    def fresh_model(use_channels_last, precision):
-        model = SimSiam(ARCH, small_stem=SMALL_STEM)
-        model = model.to(device, memory_format=torch.channels_last if use_channels_last
-                         else torch.preserve_format)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.05 * BATCH_SIZE / 256, momentum=0.9,
-                                    weight_decay=1e-4)
-        scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
-        return model, optimizer, scaler
-
+          f"precision {precision_name(amp_dtype)} ({precision_reason}; reference: "
+          f"{precision_label(device, None)}){'; ' + tuned if tuned else ''}")
     results = {}
     summary = {"config": config, "device": describe_device(device), "versions": library_versions(),
                "precision": precision_name(amp_dtype), "precision_reason": precision_reason,
                "results": results}
+
     # ---- ceiling: the model step on tensors already on the device ----
-    model, optimizer, scaler = fresh_model(channels_last, amp_dtype)
     fixed = [torch.randn(BATCH_SIZE, 3, IMAGE_SIZE, IMAGE_SIZE, device=device) for _ in range(2)]
-    results["ceiling"] = timed("ceiling", iter(lambda: fixed, None), model, optimizer, device,
-                               amp_dtype, channels_last, scaler)
+    results["ceiling"] = timed("ceiling", iter(lambda: fixed, None),
+                               fresh_step(device, channels_last, amp_dtype), device, amp_dtype)
     write_json(summary)
-
-    # ---- reference: the write-up's pipeline as written (fp32), then with the default's
-    # precision ----
-    # The DataLoader fills NUM_WORKERS x 2 batches ahead. Had the workers started with the model's
-    # warm-up (cuDNN autotuning takes seconds), the timed steps would be served from that cushion
-    # and measure the GPU, not the pipeline. So the model warms up on device tensors first, the
-    # workers start only then, their first wave of batches is skipped, and the timed steps span at
-    # least two further waves (one wave of NUM_WORKERS batches arrives nearly at once).
-    def loader_batches(model_warmup):
-        yield from (model_warmup for _ in range(WARMUP_STEPS))
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=BATCH_SIZE, shuffle=True, drop_last=True,
-            num_workers=NUM_WORKERS, pin_memory=device.type == "cuda",
-            collate_fn=data.collate_skipping, persistent_workers=False)
-        yield from ((x1, x2) for x1, x2, _ in loader)
-
-    dataset = data.PretrainImageDataset(paths, data.simsiam_transform_v1(IMAGE_SIZE),
-                                        data.simsiam_transform_v2(IMAGE_SIZE))
-    for name, precision, memory_format in (("reference", None, False),
-                                           ("reference_amp", amp_dtype, channels_last)):
-        model, optimizer, scaler = fresh_model(memory_format, precision)
-        results[name] = timed(name, loader_batches(fixed), model, optimizer, device, precision,
-                              memory_format, scaler, warmup=skipped, steps=loader_steps)
-        write_json(summary)
-
-    # ---- default: decode once, batched augmentation on the device ----
-    model, optimizer, scaler = fresh_model(channels_last, amp_dtype)
-    started = time.perf_counter()
-    array, kept, _ = data.build_image_cache(sorted(set(paths)),
-                                            CACHE_DIR or os.path.join(workdir, "cache"), log=print)
-    decode_s = time.perf_counter() - started
-    position = {p: i for i, p in enumerate(kept)}
-    index = [position[p] for p in paths]  # the same (possibly repeated) file list as the reference
-    augment1, augment2 = data.batch_augment_pair(IMAGE_SIZE)
-    generator = torch.Generator().manual_seed(0)
-    order = np.random.default_rng(0).permutation(index)
-    batches = ((augment1(b, generator), augment2(b, generator))
-               for _, b in data.iterate_batches(array, order, BATCH_SIZE, device))
-    results["default"] = timed("default", batches, model, optimizer, device, amp_dtype,
-                               channels_last, scaler)
-    results["default"]["one_time_decode_s"] = decode_s
-    write_json(summary)
-
-    # ---- the default's data work alone (cache read, copy, both views): its cost over ceiling ----
-    views = ((augment1(b, generator), augment2(b, generator))
-             for _, b in data.iterate_batches(array, order, BATCH_SIZE, device))
-    for count, _ in enumerate(views):
-        if count == WARMUP_STEPS:
-            synchronize(device)
-            started = time.perf_counter()
-        if count == WARMUP_STEPS + STEPS:
-            break
-    synchronize(device)
-    results["default_data_only"] = {
-        "ms_per_step": (time.perf_counter() - started) / STEPS * 1000}
-    print(f"default data work alone: {results['default_data_only']['ms_per_step']:.0f} ms/step")
-
-    ratio_reference = results["default"]["pairs_per_s"] / results["reference"]["pairs_per_s"]
-    ratio_ceiling = results["default"]["pairs_per_s"] / results["ceiling"]["pairs_per_s"]
-    summary.update(default_over_reference=ratio_reference, default_over_ceiling=ratio_ceiling,
-                   reference_amp_over_reference=results["reference_amp"]["pairs_per_s"]
-                   / results["reference"]["pairs_per_s"])
-    write_json(summary)
-    print()
-    print("| pipeline | pairs/s | ms/step | peak memory (MiB) |")
-    print("| --- | --- | --- | --- |")
-    for name in ("ceiling", "reference", "reference_amp", "default"):
-        r = results[name]
-        print(f"| {name} | {r['pairs_per_s']:.1f} | {r['ms_per_step']:.0f} | "
-              f"{r['peak_mib']:.0f} |")
-    print(f"\ndefault / reference = {ratio_reference:.2f}x, "
-          f"default / ceiling = {ratio_ceiling:.2f}, "
-          f"reference_amp / reference = {summary['reference_amp_over_reference']:.2f}x "
-          f"(one-time decode of {len(kept)} images: {decode_s:.1f} s, not in the rates); "
-          f"the default's data work alone: "
-          f"{results['default_data_only']['ms_per_step']:.0f} ms/step")
-    print(f"wrote {OUTPUT_JSON}")
+    # ---- the write-up's pipeline, the default, and the default with CUDA graphs ----
+    reference_rows(paths, fixed, device, amp_dtype, channels_last, results, summary)
+    pairs = default_rows(paths, workdir, device, amp_dtype, channels_last, results, summary)
+    if GRAPHS:
+        graphs_rows(fixed, pairs, device, amp_dtype, channels_last, results, summary)
+    print_table(results, summary, len(set(paths)))
 
 
 if __name__ == "__main__":

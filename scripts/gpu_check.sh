@@ -3,8 +3,10 @@
 # tqdm, matplotlib and pytest, but no zarr, and nothing can be downloaded there). Each part runs under its own
 # time limit, and whatever a part measures is written under OUT as soon as it is measured:
 #   1. system check                                   -> OUT/system_check.txt
-#   2. pre-training throughput, ResNet-50 at 224 px, at batch 256 and at the write-up's 32: ceiling, reference,
-#      reference + mixed precision, default (alone on the GPU) -> OUT/bench_pretrain_batch<N>.json
+#   2. pre-training throughput, ResNet-50 at 224 px, at batch 256 and at the write-up's 32 (alone on the GPU):
+#      ceiling, reference (tf32) and reference + mixed precision over whole worker waves, default (the next
+#      batch made on a side stream), default_serial (the same on the model's stream), the data work alone; at
+#      batch 32 also ceiling and default with CUDA graphs (compiled first)   -> OUT/bench_pretrain_batch<N>.json
 #   3. the CUDA tests (tests/test_cuda.py), beside part 4 -> OUT/cuda_tests.txt
 #   4. real-data quality (scripts/bench_quality.py --preset=gpu) on EUROSAT, when that folder exists: SimSiam
 #      for about QUALITY_PRETRAIN_S seconds (the epochs follow from part 2's default rate at the first batch
@@ -17,9 +19,9 @@
 #
 # The CUDA tests share the GPU with the quality run: they are small, and a lent machine's time is short. The
 # exit status is that of the first part that failed (0 when all passed). For a smoke test on a CPU the sizes
-# can be made tiny: GPU_CHECK_ARCH, GPU_CHECK_IMAGE_SIZE, GPU_CHECK_BATCHES, GPU_CHECK_STEPS, GPU_CHECK_IMAGES,
-# GPU_CHECK_WORKERS, GPU_CHECK_TESTS, GPU_CHECK_EUROSAT, GPU_CHECK_PRETRAIN_S, GPU_CHECK_QUALITY_ARGS; PYTHON
-# picks the interpreter.
+# can be made tiny: GPU_CHECK_ARCH, GPU_CHECK_IMAGE_SIZE, GPU_CHECK_BATCHES, GPU_CHECK_GRAPHS_BATCHES,
+# GPU_CHECK_STEPS, GPU_CHECK_IMAGES, GPU_CHECK_WORKERS, GPU_CHECK_TESTS, GPU_CHECK_EUROSAT, GPU_CHECK_PRETRAIN_S,
+# GPU_CHECK_QUALITY_ARGS; PYTHON picks the interpreter.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-bench_results/gpu_check}"
@@ -27,6 +29,7 @@ PYTHON="${PYTHON:-python3}"
 ARCH="${GPU_CHECK_ARCH:-resnet50}"
 IMAGE_SIZE="${GPU_CHECK_IMAGE_SIZE:-224}"
 BATCHES="${GPU_CHECK_BATCHES:-256 32}"
+GRAPHS_BATCHES="${GPU_CHECK_GRAPHS_BATCHES:-32}"  # batches also timed with CUDA graphs (launch-bound steps)
 STEPS="${GPU_CHECK_STEPS:-15}"
 IMAGES="${GPU_CHECK_IMAGES:-1024}"
 WORKERS="${GPU_CHECK_WORKERS:-12}"  # DataLoader workers of the reference pipeline
@@ -67,11 +70,15 @@ save_quality() {
 
 {
     part "system check" 60 bash -c "$PYTHON scripts/system_check.py | tee '$OUT/system_check.txt'"
-    # the first run generates the images (SSL4EO-S12 patch size), the second reuses them
+    # the first run generates the images (SSL4EO-S12 patch size), the second reuses them. A reference row waits
+    # for four waves of the workers (one skipped, two timed, one that closes the window); CUDA graphs compile
+    # first. The graph rows come last, so a run stopped at its limit keeps every other row.
     for batch in $BATCHES; do
-        part "throughput: $ARCH, $IMAGE_SIZE px, batch $batch" 240 "$PYTHON" scripts/bench_pretrain.py \
+        graphs=False limit=300
+        [[ " $GRAPHS_BATCHES " == *" $batch "* ]] && graphs=True limit=420
+        part "throughput: $ARCH, $IMAGE_SIZE px, batch $batch" "$limit" "$PYTHON" scripts/bench_pretrain.py \
             --generated_dir="$WORK/images" --num_images="$IMAGES" --arch="$ARCH" \
-            --image_size="$IMAGE_SIZE" --batch_size="$batch" \
+            --image_size="$IMAGE_SIZE" --batch_size="$batch" --graphs="$graphs" \
             --steps="$STEPS" --warmup_steps=5 --num_workers="$WORKERS" \
             --output_json="$OUT/bench_pretrain_batch$batch.json"
     done

@@ -2,9 +2,10 @@
 skipped where there is no GPU (as in CI).
 
 Each asserts what its name says on the real device: dtypes, memory formats, gradients against fp32,
-the fp16 scaler, torch.compile, resuming, the evaluations, and a training augmentation that never
-waits for the GPU.
+the fp16 scaler, torch.compile and CUDA graphs, resuming, the evaluations, and a training
+augmentation (made on a side stream, with its batch's rows) that never waits for the GPU.
 """
+import numpy as np
 import pytest
 import torch
 
@@ -50,6 +51,42 @@ def test_augmentation_never_waits_for_the_gpu():
             data.eval_batch(images, 48)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_side_stream_views_equal_the_in_turn_views_and_never_wait_for_the_gpu():
+    images = np.random.default_rng(0).integers(0, 256, (96, 64, 64, 3), dtype=np.uint8)
+    pair = data.batch_augment_pair(48)
+
+    def pairs(side_stream):
+        return data.augmented_pairs(images, np.arange(96), 16, CUDA, pair,
+                                    torch.Generator().manual_seed(0), side_stream)
+    in_turn = [tuple(x.clone() for x in views) for views in pairs(False)]
+    ahead = pairs(True)
+    first = next(ahead)  # warm-up: pinned buffers, kernels, cached constants
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising call now raises
+    try:
+        made = [first] + [views for views in ahead]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(made) == len(in_turn) == 6
+    assert all(torch.equal(a, b) for ours, theirs in zip(made, in_turn)
+               for a, b in zip(ours, theirs))
+
+
+def test_batch_rows_reach_the_gpu_without_a_wait():
+    labels = torch.arange(64, device=CUDA)
+    batches = data.iterate_batches(np.zeros((64, 8, 8, 3), np.uint8), np.arange(64)[::-1], 16,
+                                   CUDA, rows_on_device=True)
+    rows, _ = next(batches)  # warm-up: pinned buffers
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        picked = [labels[rows]] + [labels[rows] for rows, _ in batches]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert rows.device.type == "cuda" and torch.cat(picked).sort().values.tolist() == list(
+        range(64))
 
 
 def test_auto_precision_matches_the_card():
@@ -127,8 +164,9 @@ def test_resume_across_precisions_on_cuda(tmp_path):
         str(tmp_path / "out" / "pretrain_metrics.pth"))["epochs"] == [1, 2, 3, 4]
 
 
-def test_compiled_pretraining_step(tmp_path):
-    result = _pretrain(tmp_path, "--num_epochs=1", "--compile=True")
+@pytest.mark.parametrize("compiled", ["--compile=True", "--cuda_graphs=True"])
+def test_compiled_pretraining_step(tmp_path, compiled):
+    result = _pretrain(tmp_path, "--num_epochs=1", compiled)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = load_checkpoint(str(tmp_path / "out" / "pretrain_metrics.pth"))
     assert metrics["compile_time_s"] > 0 and "torch.compile: the first step took" in result.stdout

@@ -4,6 +4,7 @@ in tests/test_cuda.py."""
 import json
 import os
 import re
+import shutil
 import sys
 import tarfile
 import threading
@@ -150,6 +151,48 @@ def test_augmentation_step_has_no_synchronising_call():
     assert "tensor" not in counter.names[len(counter.names) // 2:]
 
 
+class _StepCopies(TorchFunctionMode):
+    """Records the copies (to, cuda, copy_) made in the body of every loop over
+    data.iterate_batches, with whether each was asked to be non-blocking."""
+
+    def __init__(self):
+        super().__init__()
+        self.active, self.steps, self.copies = False, 0, []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", str(func))
+        if self.active and name in ("to", "cuda", "copy_"):
+            self.copies.append((name, bool((kwargs or {}).get("non_blocking"))))
+        return func(*args, **(kwargs or {}))
+
+    def counting(self, iterate_batches):
+        def batches(*args, **kwargs):
+            for item in iterate_batches(*args, **kwargs):
+                self.active, self.steps = True, self.steps + 1
+                try:
+                    yield item  # the caller's loop body runs now
+                finally:
+                    self.active = False
+        return batches
+
+
+def test_fine_tuning_steps_copy_nothing_to_the_device_that_blocks(tmp_path, monkeypatch):
+    """From pageable memory a copy to the GPU waits for it: the labels of each batch arrive with
+    the images, pinned and non-blocking, instead of from a copy in the step."""
+    make_eurosat(str(tmp_path / "EuroSAT"))
+    counter = _StepCopies()
+    monkeypatch.setattr(data, "iterate_batches", counter.counting(data.iterate_batches))
+    with counter:
+        result = run_in_process("finetune_model.py", f"--eurosat_dir={tmp_path / 'EuroSAT'}",
+                                f"--output_dir={tmp_path / 'out'}",
+                                f"--cache_dir={tmp_path / 'cache'}", "--pretrained_path=random",
+                                "--arch=resnet18", "--image_size=32", "--num_epochs=1",
+                                "--batch_size=8")
+    assert result.returncode == 0, result.stderr[-2000:]
+    blocking = [name for name, non_blocking in counter.copies if not non_blocking]
+    assert counter.steps >= 4 and blocking == [], blocking
+
+
 # -------------------------------------------------------------------------------------------------
 # 4. the prefetch thread
 
@@ -257,8 +300,9 @@ def test_cache_checks_free_space_and_removes_dead_runs_temp_files(tmp_path, monk
 
 
 def test_the_process_group_starts_after_the_cache_is_complete(tmp_path, monkeypatch, tiny_images):
-    """Under torchrun the cache is decoded before init_process_group:
-    a long decode cannot time out a barrier."""
+    """Under torchrun the caches (the images, and the kNN monitor's two splits) are decoded before
+    init_process_group: a long decode cannot time out a barrier."""
+    make_eurosat(str(tmp_path / "EuroSAT"))
     seen = {}
 
     def init_process_group(*args, **kwargs):
@@ -272,15 +316,15 @@ def test_the_process_group_starts_after_the_cache_is_complete(tmp_path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         run_in_process("train_simsiam.py", f"--data_dir={tiny_images}",
                        f"--output_dir={tmp_path}/out", f"--cache_dir={tmp_path}/cache",
-                       *TINY_PRETRAIN)
-    assert (any(n.endswith(".npy") for n in seen["cache files"])
-            and any(n.endswith(".json") for n in seen["cache files"]))
+                       f"--knn_data_dir={tmp_path / 'EuroSAT'}", *TINY_PRETRAIN)
+    assert (sum(n.endswith(".npy") for n in seen["cache files"]) == 3
+            and sum(n.endswith(".json") for n in seen["cache files"]) == 3), seen
 
 
 # -------------------------------------------------------------------------------------------------
 # 6. ranks agree (gloo, two processes on the CPU)
 
-def _agreement(rank, world_size, init_file, out_file):
+def _agreement(rank, world_size, init_file, out_file, copies):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world_size)
     sys.path.insert(0, ROOT)
@@ -303,6 +347,14 @@ def _agreement(rank, world_size, init_file, out_file):
         result["agreed"] = True
     except SystemExit:
         result["agreed"] = False
+    # (c) the reference pipeline's DataLoader workers draw this rank's augmentations (worker k of
+    # every rank drew the same ones): on copies of one image the ranks' first views differ
+    train_simsiam.PIPELINE, train_simsiam.NUM_WORKERS = "reference", 1
+    train_simsiam.BATCH_SIZE, train_simsiam.IMAGE_SIZE = 4, 32
+    batches = train_simsiam.epoch_batches(0, None, copies, 1, rank, world_size,
+                                          torch.device("cpu"), None)
+    result["first views"] = next(batches)[0][:, :, :4, :4].flatten().tolist()
+    batches.close()
     with open(f"{out_file}.{rank}", "w") as f:
         json.dump(result, f)
     dist.destroy_process_group()
@@ -310,8 +362,13 @@ def _agreement(rank, world_size, init_file, out_file):
 
 def test_ranks_agree_on_skipped_batches_and_on_resuming(tmp_path, capfd):
     out_file = str(tmp_path / "result")
-    mp.spawn(_agreement, args=(2, str(tmp_path / "init"), out_file), nprocs=2, join=True)
+    first = write_images(str(tmp_path / "one"), 1)[0]
+    copies = [shutil.copy(first, tmp_path / f"copy_{i}.png") for i in range(8)]
+    mp.spawn(_agreement, args=(2, str(tmp_path / "init"), out_file, [str(c) for c in copies]),
+             nprocs=2, join=True)
     results = [json.load(open(f"{out_file}.{rank}")) for rank in range(2)]
+    views = [result.pop("first views") for result in results]
+    assert len(views[0]) == 4 * 3 * 4 * 4 and views[0] != views[1], "the ranks drew one sequence"
     for result in results:
         assert result == {"one empty": False, "none empty": True, "stopped": 1, "agreed": True}
     err = capfd.readouterr().err
@@ -399,6 +456,7 @@ def test_gpu_check_script_runs_each_part_and_writes_under_out(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path / "out"), GPU_CHECK_ARCH="resnet18",
                GPU_CHECK_IMAGE_SIZE="32", GPU_CHECK_BATCHES="4", GPU_CHECK_STEPS="1",
                GPU_CHECK_IMAGES="8", GPU_CHECK_WORKERS="2", GPU_CHECK_TESTS="tests/test_cuda.py",
+               GPU_CHECK_GRAPHS_BATCHES="4",
                PYTHON=sys.executable,
                GPU_CHECK_EUROSAT=str(tmp_path / "EuroSAT"), GPU_CHECK_PRETRAIN_S="3",
                GPU_CHECK_QUALITY_ARGS="--preset=cpu --skip_finetune=True "
@@ -413,6 +471,7 @@ def test_gpu_check_script_runs_each_part_and_writes_under_out(tmp_path):
                        "quality.json", "quality.md", "quality_logs.tar.gz", "system_check.txt"]
     log = open(tmp_path / "out" / "gpu_check.log").read()
     assert "== CUDA tests" in log and "== throughput" in log and "== quality: exit 0" in log
+    assert "GRAPHS needs a CUDA GPU" in log  # asked for at batch 4; measured on a GPU only
     # the epochs follow from the measured rate: few here, for a 3-second budget
     epochs = json.load(open(tmp_path / "out" / "quality.json"))["pretrain_epochs"]
     assert 2 <= epochs and f"== quality: {epochs} pre-training epochs" in log

@@ -1,0 +1,118 @@
+"""Resuming pre-training: checked at start-up, before any image is decoded; refused by name when
+the resumed run would not be the run it continues; what may change is applied and recorded."""
+import os
+import shutil
+
+import torch
+
+from conftest import TINY_PRETRAIN, run_in_process, write_images
+from runtime import load_checkpoint
+from test_evaluation import make_eurosat
+
+
+def _first_epoch(tmp_path):
+    """A finished one-epoch run on 16 images; returns the arguments that continue it."""
+    images = tmp_path / "images"
+    write_images(str(images), 16)
+    common = [f"--data_dir={images}", f"--output_dir={tmp_path / 'out'}",
+              f"--cache_dir={tmp_path / 'cache'}", *TINY_PRETRAIN]
+    result = run_in_process("train_simsiam.py", *common, "--num_epochs=1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return common
+
+
+def _decoded(tmp_path):
+    """The decoded-once caches in tmp_path/cache."""
+    cache = tmp_path / "cache"
+    return sorted(n for n in os.listdir(cache) if n.endswith(".npy")) if cache.exists() else []
+
+
+def _edit_last(tmp_path, edit):
+    path = tmp_path / "out" / "checkpoint_last.pth"
+    last = torch.load(path, weights_only=True)
+    edit(last)
+    torch.save(last, path)
+
+
+def test_resuming_with_settings_that_define_the_run_is_refused_by_name(tmp_path, monkeypatch):
+    common = _first_epoch(tmp_path)
+    decoded = _decoded(tmp_path)
+    moved = tmp_path / "moved"
+    shutil.copytree(tmp_path / "images", moved)
+    for change, needles in (
+            (["--batch_size=4"], ["BATCH_SIZE=8 (now 4)", "--batch_size=8"]),
+            (["--base_lr=0.1", "--gray_p=0.1"], ["BASE_LR=0.05 (now 0.1)", "GRAY_P=0.2 (now 0.1)",
+                                                 "--base_lr=0.05 --gray_p=0.2"]),
+            (["--seed=1"], ["SEED=0 (now 1)", "--seed=0"]),
+            (["--pipeline=reference"], ["PIPELINE='fast' (now 'reference')", "--pipeline=fast"]),
+            (["--weight_decay=0.001"], ["WEIGHT_DECAY=0.0001 (now 0.001)"]),
+            ([f"--data_dir={moved}"], ["DATA_DIR=", f"--data_dir={tmp_path / 'images'}"])):
+        code, _, err = run_in_process("train_simsiam.py", *common, "--num_epochs=2", *change)
+        assert code == 1 and "checkpoint_last.pth" in err and "--resume=False" in err, err
+        for needle in needles:
+            assert needle in err, (needle, err)
+    # the same folder with one more image: other data under the same DATA_DIR
+    write_images(str(tmp_path / "images" / "more"), 1, seed=5)
+    code, _, err = run_in_process("train_simsiam.py", *common, "--num_epochs=2")
+    assert code == 1 and "16 listed then, 17 now" in err and "--resume=False" in err, err
+    shutil.rmtree(tmp_path / "images" / "more")
+    # two processes resuming what one process wrote: the global batch and the lr would change
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    code, _, err = run_in_process("train_simsiam.py", *common, "--num_epochs=2")
+    assert code == 1 and "written by 1 process" in err and "--resume=False" in err, err
+    assert _decoded(tmp_path) == decoded  # all refused before any image was decoded
+
+
+def test_resuming_records_what_may_change_and_knows_checkpoints_older_than_a_setting(tmp_path):
+    common = _first_epoch(tmp_path)
+    # a checkpoint_last.pth written before GRAY_P and STEM_STRIDE existed: they were 0.2 and 1
+    _edit_last(tmp_path, lambda last: [last["config"].pop(k) for k in ("GRAY_P", "STEM_STRIDE")])
+    code, out, err = run_in_process("train_simsiam.py", *common, "--num_epochs=2",
+                                    "--knn_every=3", "--sample_every=5", "--save_every=2")
+    assert code == 0 and "resuming from" in out, err
+    metrics = load_checkpoint(str(tmp_path / "out" / "pretrain_metrics.pth"))
+    assert metrics["epochs"] == [1, 2] and metrics["config"]["NUM_EPOCHS"] == 2
+    changed = {"NUM_EPOCHS": [1, 2], "KNN_EVERY": [5, 3], "SAMPLE_EVERY": [20, 5],
+               "SAVE_EVERY": [10, 2]}
+    assert metrics["resumed_with"] == [{"epoch": 1, "changed": changed}]
+    # a setting the checkpoint does not know, and whose value before it existed is not known
+    _edit_last(tmp_path, lambda last: last["config"].pop("CROP_SCALE_MIN"))
+    code, _, err = run_in_process("train_simsiam.py", *common, "--num_epochs=3")
+    assert code == 1 and "CROP_SCALE_MIN" in err and "predates" in err and "--resume=False" in err
+
+
+def test_a_resumed_optimizer_uses_this_runs_settings(tmp_path):
+    common = _first_epoch(tmp_path)
+
+    def other_hyperparameters(last):
+        for group in last["optimizer"]["param_groups"]:
+            group.update(weight_decay=0.5, momentum=0.1, fix_lr=not group["fix_lr"])
+    _edit_last(tmp_path, other_hyperparameters)
+    code, _, err = run_in_process("train_simsiam.py", *common, "--num_epochs=2")
+    assert code == 0, err
+    last = load_checkpoint(str(tmp_path / "out" / "checkpoint_last.pth"))
+    groups = last["optimizer"]["param_groups"]
+    assert [(g["weight_decay"], g["momentum"], g["fix_lr"]) for g in groups] == [
+        (1e-4, 0.9, False), (1e-4, 0.9, True)]
+    assert last["optimizer"]["state"]  # the momentum buffers were kept
+
+
+def test_unusable_resume_files_and_knn_folders_are_found_before_any_image_is_decoded(tmp_path):
+    images = tmp_path / "images"
+    write_images(str(images), 16)
+    common = [f"--data_dir={images}", f"--cache_dir={tmp_path / 'cache'}", *TINY_PRETRAIN,
+              "--num_epochs=1"]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "checkpoint_last.pth").write_bytes(b"PK\x03\x04 half a zip")
+    code, _, err = run_in_process("train_simsiam.py", *common, f"--output_dir={out}")
+    assert code == 1 and "checkpoint_last.pth" in err and "--resume=False" in err, err
+    eurosat = tmp_path / "EuroSAT"
+    make_eurosat(str(eurosat))
+    (eurosat / "validation.csv").write_text((eurosat / "validation.csv").read_text()
+                                            .replace("Forest_", "Gone_", 1))
+    code, _, err = run_in_process("train_simsiam.py", *common, f"--output_dir={tmp_path / 'a'}",
+                                  f"--knn_data_dir={eurosat}")
+    assert code == 1 and "validation.csv" in err and "does not exist" in err, err
+    assert _decoded(tmp_path) == []
