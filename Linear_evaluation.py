@@ -39,12 +39,12 @@ from tqdm import tqdm
 
 import simsiam_data as data
 from runtime import (AMP_MODES, above, amp_dtype_for, at_least, atomic_save, autocast_for, between,
-                     channels_last_for, check_settings, configure, describe_device,
+                     channels_last_for, check_fits, check_settings, configure, describe_device,
                      device_and_precision, epoch_generator, fail, one_of, pick_device,
                      prepare_output_dir, run, seed_everything, warmup_cosine)
 from simsiam_model import (ARCHS, LINEAR_METRICS_KIND, Classifier,
                            classifier_checkpoint, evaluation_outputs,
-                           effective_rank, evaluation_metrics, knn_predict,
+                           effective_rank, evaluation_memory, evaluation_metrics, knn_predict,
                            record_evaluation_epoch, start_evaluation, test_results)
 
 # -------------------------------------------------------------------------------------------------
@@ -182,6 +182,7 @@ def test_and_report(model, best_head, features, splits, labels, frozen_before, i
 def main():
     config, _ = configure(globals())
     check_settings(config, settings_rules())
+    check_fits(evaluation_memory(config, train=False), pick_device(DEVICE))
     if AUGMENT and FEATURE_CACHE:
         fail("AUGMENT=True needs --feature_cache=False: augmented images change every epoch, so "
              "their features cannot be computed once.", code=2)
