@@ -58,16 +58,17 @@ def _png16(path, pixels):
 
 
 def _multiband_tiff(path, pixels):
-    """An uncompressed 8-bit TIFF of (H, W, bands) with no alpha among the extra bands, as a
-    4-band multispectral export has (PIL itself only writes RGBA)."""
+    """An uncompressed TIFF of (H, W, bands) uint8 or uint16 pixels, with no alpha among bands
+    past the third, as a 4-band multispectral export has (PIL writes neither: only RGBA, and 8-bit
+    RGB)."""
     height, width, bands = pixels.shape
-    body = pixels.astype(np.uint8).tobytes()
-    shorts = struct.pack(f"<{bands}H", *[8] * bands)
+    body = pixels.astype(f"<u{pixels.itemsize}").tobytes()
+    shorts = struct.pack(f"<{bands}H", *[8 * pixels.itemsize] * bands)
     short_at = 8 + len(body)
     entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, bands, short_at),
                (259, 3, 1, 1), (262, 3, 1, 2), (273, 4, 1, 8), (277, 3, 1, bands),
-               (278, 4, 1, height), (279, 4, 1, len(body)), (284, 3, 1, 1),
-               (338, 3, bands - 3, 0)]  # ExtraSamples 0: unspecified data, not alpha
+               (278, 4, 1, height), (279, 4, 1, len(body)), (284, 3, 1, 1)]
+    entries += [(338, 3, bands - 3, 0)] * (bands > 3)  # ExtraSamples 0: not alpha
     ifd = struct.pack("<H", len(entries)) + b"".join(
         struct.pack("<HHII" if kind == 4 or count > 2 else "<HHIH2x", tag, kind, count, value)
         for tag, kind, count, value in entries)
@@ -83,8 +84,11 @@ def test_earth_observation_rasters_are_read_as_what_they_are(tmp_path):
     _png16(tmp_path / "grey16.png", np.full((4, 4), 1500, np.uint16))
     assert data.open_rgb(tmp_path / "grey16.png").getpixel((0, 0)) == (128, 128, 128)
     # 16-bit RGB at full precision: 1030 is 87.55 -> 88, its high byte alone (1024) gives 87
-    _png16(tmp_path / "rgb16.png", np.tile(np.array([1030, 2000, 3000], np.uint16), (4, 4, 1)))
-    assert data.open_rgb(tmp_path / "rgb16.png").getpixel((1, 1)) == (88, 170, 255)
+    rgb16 = np.tile(np.array([1030, 2000, 3000], np.uint16), (4, 4, 1))
+    _png16(tmp_path / "rgb16.png", rgb16)
+    _multiband_tiff(tmp_path / "rgb16.tif", rgb16)
+    for name in ("rgb16.png", "rgb16.tif"):
+        assert data.open_rgb(tmp_path / name).getpixel((1, 1)) == (88, 170, 255)
     # float reflectance with NaN and inf no-data: masked (black), the rest as it is
     reflectance = np.full((4, 4), 0.15, np.float32)
     reflectance[0, 0], reflectance[1, 1] = np.nan, np.inf
@@ -95,7 +99,7 @@ def test_earth_observation_rasters_are_read_as_what_they_are(tmp_path):
     # refused by name: no pixel with data; floats that are no reflectance; a 4th band
     Image.fromarray(np.full((4, 4), np.nan, np.float32)).save(tmp_path / "nodata.tif")
     Image.fromarray(np.full((4, 4), 200.0, np.float32)).save(tmp_path / "float255.tif")
-    _multiband_tiff(tmp_path / "four.tif", np.full((4, 4, 4), 100))
+    _multiband_tiff(tmp_path / "four.tif", np.full((4, 4, 4), 100, np.uint8))
     for name, needle in (("nodata.tif", "no data"), ("float255.tif", "not reflectance"),
                          ("four.tif", "4 bands")):
         with pytest.raises(data.IMAGE_READ_ERRORS, match=needle):
@@ -119,7 +123,7 @@ def test_no_reader_opens_a_fifo_and_unusable_names_are_skipped_by_name(corpus, t
     images = tmp_path / "images"
     write_images(str(images), 16)
     os.mkfifo(images / "pipe.png")
-    _multiband_tiff(images / "four.tif", np.full((40, 40, 4), 100))
+    _multiband_tiff(images / "four.tif", np.full((40, 40, 4), 100, np.uint8))
     (images / BAD_NAME).write_bytes((images / "part0" / "img_000.png").read_bytes())
     out = tmp_path / "out"
     with within(60):
