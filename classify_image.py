@@ -10,7 +10,8 @@ or Linear_evaluation.py.
 The model is rebuilt from the checkpoint alone (arch, image size, normalisation and class names
 are stored in it), and each image gets the evaluation transform (resize to the checkpoint's size,
 normalise). Any image PIL opens is converted to 8-bit RGB first (RGBA: alpha dropped; grayscale:
-copied to 3 channels; 16-bit: scaled by 65535), with a one-line note when it was not RGB. Prints,
+copied to 3 channels; 16-bit and float: Sentinel-2 reflectance, see simsiam_data.open_rgb), with a
+one-line note when it was not RGB. Prints,
 for one image:
     predicted class: Forest (98.7%)
     top 3: Forest 98.7%, Pasture 0.8%, HerbaceousVegetation 0.3%
@@ -45,17 +46,18 @@ MODE_NOTES = {"RGBA": "alpha dropped", "LA": "grayscale with alpha, alpha droppe
               "L": "grayscale, copied to 3 channels", "1": "1-bit, copied to 3 channels",
               "P": "palette colours",
               "CMYK": "CMYK", "YCbCr": "YCbCr",
-              "I;16": "16-bit, scaled by 65535", "I;16B": "16-bit, scaled by 65535",
-              "I;16L": "16-bit, scaled by 65535",
-              "I": "32-bit integer, scaled by its maximum",
-              "F": "floating point, scaled by its maximum"}
+              "I;16": "16-bit, reflectance = DN / 10000",
+              "I;16B": "16-bit, reflectance = DN / 10000",
+              "I;16L": "16-bit, reflectance = DN / 10000",
+              "I": "32-bit integer, reflectance = DN / 10000",
+              "F": "floating point, taken as reflectance"}
 
 
 def read_image(path):
     """(8-bit RGB PIL image, the file's original PIL mode)."""
-    with Image.open(path) as image:
-        mode = image.mode
-    return data.open_rgb(path), mode
+    image = data.open_rgb(path)  # first: it refuses what must not be opened, such as a FIFO
+    with Image.open(path) as original:
+        return image, original.mode
 
 
 def conversion_note(path, mode):

@@ -32,12 +32,13 @@ from tqdm import tqdm
 
 import simsiam_data as data
 from runtime import (AMP_MODES, above, amp_dtype_for, at_least, atomic_save, autocast_for, between,
-                     channels_last_for, check_settings, configure, describe_device,
+                     channels_last_for, check_fits, check_settings, configure, describe_device,
                      device_and_precision, epoch_generator, fail, one_of, pick_device,
                      prepare_output_dir, run, seed_everything, warmup_cosine)
 from simsiam_model import (ARCHS, FINETUNE_METRICS_KIND, IMAGE_STATS, Classifier,
                            classifier_checkpoint, classifier_from_checkpoint,
-                           evaluation_outputs, evaluation_metrics, record_evaluation_epoch,
+                           evaluation_memory, evaluation_outputs, evaluation_metrics,
+                           record_evaluation_epoch,
                            start_evaluation, test_results)
 
 # -------------------------------------------------------------------------------------------------
@@ -125,6 +126,7 @@ def adamw_for(model, lr):
 def main():
     config, _ = configure(globals())
     check_settings(config, settings_rules())
+    check_fits(evaluation_memory(config, train=True), pick_device(DEVICE))
     started = time.time()
     device = pick_device(DEVICE)
     amp_dtype, precision_reason = amp_dtype_for(device, AMP)

@@ -1,7 +1,8 @@
 """Prepare the data: SSL4EO-S12 v1.1 Zarr files -> RGB PNGs for pre-training, EuroSAT split CSVs.
 
 Mode "ssl4eo" (the default): every `*.zarr.zip` file or `*.zarr` folder under INPUT_DIR (searched
-recursively) becomes one RGB PNG per sample and season in OUTPUT_DIR, named
+recursively, symlinked folders followed; FIFOs and names that are not UTF-8 left out with a
+warning) becomes one RGB PNG per sample and season in OUTPUT_DIR, named
 `<file stem>_<sample>_<time>.png` (e.g. `ssl4eos12_train_seasonal_data_000001_0080717_0.png`),
 plus a MANIFEST CSV with one row per PNG: png, source_file, sample, time, center_lat,
 center_lon, cloud_fraction.
@@ -40,7 +41,8 @@ Mode "eurosat_splits": if train.csv / validation.csv / test.csv / label_map.json
 EUROSAT_DIR (class folders of JPEGs), writes them: stratified per class, TRAIN_FRACTION /
 VAL_FRACTION / the rest, fixed SPLIT_SEED, header `,Filename,Label,ClassName`, labels in
 alphabetical class order. Existing files are never overwritten; an existing label_map.json must
-give every class folder its own integer label. Mode "all" does both.
+give every class folder its own integer label; a class folder with no usable image is refused by
+name. Mode "all" does both.
 
     python make_dataset.py                          # SSL4EO Zarr -> PNGs with the defaults below
     python make_dataset.py --mode=eurosat_splits    # EuroSAT CSVs
@@ -61,7 +63,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from runtime import (DataError, UserError, at_least, atomic_write, between, check_settings,
-                     configure, die_with_parent, one_of, prepare_output_dir, run)
+                     configure, die_with_parent, is_utf8, one_of, open_regular, prepare_output_dir,
+                     report_skipped, run, shown, walk_data)
 
 # -----------------------------------------------------------------------------
 MODE = "ssl4eo"  # "ssl4eo": Zarr -> PNGs; "eurosat_splits": EuroSAT split CSVs; "all": both
@@ -156,13 +159,16 @@ def check_constants(config):
 # reading one SSL4EO-S12 v1.1 Zarr file
 
 def find_zarr_files(root):
-    """Every `*.zarr.zip` file and `*.zarr` folder under root, sorted (not inside a .zarr)."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
+    """Every `*.zarr.zip` file and `*.zarr` folder under root, sorted (not inside a .zarr).
+    Symlinked folders are followed; FIFOs and names that are not UTF-8 are left out, named in a
+    warning (runtime.walk_data)."""
+    found, skipped = [], []
+    for dirpath, dirnames, filenames in walk_data(root, lambda f: f.endswith(".zarr.zip"),
+                                                  skipped):
         found += [os.path.join(dirpath, d) for d in dirnames if d.endswith(".zarr")]
         dirnames[:] = [d for d in dirnames if not d.endswith(".zarr") and not d.startswith(".")]
-        found += [os.path.join(dirpath, f) for f in filenames if f.endswith(".zarr.zip")]
+        found += [os.path.join(dirpath, f) for f in filenames]
+    report_skipped(skipped, root)
     return sorted(found)
 
 
@@ -570,24 +576,40 @@ def split_counts(n, fractions):
 
 
 def list_classes(root):
-    """{class folder: its image names in natural order}, for the folders that hold images."""
+    """{class folder: its image names in natural order}. FIFOs and names that are not UTF-8 are
+    left out, named in a warning; a class folder left with no image is refused by name, since the
+    splits, written once, would silently lack its class."""
     try:
         classes = sorted(d for d in os.listdir(root)
                          if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
-        images = {c: sorted((f for f in os.listdir(os.path.join(root, c))
-                             if f.lower().endswith(_IMAGE_EXTENSIONS)), key=_natural_key)
-                  for c in classes}
     except OSError as error:
         raise DataError(f"cannot list the class folders of {root}: {error}") from None
+    foreign = [shown(c) for c in classes if not is_utf8(c)]
+    if foreign:
+        raise DataError(f"class folder name(s) {foreign} in {root} are not valid UTF-8, and a "
+                        "class name must be written to the split CSVs: rename them.")
+    images, skipped = {}, []
+    for c in classes:  # the class folder itself, not its sub-folders
+        _, _, names = next(walk_data(os.path.join(root, c),
+                                     lambda f: f.lower().endswith(_IMAGE_EXTENSIONS), skipped),
+                           (None, None, []))
+        images[c] = sorted(names, key=_natural_key)
+    report_skipped(skipped, root)
+    empty = [c for c in classes if not images[c]]
+    if empty and len(empty) < len(classes):
+        raise DataError(f"class folder(s) {empty} in {root} hold no usable image "
+                        f"({', '.join(_IMAGE_EXTENSIONS)}), and splits without them would "
+                        "silently have fewer classes. Add their images, or move the folder(s) out "
+                        f"of {root}.")
     return {c: names for c, names in images.items() if names}
 
 
 def read_label_map(path, classes):
     """An existing label_map.json, checked: a mapping giving every class its own integer label."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open_regular(path, "r", encoding="utf-8") as f:
             label_map = json.load(f)
-    except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8
+    except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8, or a FIFO
         raise DataError(f"{path} is not a readable JSON file ({error}). Fix it, or delete it to "
                         "have it written again (labels in alphabetical class order).") from None
     if not isinstance(label_map, dict):

@@ -20,6 +20,11 @@
   errors that name the file.
 - `epoch_generator(seed, epoch)` and `warmup_cosine(...)`: the one per-epoch seeding and the one lr
   schedule.
+- `walk_data(root, wanted, skipped)` and `open_regular(path)`: how data folders are listed and data
+  files opened: symlinked folders followed (loops named), FIFOs, sockets and devices never opened,
+  names that are not UTF-8 left out by name.
+- `device_memory(device)` and `check_fits(needs, device)`: a size that cannot fit is refused at
+  start-up, naming the settings.
 
 Importing this module runs nothing and loads no heavy library: torch is imported inside the
 functions that use it, so that data-preparation scripts (and their worker processes) start in a
@@ -33,6 +38,7 @@ import platform
 import random
 import re
 import shutil
+import stat
 import sys
 import time
 
@@ -59,6 +65,11 @@ class DataError(UserError, ValueError):
 class WriteError(UserError, OSError):
     """A file that could not be written (disk full, folder not writable); its temporary file is
     already gone."""
+
+
+class NotRegularFile(DataError):
+    """A FIFO, socket or device where a data file was expected: opening it could wait forever, so
+    it is refused by name (a ValueError: the image pipelines count it as unreadable)."""
 
 
 def fail(message, code=1):
@@ -170,11 +181,17 @@ def configure(namespace, argv=None, allow_positional=0):
             value = _parse_value(name, text, namespace[name])
         except ValueError as error:
             reject(str(error))
+        if not is_utf8(text):
+            reject(f"{name}: '{shown(text)}' is not valid UTF-8 (a name from another system?); "
+                   "rename the file or folder")
         print(f"overriding: {name} = {value!r}")
         namespace[name] = value
     if len(positional) > allow_positional:
         reject(f"unexpected argument(s) {positional[allow_positional:]}: settings are written "
                "--name=value")
+    for arg in positional:
+        if not is_utf8(arg):
+            reject(f"'{shown(arg)}' is not valid UTF-8 (a name from another system?); rename it")
     return overridable_constants(namespace), positional
 
 
@@ -382,6 +399,31 @@ def library_versions():
             "machine": f"{platform.machine()} {os.cpu_count()} cores"}
 
 
+def device_memory(device):
+    """The memory a run on `device` has, in bytes: the GPU's (CUDA), else the machine's RAM (the
+    CPU, and MPS, which shares it)."""
+    import torch
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[1]
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits(needs, device):
+    """Stop at start-up (exit status 2) when what one step needs at the least exceeds the memory of
+    `device`: a size typo such as --proj_dim=204800 would otherwise end in an allocation traceback
+    or the kernel's out-of-memory kill. `needs` maps what takes memory to (bytes, the settings that
+    set its size); the message names the settings of the largest part."""
+    total, have = sum(size for size, _ in needs.values()), device_memory(device)
+    if total <= have:
+        return
+    largest, (size, settings) = max(needs.items(), key=lambda item: item[1][0])
+    parts = ", ".join(f"{what} {part / 2**30:,.1f} GiB" for what, (part, _) in needs.items())
+    fail(f"one step needs at least {total / 2**30:,.1f} GiB ({parts}), but this {device.type} has "
+         f"{have / 2**30:,.1f} GiB. The {largest} grow with "
+         f"{', '.join(f'{name} = {value}' for name, value in settings.items())}: lower "
+         f"{' or '.join('--' + name.lower() for name in settings)} (a typo?).", code=2)
+
+
 def describe_device(device):
     import torch
     if device.type == "cuda":
@@ -519,6 +561,104 @@ def prepare_output_dir(folder, lock_name=None, need_bytes=0, setting="OUTPUT_DIR
                      f"started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         handle.flush()
         _held_locks.append(handle)
+
+
+# -------------------------------------------------------------------------------------------------
+# data folders: what may be listed and opened
+
+_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def is_utf8(name):
+    """False for a name with bytes that are not UTF-8 (Python holds them as lone surrogates), which
+    no CSV, JSON or log line of the project could write."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown(path):
+    """A path as a log line can print it: bytes that are not UTF-8 as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _special_kind(mode):
+    return next((kind for test, kind in _KINDS if test(mode)), None)
+
+
+def special_file(path):
+    """What `path` is when it is a FIFO, socket or device ("a named pipe (FIFO)", ...); None for a
+    regular file, a folder or a path that does not exist."""
+    try:
+        return _special_kind(os.stat(path).st_mode)
+    except OSError:
+        return None
+
+
+def open_regular(path, mode="rb", **kwargs):
+    """open() for a data file, refusing a FIFO, socket or device (NotRegularFile) instead of
+    opening it: opening a FIFO waits for a writer forever. Opened without blocking, then checked,
+    so that the file cannot be swapped in between (a socket cannot be opened at all)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        kind = _special_kind(os.fstat(fd).st_mode)
+    except OSError:
+        fd, kind = None, special_file(path)
+        if not kind:
+            raise
+    if kind:
+        if fd is not None:
+            os.close(fd)
+        raise NotRegularFile(f"{shown(path)} is {kind}, not a regular file; reading it could wait "
+                             "forever. Move it out of the data folder.")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, mode, **kwargs)
+
+
+def walk_data(root, wanted, skipped):
+    """os.walk(root) for the readers of data folders, each folder's names sorted:
+    - symlinked folders are followed, and each real folder is listed once: a link to a folder
+      listed already (a loop, or a second way to the same folder) is not entered;
+    - of the file names that `wanted(name)` keeps, only regular files with UTF-8 names are given,
+      and only folders with UTF-8 names are entered: a FIFO, socket or device could block a reader
+      for ever, and a name that is not UTF-8 cannot be written to a CSV or a log line.
+    What is left out is appended to `skipped` as "path: why" (see report_skipped)."""
+    seen = set()
+    for folder, dirnames, filenames in os.walk(root, followlinks=True):
+        try:
+            info = os.stat(folder)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (info.st_dev, info.st_ino) in seen:
+            skipped.append(f"{shown(folder)}: a link to a folder listed already (a loop?); not "
+                           "listed again")
+            dirnames[:] = []
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        for names, keep in ((dirnames, lambda name: True), (filenames, wanted)):
+            usable = []
+            for name in sorted(filter(keep, names)):
+                path = os.path.join(folder, name)
+                kind = special_file(path)
+                if kind or not is_utf8(name):
+                    skipped.append(f"{shown(path)}: " + (
+                        f"{kind}, not a regular file" if kind
+                        else "the name is not valid UTF-8; rename it"))
+                else:
+                    usable.append(name)
+            names[:] = usable  # in place: os.walk enters only the folders left in dirnames
+        yield folder, dirnames, filenames
+
+
+def report_skipped(skipped, root, log=print):
+    """One warning line for what walk_data left out under `root`, naming the first few."""
+    if skipped:
+        log(f"warning: left out {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} under "
+            f"{shown(root)}: {'; '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}")
 
 
 def die_with_parent():

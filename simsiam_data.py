@@ -8,9 +8,12 @@ Two pre-training pipelines give the same augmentation distribution:
   `BatchAugment` augments whole batches as tensors on the training device, with per-sample random
   parameters.
 
+Images: `list_images` and `open_rgb` read a folder as what it holds (16-bit and float rasters as
+reflectance; FIFOs, names that are not UTF-8 and bands that would be dropped refused by name).
+
 EuroSAT: `read_eurosat_split` reads train.csv / validation.csv / test.csv through label_map.json
-and checks them; `load_eurosat_cached` returns a split as a named record
-(images, labels, paths, class_names).
+and checks them, `read_eurosat_splits` also that no image is in two of them; `load_eurosat_cached`
+returns a split as a named record (images, labels, paths, class_names).
 
 Problems with the user's files are raised as runtime.DataError, whose message names the file and
 the fix.
@@ -24,6 +27,7 @@ import multiprocessing as mp
 import os
 import queue
 import shutil
+import sys
 import threading
 from typing import NamedTuple
 
@@ -36,8 +40,8 @@ import torchvision.transforms.functional as TF
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from runtime import (DataError, atomic_write, die_with_parent, remove_stale_temp_files,
-                     temp_path_for)
+from runtime import (DataError, NotRegularFile, atomic_write, die_with_parent, open_regular,
+                     remove_stale_temp_files, report_skipped, temp_path_for, walk_data)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -49,30 +53,114 @@ JITTER = (0.4, 0.4, 0.4, 0.1)  # ColorJitter brightness/contrast/saturation/hue 
 IMAGE_READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError,
                      Image.DecompressionBombError)
 PARALLEL_CACHE_MIN = 4096  # below this many images, decode in-process: starting workers costs more
+# Images of more than 8 bits are Sentinel-2 reflectance, shown with make_dataset.py's true-colour
+# stretch (reflectance 0..MAX_REFLECTANCE -> 0..255): integers are digital numbers, reflectance =
+# DN / REFLECTANCE_DN (an image file records no v1.1 offset, so none is taken off); floats are
+# reflectance itself, NaN and inf no-data.
+REFLECTANCE_DN = 10000  # the digital number of reflectance 1.0 (Sentinel-2 L1C and L2A)
+MAX_REFLECTANCE = 0.3  # reflectance shown as 255 (make_dataset.py's default)
+MAX_FLOAT_REFLECTANCE = 6.5535  # a float image above this is no reflectance (65535 / 10000)
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # PIL's modes of grey images wider than 8 bits
+SPLITS = ("train", "validation", "test")  # the EuroSAT split files, <split>.csv
 
 
 # -------------------------------------------------------------------------------------------------
 # reading images
 
-def list_images(root):
-    """Every image file under `root` (recursive), sorted so the order is the same on every
-    machine."""
-    found = []
-    for folder, _, files in os.walk(root):
-        found += [os.path.join(folder, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+class UnsupportedImage(DataError):
+    """An image that cannot be read as RGB without a silent change: bands that would be dropped, no
+    pixel with data, floats that are no reflectance. A ValueError, so that the pipelines count it
+    with the unreadable images."""
+
+
+def list_images(root, log=print):
+    """Every image file under `root` (recursive, symlinked folders followed), sorted so the order
+    is the same on every machine; FIFOs and names that are not UTF-8 are left out, with a warning
+    through `log` (runtime.walk_data)."""
+    found, skipped = [], []
+    for folder, _, files in walk_data(root, lambda name: name.lower().endswith(IMAGE_EXTENSIONS),
+                                      skipped):
+        found += [os.path.join(folder, f) for f in files]
+    report_skipped(skipped, root, log)
     return sorted(found)
 
 
 def open_rgb(path):
-    """Open any image PIL reads as 8-bit RGB. 16-bit and float images are scaled by their maximum,
-    not clipped."""
-    with Image.open(path) as image:
-        image.load()
-        if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            array = np.asarray(image, dtype=np.float32)
-            peak = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
-            image = Image.fromarray(np.clip(array / peak * 255.0, 0, 255).astype(np.uint8))
-        return image.convert("RGB")
+    """An image file as 8-bit RGB, each kind read as what it is:
+    - 8 bits: RGB as it is; grey, palette and CMYK converted; the alpha of RGBA and grey + alpha
+      dropped;
+    - wider (16- or 32-bit integers, grey or 16-bit RGB at full precision; floats): reflectance,
+      shown as make_dataset.py shows it (see REFLECTANCE_DN); NaN and inf are no-data, black.
+    Refused with UnsupportedImage, which the pipelines count with the unreadable images: a band
+    count PIL would cut silently (a 4-band multispectral TIFF), an image with no finite pixel,
+    floats above MAX_FLOAT_REFLECTANCE; with runtime.NotRegularFile: a FIFO, socket or device.
+    """
+    with open_regular(path) as f, Image.open(f) as image:
+        # a TIFF says how many bands it stores; PIL keeps only those its mode has
+        stored = getattr(image, "tag_v2", {}).get(277, len(image.getbands()))
+        if stored != len(image.getbands()):
+            raise UnsupportedImage(
+                f"{stored} bands, of which PIL would keep {len(image.getbands())} ({image.mode}) "
+                "and drop the rest: only grey, RGB and their alpha versions are read. Save the "
+                "red, green and blue bands in a file of their own.")
+        if image.mode not in WIDE_MODES and ";16" not in _raw_mode(image):
+            image.load()
+            return image.convert("RGB")
+        values = _wide_values(image, f)
+    return _true_colour(values, is_float=image.mode == "F")
+
+
+def _raw_mode(image):
+    """How PIL unpacks the file's pixels, e.g. "RGB;16B" for a 16-bit big-endian RGB PNG."""
+    args = image.tile[0][3] if image.tile else ""
+    return args if isinstance(args, str) else str(args[0])
+
+
+def _wide_values(image, f):
+    """The pixels of a grey image wider than 8 bits, or of 16-bit RGB at full precision, as an
+    (H, W) or (H, W, bands) array. PIL reads 16-bit RGB as its high bytes only, so it is decoded a
+    second time with the byte order swapped, which gives the low bytes."""
+    image.load()
+    high = np.asarray(image)
+    if image.mode in WIDE_MODES:
+        return high
+    f.seek(0)
+    swap = {"B": "L", "L": "B", "N": "B" if sys.byteorder == "little" else "L"}
+    with Image.open(f) as again:
+        again.tile = [_swapped(tile, swap) for tile in again.tile]
+        again.load()
+        low = np.asarray(again)
+    return high.astype(np.uint32) * 256 + low
+
+
+def _swapped(tile, swap):
+    """A decoder tile of PIL, its raw mode's byte order swapped ("RGB;16B" -> "RGB;16L")."""
+    args = tile[3]
+    raw = args if isinstance(args, str) else args[0]
+    raw = raw[:-1] + swap[raw[-1]]
+    args = raw if isinstance(args, str) else (raw, *args[1:])
+    # Pillow 11 and later: a named tuple; before: a plain one
+    return tile._replace(args=args) if hasattr(tile, "_replace") else (*tile[:3], args)
+
+
+def _true_colour(values, is_float):
+    """Wide pixel values -> 8-bit RGB: reflectance 0..MAX_REFLECTANCE -> 0..255, rounded as
+    make_dataset.py rounds; no-data (NaN, inf) black; alpha dropped, grey copied to 3 bands."""
+    values = np.asarray(values, dtype=np.float64)
+    values = (np.repeat(values[..., None], 3, axis=2) if values.ndim == 2
+              else values[..., :1].repeat(3, axis=2) if values.shape[2] == 2
+              else values[..., :3])
+    finite = np.isfinite(values).all(axis=2)
+    if not finite.any():
+        raise UnsupportedImage("no data: every pixel is NaN or inf")
+    reflectance = values if is_float else values / REFLECTANCE_DN
+    top = reflectance[finite].max()
+    if is_float and top > MAX_FLOAT_REFLECTANCE:
+        raise UnsupportedImage(f"values up to {top:g}, which are not reflectance (0 to about 1): "
+                               "float images are read as reflectance. Save digital numbers as "
+                               "16-bit integers.")
+    scaled = np.where(finite[..., None], reflectance, 0.0) * 255.0 / MAX_REFLECTANCE
+    return Image.fromarray(np.floor(np.clip(scaled, 0.0, 255.0) + 0.5).astype(np.uint8))
 
 
 def gaussian_kernel_size(image_size):
@@ -160,7 +248,7 @@ def collate_skipping(items):
     count them."""
     good = [views for views, _ in items if views is not None]
     bad = [message for views, message in items if views is None]
-    if not good:
+    if len(good) < 2:  # BatchNorm cannot train on one sample: the step is skipped
         return None, None, bad
     return torch.stack([v[0] for v in good]), torch.stack([v[1] for v in good]), bad
 
@@ -177,7 +265,9 @@ def _cache_key(paths, size):
             raise DataError(f"{path}: cannot read it ({error.strerror}); was it moved or "
                             "deleted while the run started? Fix the file or the list that "
                             "names it.") from None
-        digest.update(f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        # fsencode: a name that is not UTF-8 is hashed as its bytes
+        digest.update(os.fsencode(os.path.abspath(path))
+                      + f"|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
 
@@ -186,7 +276,8 @@ def _common_size(paths):
     square size (a sample of headers decides: EuroSAT 64 px, SSL4EO 264 px), otherwise 256 px."""
     sizes = set()
     for path in paths[:: max(1, len(paths) // 200)]:
-        with contextlib.suppress(*IMAGE_READ_ERRORS), Image.open(path) as image:
+        with (contextlib.suppress(*IMAGE_READ_ERRORS), open_regular(path) as f,
+              Image.open(f) as image):
             sizes.add(image.size)
     only = sizes.pop() if len(sizes) == 1 else (256, 256)
     return only[0] if only[0] == only[1] else 256
@@ -760,7 +851,7 @@ class EuroSATSplit(NamedTuple):
 
 def read_label_map(label_map_path):
     try:
-        with open(label_map_path) as f:
+        with open_regular(label_map_path, "r") as f:
             label_map = json.load(f)
     except FileNotFoundError:
         raise DataError(f"{label_map_path}: missing. Run "
@@ -793,7 +884,10 @@ def read_eurosat_split(root, csv_path, label_map_path, require_files=True):
     class_names = [name for name, _ in sorted(label_map.items(), key=lambda item: item[1])]
     try:
         # as text: a numeric file name must not turn into a number
-        table = pd.read_csv(csv_path, dtype={"Filename": str, "ClassName": str})
+        with open_regular(csv_path) as f:
+            table = pd.read_csv(f, dtype={"Filename": str, "ClassName": str})
+    except NotRegularFile:
+        raise
     except FileNotFoundError:
         raise DataError(f"{csv_path}: missing. Run "
                         "`python make_dataset.py --mode=eurosat_splits` to write the EuroSAT "
@@ -809,14 +903,9 @@ def read_eurosat_split(root, csv_path, label_map_path, require_files=True):
                         "Expected the header ,Filename,Label,ClassName.")
     if table.empty:
         raise DataError(f"{csv_path}: has a header but no rows.")
-    duplicated = table["Filename"].duplicated()
-    if duplicated.any():
-        row = int(duplicated.idxmax())
-        raise DataError(f"{csv_path}: line {row + 2} repeats {table['Filename'][row]!r}; "
-                        "each image may appear once. Remove the duplicate rows.")
     # abspath, not realpath: symlinked class folders are fine, ".." is not
     root_abs = os.path.abspath(root)
-    paths, labels = [], []
+    paths, labels, first_line = [], [], {}
     for row, (filename, class_name) in enumerate(zip(table["Filename"], table["ClassName"])):
         line = row + 2  # 1-based, after the header
         if not isinstance(filename, str) or not filename.strip():
@@ -825,6 +914,11 @@ def read_eurosat_split(root, csv_path, label_map_path, require_files=True):
         if os.path.isabs(filename) or not path.startswith(root_abs + os.sep):
             raise DataError(f"{csv_path}: line {line}: Filename {filename!r} points outside the "
                             f"data folder {root}. Filenames must be relative paths inside it.")
+        if path in first_line:  # also under another spelling: ./Forest/x.jpg is Forest/x.jpg
+            raise DataError(f"{csv_path}: line {line} repeats {filename!r}, the image of line "
+                            f"{first_line[path]}; each image may appear once. Remove the "
+                            "duplicate rows.")
+        first_line[path] = line
         if class_name not in label_map:
             raise DataError(f"{csv_path}: line {line}: class {class_name!r} is not in "
                             f"{label_map_path} (known: {', '.join(class_names)}).")
@@ -842,25 +936,50 @@ def read_eurosat_split(root, csv_path, label_map_path, require_files=True):
     return SplitFiles(paths, labels, class_names)
 
 
-def load_eurosat_splits(eurosat_dir, cache_dir, device, splits=("train", "validation", "test")):
-    """({split: EuroSATSplit}, {split: labels as a tensor on device}) of the three splits."""
-    loaded = {split: load_eurosat_cached(eurosat_dir, split, cache_dir) for split in splits}
-    return loaded, {split: torch.tensor(loaded[split].labels, device=device) for split in splits}
-
-
-def load_eurosat_cached(eurosat_dir, split, cache_dir):
-    """One split as a EuroSATSplit, decoded once into cache_dir.
-
-    Raises DataError naming the problem and the fix; an unreadable image is an error here, since an
-    evaluation set with holes would give a silently different accuracy.
-    """
+def read_eurosat_splits(eurosat_dir, splits=SPLITS):
+    """{split: SplitFiles} of the split CSVs in eurosat_dir, each checked by read_eurosat_split,
+    and no image in two of them (also under another spelling): a test image seen in training, or a
+    validation image scored again as a test image, would raise the accuracy silently."""
     if not os.path.isdir(eurosat_dir):
         raise DataError(f"EuroSAT folder {eurosat_dir!r} does not exist. Download it with "
                         "`bash scripts/data.sh`, write the split files with "
                         "`python make_dataset.py --mode=eurosat_splits`, or pass "
                         "--eurosat_dir=FOLDER.")
-    files = read_eurosat_split(eurosat_dir, os.path.join(eurosat_dir, f"{split}.csv"),
-                               os.path.join(eurosat_dir, "label_map.json"))
+    files = {split: read_eurosat_split(eurosat_dir, os.path.join(eurosat_dir, f"{split}.csv"),
+                                       os.path.join(eurosat_dir, "label_map.json"))
+             for split in splits}
+    seen = {}
+    for split, found in files.items():
+        for row, path in enumerate(found.paths):
+            if path in seen:
+                other, other_row = seen[path]
+                raise DataError(
+                    f"image {os.path.relpath(path, eurosat_dir)} is in both {other}.csv (line "
+                    f"{other_row + 2}) and {split}.csv (line {row + 2}) of {eurosat_dir}: the "
+                    "splits must not share images. Remove it from one of them, or delete the "
+                    "three CSVs to have `python make_dataset.py --mode=eurosat_splits` write "
+                    "fresh ones.")
+            seen[path] = (split, row)
+    return files
+
+
+def load_eurosat_splits(eurosat_dir, cache_dir, device, splits=SPLITS):
+    """({split: EuroSATSplit}, {split: labels as a tensor on device}) of the three splits, checked
+    by read_eurosat_splits before any image is decoded."""
+    files = read_eurosat_splits(eurosat_dir, splits)
+    loaded = {split: _decoded(files[split], split, cache_dir) for split in splits}
+    return loaded, {split: torch.tensor(loaded[split].labels, device=device) for split in splits}
+
+
+def load_eurosat_cached(eurosat_dir, split, cache_dir):
+    """One split as a EuroSATSplit, decoded once into cache_dir."""
+    return _decoded(read_eurosat_splits(eurosat_dir, (split,))[split], split, cache_dir)
+
+
+def _decoded(files, split, cache_dir):
+    """A split's SplitFiles decoded once. Raises DataError naming the problem and the fix; an
+    unreadable image is an error here, since an evaluation set with holes would give a silently
+    different accuracy."""
     images, _, bad = build_image_cache(files.paths, cache_dir, desc=f"decoding {split}")
     if bad:
         raise DataError(f"{len(bad)} unreadable image(s) in {split}.csv, first: {bad[0]}. "

@@ -9,6 +9,8 @@ Pure definitions: no paths, no device.
   only fc.* missing).
 - `backbone_from_checkpoint`, `classifier_from_checkpoint`: rebuild models from any checkpoint of
   this project, strictly, from the checkpoint's own config.
+- `check_finite`: weights with NaN or inf are refused by name at load.
+- `step_memory`, `evaluation_memory`: what one step needs at the least, counted on the meta device.
 - `knn_predict`: the weighted kNN monitor (Wu et al. 2018) on l2-normalised features.
 - `evaluation_metrics`, `record_evaluation_epoch`, `test_results`: the metrics file of
   Linear_evaluation.py and finetune_model.py (one schema), its per-epoch line and its test report.
@@ -86,6 +88,38 @@ class SimSiam(nn.Module):
         z2 = self.projector(self.backbone(x2))
         p1, p2 = self.predictor(z1), self.predictor(z2)
         return p1, p2, z1.detach(), z2.detach()
+
+
+def step_memory(model, inputs, train=True, activation_bytes=2):
+    """(weights, activations): the bytes one step of `model` on `inputs` needs at the least,
+    counted on the meta device, where nothing is allocated (build both under
+    torch.device("meta")). Training: fp32 weights with their gradients and SGD momentum, and every
+    activation that the backward pass keeps; inference: the weights and the largest input + output
+    of one layer. activation_bytes=2 counts activations as under AMP (fp32 keeps twice that), so
+    that what exceeds a device's memory surely cannot fit."""
+    parameters = {id(p) for p in model.parameters()}
+    weights = 4 * sum(p.numel() for p in model.parameters()) * (3 if train else 1)
+    kept, largest = {}, 0
+
+    def keep(tensor):  # a saved activation; weights (and views of them: w.t()) are counted above
+        if id(tensor) not in parameters and id(tensor._base) not in parameters:
+            kept[id(tensor)] = tensor.numel()
+        return tensor
+
+    def measure(module, args, output):
+        nonlocal largest
+        largest = max(largest, sum(a.numel() for a in args if torch.is_tensor(a)) + output.numel())
+
+    if train:
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+            model(*inputs)
+        return weights, activation_bytes * sum(kept.values())
+    hooks = [m.register_forward_hook(measure) for m in model.modules() if not list(m.children())]
+    with torch.no_grad():
+        model(*inputs)
+    for hook in hooks:
+        hook.remove()
+    return weights, activation_bytes * largest
 
 
 def negative_cosine_loss(p1, p2, z1, z2):
@@ -168,6 +202,20 @@ def model_config_from(checkpoint, path):
     return found
 
 
+def check_finite(state_dict, path):
+    """Refuse weights with NaN or inf (a run that diverged saved them) by name, at load: later they
+    would only show as a loss of NaN, which reads as "lower --base_lr"."""
+    bad = {key: value for key, value in state_dict.items()
+           if torch.is_tensor(value) and value.is_floating_point()
+           and not torch.isfinite(value).all()}
+    if bad:
+        first, value = next(iter(bad.items()))
+        raise CheckpointError(
+            f"{path}: {len(bad)} weight tensor(s) hold NaN or inf, first {first} "
+            f"({int(value.isnan().sum())} NaN, {int(value.isinf().sum())} inf): the run that "
+            "wrote it had diverged. Use an earlier checkpoint, or train again.")
+
+
 def load_backbone_weights(backbone, state_dict, path, model_config):
     """Strict load after stripping known prefixes: every key present, no other, every shape as the
     config's architecture has it; otherwise a CheckpointError that names the file and what does not
@@ -192,6 +240,7 @@ def load_backbone_weights(backbone, state_dict, path, model_config):
         raise CheckpointError(f"{path}: the backbone weights do not match the architecture its "
                               f"config names ({described}): {'; '.join(found)}. Was the file "
                               "edited, its config changed, or was it written by another project?")
+    check_finite(state_dict, path)
     backbone.load_state_dict(state_dict)
 
 
@@ -385,6 +434,7 @@ def classifier_from_checkpoint(path):
     backbone, feature_dim, model_config = _backbone_from(checkpoint, path)
     model = Classifier(backbone, feature_dim, len(names))
     try:
+        check_finite(checkpoint["head"], path)
         model.head.load_state_dict(checkpoint["head"])
     except (RuntimeError, KeyError, TypeError, AttributeError) as error:
         raise CheckpointError(f"{path}: the classifier head does not fit {len(names)} classes of "
@@ -462,6 +512,28 @@ def start_evaluation(config, device_line, verb, outputs):
         lines.append(f"baseline: results go to {outputs[0]}"
                      + (f" and {outputs[1]}" if backbone is not None else ""))
     return backbone, feature_dim, config, identity, "\n".join(lines)
+
+
+def evaluation_memory(config, train):
+    """What one step of Linear_evaluation.py (train=False: a frozen backbone) or finetune_model.py
+    needs at the least, as runtime.check_fits takes it. Before the checkpoint is read its
+    architecture is not known, so the smallest is counted (resnet18, ImageNet stem); IMAGE_SIZE 0,
+    the checkpoint's own size, is not checked."""
+    random = config["PRETRAINED_PATH"] == "random"
+    if not config["IMAGE_SIZE"]:
+        return {}
+    try:
+        with torch.device("meta"):
+            backbone, _ = build_backbone(config["ARCH"] if random else "resnet18", 3,
+                                         random and config["SMALL_STEM"],
+                                         config["STEM_STRIDE"] if random else 1)
+            x = torch.empty(config["BATCH_SIZE"], 3, config["IMAGE_SIZE"], config["IMAGE_SIZE"])
+    except ValueError:  # a stem that does not exist: backbone_for_evaluation names it
+        return {}
+    weights, activations = step_memory(backbone, (x,), train)
+    return {"weights": (weights, {"ARCH": config["ARCH"]}),
+            "activations": (activations, {"BATCH_SIZE": config["BATCH_SIZE"],
+                                          "IMAGE_SIZE": config["IMAGE_SIZE"]})}
 
 
 def evaluation_metrics(kind, config, pretrained, image_size, class_names, test_files, best_path,

@@ -29,14 +29,14 @@ from tqdm import tqdm
 
 import simsiam_data as data
 from runtime import (AMP_MODES, CheckpointError, DataError, above, amp_dtype_for, at_least,
-                     atomic_save, autocast_for, between, channels_last_for, check_settings,
-                     configure, describe_device, device_and_precision, epoch_generator, fail,
-                     library_versions, load_checkpoint, one_of, pick_device, precision_name,
-                     prepare_output_dir,
+                     atomic_save, autocast_for, between, channels_last_for, check_fits,
+                     check_settings, configure, describe_device, device_and_precision,
+                     epoch_generator, fail, library_versions, load_checkpoint, one_of, pick_device,
+                     precision_name, prepare_output_dir,
                      restore_grad_scaler, run, seed_everything, warmup_cosine)
 from simsiam_model import (ARCHS, COLLAPSE_RATIO, PRETRAIN_KIND, PRETRAIN_LAST_KIND,
-                           PRETRAIN_METRICS_KIND, SimSiam, knn_predict, negative_cosine_loss,
-                           normalized_std, unwrap)
+                           PRETRAIN_METRICS_KIND, SimSiam, check_finite, knn_predict,
+                           negative_cosine_loss, normalized_std, step_memory, unwrap)
 
 # -------------------------------------------------------------------------------------------------
 DATA_DIR = "barlow_data/train"  # unlabeled images (png/jpg/tif, searched recursively)
@@ -97,6 +97,8 @@ RESUMABLE_CHANGES = ("NUM_EPOCHS", "OUTPUT_DIR", "CACHE_DIR", "RESUME", "SAVE_EV
 # refused (its earlier value is unknown); add a new setting here if it keeps the old behaviour.
 BEFORE_IT_EXISTED = {"FILE_LIST": "", "STEM_STRIDE": 1, "JITTER_STRENGTH": 1.0, "GRAY_P": 0.2,
                      "BLUR_P": 0.5, "JITTER_P": 0.8, "VFLIP_P": 0.0, "ROTATE90": False}
+# what torchrun sets for every process it starts
+TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 LAST_KEYS = ("config", "epoch", "global_step", "model", "optimizer", "scaler", "metrics")
 _UNKNOWN = object()  # a setting that a checkpoint predates
 
@@ -122,9 +124,29 @@ def settings_rules():
 # processes and devices
 
 def process_layout():
-    """(rank, local rank, world size) as torchrun sets them; (0, 0, 1) for a plain run."""
-    return (int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")),
-            int(os.environ.get("WORLD_SIZE", "1")))
+    """(rank, local rank, world size) as torchrun sets them; (0, 0, 1) for a plain run.
+
+    torchrun sets all of TORCHRUN_VARIABLES; some of them alone were left in the environment (an
+    exported shell variable, a job script) and stop the run, since RANK=1 would keep it from
+    writing its checkpoints and WORLD_SIZE=2 would wait for peers that never come."""
+    found = {name: os.environ[name] for name in TORCHRUN_VARIABLES if name in os.environ}
+    if not {"RANK", "LOCAL_RANK", "WORLD_SIZE"} & set(found):
+        return 0, 0, 1
+    described = ", ".join(f"{name}={value}" for name, value in found.items())
+    fix = ("Start several processes with `torchrun --nproc_per_node=N train_simsiam.py`, or one "
+           f"without torchrun after `unset {' '.join(TORCHRUN_VARIABLES)}`.")
+    missing = [name for name in TORCHRUN_VARIABLES if name not in found]
+    if missing:
+        fail(f"{described} in the environment, but not {', '.join(missing)}: torchrun sets all "
+             f"five, so these were left over from elsewhere. {fix}", code=2)
+    try:
+        rank, local_rank, world_size = (int(found[name])
+                                        for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+    except ValueError:
+        fail(f"{described}: RANK, LOCAL_RANK and WORLD_SIZE must be whole numbers. {fix}", code=2)
+    if not (0 <= rank < world_size and local_rank >= 0):
+        fail(f"{described}: RANK must be 0 .. WORLD_SIZE - 1. {fix}", code=2)
+    return rank, local_rank, world_size
 
 
 def training_device(local_rank, world_size):
@@ -163,11 +185,11 @@ def batch_usable_on_every_rank(x1, device):
 # -------------------------------------------------------------------------------------------------
 # data
 
-def list_pretraining_images():
+def list_pretraining_images(log):
     if not os.path.isdir(DATA_DIR):
         raise DataError(f"data folder {DATA_DIR!r} does not exist. Prepare it with "
                         "`python make_dataset.py` (or pass --data_dir=FOLDER of images).")
-    paths = data.list_images(DATA_DIR)
+    paths = data.list_images(DATA_DIR, log)
     if not paths:
         raise DataError(f"no images (png/jpg/jpeg/tif) under {DATA_DIR!r}. Run "
                         "`python make_dataset.py` first, or point --data_dir at a folder of "
@@ -353,6 +375,7 @@ def resume_or_start(model, optimizer, scaler, config, listing, world_size, log):
     if missing:
         raise CheckpointError(f"{last_path}: lacks {missing}, so it cannot be resumed. {fix}")
     refuse_another_run(last, config, listing, world_size, last_path)
+    check_finite(last["model"], last_path)
     try:
         unwrap(model).load_state_dict(last["model"])
         load_optimizer_state(optimizer, last["optimizer"])
@@ -470,10 +493,23 @@ def finish_epoch(metrics, epoch, summary, samples, run_facts):
     return line
 
 
-def build_model(main_process):
-    """The SimSiam model; rank 0 also makes sure OUTPUT_DIR can take its checkpoints,
-    and locks it."""
+def check_memory(device):
+    """Stop at start-up when one training step cannot fit in the memory of `device` (a size typo
+    such as --proj_dim=204800 or --image_size=22400), naming the settings; see step_memory."""
+    with torch.device("meta"):
+        model = SimSiam(ARCH, PROJ_DIM, PRED_DIM, IN_CHANNELS, SMALL_STEM, STEM_STRIDE)
+        x = torch.empty(BATCH_SIZE, IN_CHANNELS, IMAGE_SIZE, IMAGE_SIZE)
+    weights, activations = step_memory(model, (x, x))
+    check_fits({"weights": (weights, {"PROJ_DIM": PROJ_DIM, "PRED_DIM": PRED_DIM}),
+                "activations": (activations, {"BATCH_SIZE": BATCH_SIZE,
+                                              "IMAGE_SIZE": IMAGE_SIZE})}, device)
+
+
+def build_model(main_process, device):
+    """The SimSiam model, once it is sure to fit in the memory of `device`; rank 0 also makes sure
+    OUTPUT_DIR can take its checkpoints, and locks it."""
     try:
+        check_memory(device)
         model = SimSiam(ARCH, PROJ_DIM, PRED_DIM, IN_CHANNELS, SMALL_STEM, STEM_STRIDE)
     except ValueError as error:
         fail(f"{error}. Fix --arch / --small_stem / --stem_stride.", code=2)
@@ -600,14 +636,14 @@ def main():
     memory_format = (torch.channels_last if channels_last_for(device, amp_dtype, CHANNELS_LAST)
                      else torch.contiguous_format)
     seed_everything(SEED + rank)
-    model = build_model(main_process).to(device, memory_format=memory_format)
+    model = build_model(main_process, device).to(device, memory_format=memory_format)
     global_batch = BATCH_SIZE * world_size
     base_lr = BASE_LR * global_batch / 256
     optimizer = optimizer_for(model, base_lr)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     # ---- at start-up, before any image is decoded: the lists, the kNN folder, the resume ----
-    listed = list_pretraining_images()
+    listed = list_pretraining_images(log)
     listing = image_listing(listed)
     knn_files = knn_splits() if KNN_DATA_DIR else None
     metrics, start_epoch, global_step = resume_or_start(model, optimizer, scaler, config, listing,

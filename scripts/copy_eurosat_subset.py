@@ -37,9 +37,7 @@ def main():
         fail(f"{target} is not empty: remove it or choose another --target_dir", code=2)
     label_map = os.path.join(source, "label_map.json")
     # every split checked as the evaluations check it, before anything is copied
-    splits = {split: data.read_eurosat_split(source, os.path.join(source, f"{split}.csv"),
-                                             label_map)
-              for split in ("train", "validation", "test")}
+    splits = data.read_eurosat_splits(source)
     if TRAIN_IMAGES > len(splits["train"].paths):
         fail(f"TRAIN_IMAGES must be at most {len(splits['train'].paths)} (the rows of "
              f"{source}/train.csv), got {TRAIN_IMAGES}", code=2)

@@ -19,7 +19,9 @@
 #   DATA_DIR/ssl4eo-s12/{split}/{modality}/ssl4eos12_{split}_seasonal_data_NNNNNN.zarr.zip.
 # Every download goes to NAME.part (resumed with curl -C -) and is renamed only once complete and verified: the
 # md5 where one is published (EuroSAT.zip), else a check that the zip's central directory (at its end) is there.
-# Offline or an HTTP error: EuroSAT tries its fallback mirrors, then the script stops naming the URL.
+# A mirror that cannot resume (no byte ranges, or a .part longer than the file) gets the file again from the start.
+# Offline or an HTTP error: EuroSAT tries its fallback mirrors, then the script stops naming the URL. A full or
+# read-only DATA_DIR stops it at once, saying so.
 set -euo pipefail
 
 N_FILES="${N_FILES:-8}"
@@ -38,7 +40,7 @@ DO_EUROSAT=1
 DO_SSL4EO=1
 POST=1
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
 # need_value OPTION ARGS_LEFT EXAMPLE: a usage message when OPTION is the last argument (set -u alone would
 # stop at "$2" with "unbound variable")
 need_value() {
@@ -85,16 +87,39 @@ verify() {
     fi
 }
 
-# fetch URL DEST [MD5]: resumable download into DEST.part, renamed to DEST once complete and verified
+# complete PART DEST [MD5]: rename PART to DEST if it is complete and verifies
+complete() { [[ -s "$1" ]] && verify "$1" "${3:-}" && mv -f "$1" "$2"; }
+
+# download URL PART [curl options]: curl into PART; prints the HTTP status, returns curl's exit status
+download() {
+    local url="$1" part="$2"
+    shift 2
+    curl -fL --retry 3 --retry-delay 2 --connect-timeout 20 --progress-bar -w '%{http_code}' "$@" -o "$part" "$url"
+}
+
+# fetch URL DEST [MD5]: resumable download into DEST.part, renamed to DEST once complete and verified. Returns 1
+# when the download fails (the caller may try a mirror); a folder it cannot write to stops the script.
 fetch() {
-    local url="$1" dest="$2" md5="${3:-}" part="$2.part" rc=0
-    mkdir -p "$(dirname "$dest")"
+    local url="$1" dest="$2" md5="${3:-}" part="$2.part" rc=0 status
+    mkdir -p "$(dirname "$dest")" || { echo "data.sh: cannot create $(dirname "$dest"): set DATA_DIR to a" \
+        "writable folder" >&2; exit 1; }
     echo "downloading $url -> $dest"
-    curl -fL --retry 3 --retry-delay 2 --connect-timeout 20 --progress-bar -C - -o "$part" "$url" || rc=$?
-    # a .part that was already complete makes the resumed request fail (HTTP 416): it still verifies below
-    if [[ -s "$part" ]] && verify "$part" "$md5"; then
-        mv -f "$part" "$dest"
-        return 0
+    status="$(download "$url" "$part" -C -)" || rc=$?
+    # a .part that was already complete makes the resumed request fail (HTTP 416): it still verifies here
+    complete "$part" "$dest" "$md5" && return 0
+    # no byte ranges on this mirror (curl 33), or a .part longer than the file (416): resuming can never work
+    if [[ $rc -eq 33 || "$status" == "416" ]]; then
+        echo "data.sh: $url cannot resume $part (no byte ranges, or the part is longer than the file);" \
+             "downloading it again from the start" >&2
+        rm -f "$part"
+        rc=0
+        status="$(download "$url" "$part")" || rc=$?
+        complete "$part" "$dest" "$md5" && return 0
+    fi
+    if [[ $rc -eq 23 ]]; then  # curl could not write: the disk, not the network
+        echo "data.sh: cannot write $part: $(dirname "$dest") is full or not writable. Free some space or" \
+             "set DATA_DIR to another disk, then rerun (downloads resume)." >&2
+        exit 1
     fi
     if [[ $rc -eq 0 && -s "$part" ]]; then
         echo "data.sh: $url: the download does not verify (${md5:+md5 != $md5, }corrupt or truncated); removed it" >&2

@@ -186,3 +186,13 @@ def test_linear_evaluation_and_fine_tuning_on_cuda(tmp_path):
     for name in ("linear_eval_metrics_random.pth", "finetune_metrics_random.pth"):
         metrics = load_checkpoint(str(tmp_path / "out" / name))
         assert metrics["device"].startswith("cuda") and metrics["test_acc"] is not None
+
+
+def test_the_memory_check_reads_the_card_and_lets_the_defaults_through(tmp_path):
+    import runtime
+    import train_simsiam  # its constants are the defaults: ResNet-50, 224 px, batch 32
+    assert runtime.device_memory(CUDA) == torch.cuda.mem_get_info(CUDA)[1]
+    train_simsiam.check_memory(CUDA)  # returns: the defaults fit any card of 8 GB or more
+    typo = run_script("train_simsiam.py", f"--data_dir={tmp_path}", "--device=cuda",
+                      "--proj_dim=204800")
+    assert typo.returncode == 2 and "PROJ_DIM" in typo.stderr, typo.stderr[-2000:]

@@ -258,3 +258,51 @@ def test_data_sh_option_without_a_value_is_a_usage_error(tmp_path):
         assert run.returncode == 2, (args, run.stderr)
         assert f"{args[-1]} needs a value" in run.stderr and "unbound variable" not in run.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_data_sh_downloads_again_what_a_mirror_cannot_resume(tmp_path):
+    """A mirror without byte ranges (Python's http.server) cannot resume a .part: the file is
+    downloaded again from the start, where the .part used to make every rerun fail."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    name = "ssl4eos12_train_seasonal_data_000001.zarr.zip"
+    served = tmp_path / "mirror" / "train" / "S2L1C"
+    served.mkdir(parents=True)
+    write_ssl4eo_zarr(str(served / name), n_samples=1, size=8)
+    folder = tmp_path / "data" / "ssl4eo-s12" / "train" / "S2L1C"
+    folder.mkdir(parents=True)
+    (folder / f"{name}.part").write_bytes(b"PK\x03\x04 half a download from another mirror")
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path / "mirror")))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        run = _bash("data.sh", "--skip-eurosat", "--count=1", "--download-only",
+                    env={"DATA_DIR": str(tmp_path / "data"),
+                         "SSL4EO_BASE_URL": f"http://127.0.0.1:{server.server_port}/"})
+    finally:
+        server.shutdown()
+    assert run.returncode == 0, run.stderr
+    assert (folder / name).read_bytes() == (served / name).read_bytes()
+    assert not (folder / f"{name}.part").exists() and "from the start" in run.stderr
+
+
+def test_data_sh_names_a_full_or_read_only_folder_not_the_network(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "curl").write_text('#!/bin/sh\necho "curl: (23) Failure writing output to '
+                               'destination" >&2\nexit 23\n')
+    os.chmod(fake / "curl", 0o755)
+    run = _bash("data.sh", "--download-only",
+                env={"PATH": f"{fake}:{os.environ['PATH']}", "DATA_DIR": str(tmp_path / "data"),
+                     "SSL4EO_BASE_URL": "http://127.0.0.1:9/",
+                     "EUROSAT_URLS": "http://127.0.0.1:9/EuroSAT.zip "
+                                     "http://127.0.0.1:9/other/EuroSAT_RGB.zip"})
+    assert run.returncode == 1
+    assert "full or not writable" in run.stderr and "DATA_DIR" in run.stderr, run.stderr
+    assert "network" not in run.stderr and "mirror" not in run.stderr, run.stderr

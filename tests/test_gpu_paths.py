@@ -313,6 +313,8 @@ def test_the_process_group_starts_after_the_cache_is_complete(tmp_path, monkeypa
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # torchrun sets all five
+    monkeypatch.setenv("MASTER_PORT", "29500")
     with pytest.raises(KeyboardInterrupt):
         run_in_process("train_simsiam.py", f"--data_dir={tiny_images}",
                        f"--output_dir={tmp_path}/out", f"--cache_dir={tmp_path}/cache",
