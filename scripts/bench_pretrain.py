@@ -57,6 +57,8 @@ NUM_IMAGES = 512  # generated images (when DATA_DIR is "")
 SOURCE_SIZE = 0  # generated image side, px; 0 = 264 (SSL4EO-S12 patch) if IMAGE_SIZE > 64, else 64
 ARCH = "resnet18"  # resnet18 | resnet34 | resnet50
 SMALL_STEM = False  # 3x3 stride-1 first conv, no max-pool (train_simsiam.py's option for 32-64 px)
+STEM_STRIDE = 1  # the small stem's conv stride (train_simsiam.py's STEM_STRIDE)
+ROWS = "all"  # all | default: only the ceiling and the default (what gpu_check.sh plans with)
 IMAGE_SIZE = 64  # crop size fed to the network
 BATCH_SIZE = 64  # pairs per step
 STEPS = 10  # timed steps per pipeline
@@ -207,7 +209,7 @@ def loader_waves():
 def fresh_step(device, use_channels_last, precision, graphs=False):
     """training_step of a new SimSiam, with its SGD and grad scaler; with graphs, the model is
     compiled into CUDA graphs (torch.compile mode="reduce-overhead"), as CUDA_GRAPHS does."""
-    model = SimSiam(ARCH, small_stem=SMALL_STEM)
+    model = SimSiam(ARCH, small_stem=SMALL_STEM, stem_stride=STEM_STRIDE)
     model = model.to(device, memory_format=torch.channels_last if use_channels_last
                      else torch.preserve_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05 * BATCH_SIZE / 256, momentum=0.9,
@@ -303,7 +305,7 @@ def print_table(results, summary, decoded):
               "default_graphs_over_ceiling": ("default_graphs", "ceiling"),
               "ceiling_graphs_over_ceiling": ("ceiling_graphs", "ceiling")}
     summary.update({key: results[a]["pairs_per_s"] / results[b]["pairs_per_s"]
-                    for key, (a, b) in ratios.items() if a in results})
+                    for key, (a, b) in ratios.items() if a in results and b in results})
     write_json(summary)
     print("\n| pipeline | pairs/s | ms/step | precision | peak memory (MiB) |")
     print("| --- | --- | --- | --- | --- |")
@@ -325,7 +327,9 @@ def main():
                             "IMAGE_SIZE": at_least(8), "BATCH_SIZE": at_least(2),
                             "STEPS": at_least(1), "WARMUP_STEPS": at_least(1),
                             "NUM_IMAGES": at_least(1), "NUM_WORKERS": at_least(0),
-                            "AMP": one_of(*AMP_MODES)})
+                            "AMP": one_of(*AMP_MODES), "ROWS": one_of("all", "default"),
+                            "STEM_STRIDE": ((lambda v: v == 1 or (v == 2 and SMALL_STEM)),
+                                            "1, or 2 with --small_stem=True")})
     device = pick_device(DEVICE)
     amp_dtype, precision_reason = amp_dtype_for(device, AMP)
     channels_last = channels_last_for(device, amp_dtype, CHANNELS_LAST)
@@ -349,7 +353,8 @@ def main():
                                fresh_step(device, channels_last, amp_dtype), device, amp_dtype)
     write_json(summary)
     # ---- the write-up's pipeline, the default, and the default with CUDA graphs ----
-    reference_rows(paths, fixed, device, amp_dtype, channels_last, results, summary)
+    if ROWS == "all":
+        reference_rows(paths, fixed, device, amp_dtype, channels_last, results, summary)
     pairs = default_rows(paths, workdir, device, amp_dtype, channels_last, results, summary)
     if GRAPHS:
         graphs_rows(fixed, pairs, device, amp_dtype, channels_last, results, summary)

@@ -41,6 +41,7 @@ FINETUNE_EPOCHS = 0  # 0 = the preset's
 SKIP_FINETUNE = False  # only kNN and linear evaluation (fine-tuning is the slow part on a CPU)
 PRETRAIN_IMAGES = 0  # 0 = all of train.csv; N = a fixed random N (seed 0), for quick comparisons
 PRETRAIN_ARGS = ""  # extra train_simsiam.py overrides after preset's, e.g. "--weight_decay=5e-4"
+FINETUNE_ARGS = ""  # extra finetune_model.py overrides after the preset's, e.g. "--batch_size=64"
 AMP = ""  # pre-training and fine-tuning AMP; "" = preset's (cpu: bf16 where native; gpu: auto)
 FLOORS_DIR = ""  # an earlier OUTPUT_DIR whose floors (same network, size, commands) are reused
 # -------------------------------------------------------------------------------------------------
@@ -185,7 +186,8 @@ def main():
         file_list = write_subset(file_list, PRETRAIN_IMAGES,
                                  os.path.join(out, "pretrain_images.csv"))
     finetune = (preset["finetune"]
-                + ([f"--num_epochs={FINETUNE_EPOCHS}"] if FINETUNE_EPOCHS else []))
+                + ([f"--num_epochs={FINETUNE_EPOCHS}"] if FINETUNE_EPOCHS else [])
+                + FINETUNE_ARGS.split())
     precision = [f"--amp={AMP or preset['amp']}"]  # the probe's features are always fp32
     common = [f"--eurosat_dir={eurosat}", f"--output_dir={out}", f"--cache_dir={cache}"]
     times, commands = {}, {}

@@ -123,7 +123,8 @@ def mixed_precision_gradients(device, amp):
         return p1.dtype, {n: p.grad.float() / 1024 for n, p in model.named_parameters()
                           if p.grad is not None}
 
-    dtype = amp_dtype_for(device, amp)[0]
+    # a CPU without native bf16 still computes it (emulated, slowly): the yardstick holds there too
+    dtype = amp_dtype_for(device, amp)[0] if device.type == "cuda" else torch.bfloat16
     _, reference = gradients(None, *inputs)
     _, rounded = gradients(None, *[x.to(dtype).float() for x in inputs])
     output_dtype, mixed = gradients(dtype, *inputs)

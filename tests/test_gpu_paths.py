@@ -452,31 +452,39 @@ def test_bench_pretrain_writes_each_pipeline_as_it_is_measured(tmp_path):
 
 
 def test_gpu_check_script_runs_each_part_and_writes_under_out(tmp_path):
-    """scripts/gpu_check.sh with tiny settings on the CPU:
-    the same script the lent GPU machine runs."""
+    """scripts/gpu_check.sh with tiny settings on the CPU: the same script the lent GPU machine
+    runs, the GPU preset's quality run first (planned from a timing of its network: stride 1, and
+    stride 2 when too few steps fit), then throughput, then the CUDA tests."""
     import subprocess
     env = dict(os.environ, OUT=str(tmp_path / "out"), GPU_CHECK_ARCH="resnet18",
                GPU_CHECK_IMAGE_SIZE="32", GPU_CHECK_BATCHES="4", GPU_CHECK_STEPS="1",
                GPU_CHECK_IMAGES="8", GPU_CHECK_WORKERS="2", GPU_CHECK_TESTS="tests/test_cuda.py",
-               GPU_CHECK_GRAPHS_BATCHES="4",
-               PYTHON=sys.executable,
+               GPU_CHECK_GRAPHS_BATCHES="4", PYTHON=sys.executable,
                GPU_CHECK_EUROSAT=str(tmp_path / "EuroSAT"), GPU_CHECK_PRETRAIN_S="3",
-               GPU_CHECK_QUALITY_ARGS="--preset=cpu --skip_finetune=True "
-                                      "--pretrain_args=--batch_size=8")
+               GPU_CHECK_MIN_STEPS="1000000", GPU_CHECK_QUALITY_BATCH="8",
+               GPU_CHECK_QUALITY_SIZE="32", GPU_CHECK_TIMING_STEPS="1",
+               GPU_CHECK_PRETRAIN_ARGS="--proj_dim=64 --pred_dim=16 --warmup_epochs=0",
+               GPU_CHECK_QUALITY_ARGS="--finetune_epochs=1 --finetune_args=--batch_size=8")
     make_eurosat(str(tmp_path / "EuroSAT"))
     result = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_check.sh")], cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+                            env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     written = sorted(os.listdir(tmp_path / "out"))
     # at most 8 files come back from a lent machine
     assert written == ["bench_pretrain_batch4.json", "cuda_tests.txt", "gpu_check.log",
                        "quality.json", "quality.md", "quality_logs.tar.gz", "system_check.txt"]
     log = open(tmp_path / "out" / "gpu_check.log").read()
-    assert "== CUDA tests" in log and "== throughput" in log and "== quality: exit 0" in log
+    assert log.index("== quality: exit 0") < log.index("== throughput") < log.index("== CUDA tests")
     assert "GRAPHS needs a CUDA GPU" in log  # asked for at batch 4; measured on a GPU only
-    # the epochs follow from the measured rate: few here, for a 3-second budget
-    epochs = json.load(open(tmp_path / "out" / "quality.json"))["pretrain_epochs"]
-    assert 2 <= epochs and f"== quality: {epochs} pre-training epochs" in log
+    # the plan: stride 1 timed first; fewer steps than asked fit, so stride 2 is timed and run
+    assert "== quality: stem stride 1:" in log and "== quality: stem stride 2:" in log
+    assert "steps fit 3 s, fewer than 1000000" in log
+    summary = json.load(open(tmp_path / "out" / "quality.json"))
+    assert summary["preset"] == "gpu" and summary["arch"] == "resnet18 (small stem, stride 2)"
+    assert f"== quality: stem stride 2: {summary['pretrain_epochs']} epochs" in log
+    assert {row["init"] for row in summary["rows"]} == {"SimSiam pre-trained", "random init",
+                                                         "image statistics"}
+    assert any(row["protocol"].startswith("fine-tune") for row in summary["rows"])
     with tarfile.open(tmp_path / "out" / "quality_logs.tar.gz") as logs:
         names = logs.getnames()
     assert "./pretrain.log" in names and "./linear_eval_metrics_random.pth" in names
