@@ -32,11 +32,13 @@ ROWS=(
   "batch_16|--batch_size=16"
   "stride_1|--stem_stride=1"
 )
-wanted=" $* "
-for row in "${ROWS[@]}"; do
-  name="${row%%|*}"
-  args="${row#*|}"
-  [[ $# -gt 0 && "$wanted" != *" $name "* ]] && continue
+names=("$@")
+[[ ${#names[@]} -gt 0 ]] || names=("${ROWS[@]%%|*}")  # the rows asked for, in that order
+for name in "${names[@]}"; do
+  args=""
+  for row in "${ROWS[@]}"; do [[ "${row%%|*}" == "$name" ]] && args="${row#*|}" && found=1; done
+  [[ "${found:-}" == 1 ]] || { echo "unknown row $name; rows: ${ROWS[*]%%|*}" >&2; exit 2; }
+  found=0
   echo "==== row $name: $args"
   "$PYTHON" scripts/bench_quality.py --eurosat_dir="$EUROSAT" --output_dir="$OUT/$name" \
     --floors_dir="$OUT/preset" --pretrain_images=6000 --pretrain_epochs=3 --skip_finetune=True \
