@@ -41,6 +41,7 @@ FINETUNE_EPOCHS = 0  # 0 = the preset's
 SKIP_FINETUNE = False  # only kNN and linear evaluation (fine-tuning is the slow part on a CPU)
 PRETRAIN_IMAGES = 0  # 0 = all of train.csv; N = a fixed random N (seed 0), for quick comparisons
 PRETRAIN_ARGS = ""  # extra train_simsiam.py overrides after preset's, e.g. "--weight_decay=5e-4"
+LINEAR_ARGS = ""  # extra Linear_evaluation.py overrides, every floor too, e.g. "--weight_decays=0"
 FINETUNE_ARGS = ""  # extra finetune_model.py overrides after the preset's, e.g. "--batch_size=64"
 AMP = ""  # pre-training and fine-tuning AMP; "" = preset's (cpu: bf16 where native; gpu: auto)
 FLOORS_DIR = ""  # an earlier OUTPUT_DIR whose floors (same network, size, commands) are reused
@@ -211,14 +212,13 @@ def main():
                     f"--small_stem={pretrained_config['SMALL_STEM']}",
                     f"--stem_stride={stem_stride}",
                     f"--image_size={pretrained_config['IMAGE_SIZE']}"]
-    steps = [("linear", "Linear_evaluation.py",
-              [f"--pretrained_path={checkpoint}", *preset["linear"]],
+    linear = preset["linear"] + LINEAR_ARGS.split()
+    steps = [("linear", "Linear_evaluation.py", [f"--pretrained_path={checkpoint}", *linear],
               "linear_eval_metrics.pth"),
-             ("linear_random", "Linear_evaluation.py", [*random_model, *preset["linear"]],
+             ("linear_random", "Linear_evaluation.py", [*random_model, *linear],
               "linear_eval_metrics_random.pth"),
              ("linear_image_stats", "Linear_evaluation.py",
-              ["--pretrained_path=image_stats", *preset["linear"]],
-              "linear_eval_metrics_image_stats.pth")]
+              ["--pretrained_path=image_stats", *linear], "linear_eval_metrics_image_stats.pth")]
     if not SKIP_FINETUNE:
         finetune_args = [f"--pretrained_path={checkpoint}", *precision, *finetune]
         steps += [("finetune", "finetune_model.py", finetune_args, "finetune_metrics.pth"),

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The CPU recipe study of docs/experiments.md: one quick protocol for every row, so rows compare.
-# Each row pre-trains ResNet-18 with the small stem at stride 2 on 32 px views (the cheapest network
-# that keeps the small stem; batch 32, bf16 where the CPU has it natively) for 3 epochs on a fixed
-# 6,000 of the train.csv images (seed 0), with the row's changes to the recipe of the CPU preset of
-# scripts/bench_quality.py, then scores kNN and the linear probe on test.csv beside the two floors
-# (the same network at random init, and image statistics), which every row shares (the first row
-# computes them).
+# Each row pre-trains ResNet-18 with the small stem on 32 px views (batch 32, bf16 where the CPU has
+# it natively) for 3 epochs on a fixed 6,000 of the train.csv images (seed 0), with the row's
+# changes to the recipe of the CPU preset of scripts/bench_quality.py, then scores kNN and the linear
+# probe on test.csv beside the two floors (the same network at random init, and image statistics),
+# which the rows of one network share. The first rows use the stem at stride 2 (a quarter of the
+# cost); the stride_1 rows the preset's stride 1.
 # A rerun skips finished rows.
 #   bash scripts/recipe_study.sh                       # every row
 #   bash scripts/recipe_study.sh colour_off flips_rot  # some rows
@@ -31,6 +31,8 @@ ROWS=(
   "wd_1e-3|--weight_decay=1e-3"
   "batch_16|--batch_size=16"
   "stride_1|--stem_stride=1"
+  "stride_1_colour_writeup|--stem_stride=1 --jitter_p=0.8 --jitter_strength=1.0 --gray_p=0.2"
+  "stride_1_overhead|--stem_stride=1 --vflip_p=0.5 --rotate90=True --jitter_p=0.2 --jitter_strength=0.25"
 )
 names=("$@")
 [[ ${#names[@]} -gt 0 ]] || names=("${ROWS[@]%%|*}")  # the rows asked for, in that order
@@ -40,7 +42,9 @@ for name in "${names[@]}"; do
   [[ "${found:-}" == 1 ]] || { echo "unknown row $name; rows: ${ROWS[*]%%|*}" >&2; exit 2; }
   found=0
   echo "==== row $name: $args"
+  floors="$OUT/preset"  # the stride-1 rows share the floors of row stride_1 (its random init)
+  [[ "$args" == *"--stem_stride=1"* && "$name" != stride_1 ]] && floors="$OUT/stride_1"
   "$PYTHON" scripts/bench_quality.py --eurosat_dir="$EUROSAT" --output_dir="$OUT/$name" \
-    --floors_dir="$OUT/preset" --pretrain_images=6000 --pretrain_epochs=3 --skip_finetune=True \
+    --floors_dir="$floors" --pretrain_images=6000 --pretrain_epochs=3 --skip_finetune=True \
     --pretrain_args="--knn_data_dir= --stem_stride=2 $args"
 done
