@@ -3,12 +3,13 @@ train.csv, kNN + linear evaluation of the checkpoint and of a random initialisat
 network and input size, the JSON and Markdown it writes, and effective_rank (the
 dimensional-collapse diagnostic it reports)."""
 import json
+import os
 
 import pandas as pd
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import ROOT, run_script
 from simsiam_model import effective_rank
 from test_evaluation import make_eurosat
 
@@ -80,3 +81,38 @@ def test_bench_quality_quick_run_writes_table(tmp_path):
     again = json.loads((out / "quality.json").read_text())
     assert again["pretrain_wall_min"] >= summary["pretrain_wall_min"]
     assert again["rows"] == summary["rows"]
+
+
+def test_every_recipe_study_row_is_a_valid_set_of_train_simsiam_settings(tmp_path):
+    """scripts/recipe_study.sh, run with a PYTHON that only records its arguments: every row
+    becomes one bench_quality command whose pre-training overrides, after the CPU preset's, are
+    settings train_simsiam.py accepts; an unknown row is refused by name."""
+    import subprocess
+    import sys
+
+    import train_simsiam
+    from runtime import check_settings, configure
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    from bench_quality import PRESETS
+
+    recorder = tmp_path / "record.sh"
+    recorder.write_text(f"#!{sys.executable}\nimport json, sys\n"
+                        f"open({str(tmp_path / 'calls.txt')!r}, 'a').write("
+                        "json.dumps(sys.argv[1:]) + '\\n')\n")
+    recorder.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(recorder), "STUDY_DIR": str(tmp_path / "study")}
+    done = subprocess.run(["bash", "scripts/recipe_study.sh"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert len(calls) == done.stdout.count("==== row") >= 10
+    preset = PRESETS["cpu"]["model"] + PRESETS["cpu"]["pretrain"]
+    for call in calls:
+        args = json.loads(call)
+        pretrain = next(a for a in args if a.startswith("--pretrain_args="))
+        namespace = dict(vars(train_simsiam))
+        config, _ = configure(namespace, preset + pretrain.split("=", 1)[1].split())
+        check_settings(config, train_simsiam.settings_rules())  # exits 2 on a bad value
+    bad = subprocess.run(["bash", "scripts/recipe_study.sh", "no_such_row"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown row no_such_row" in bad.stderr

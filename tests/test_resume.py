@@ -57,7 +57,10 @@ def test_resuming_with_settings_that_define_the_run_is_refused_by_name(tmp_path,
     assert code == 1 and "16 listed then, 17 now" in err and "--resume=False" in err, err
     shutil.rmtree(tmp_path / "images" / "more")
     # two processes resuming what one process wrote: the global batch and the lr would change
-    for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0")):
+    # (all five torchrun variables: a partial set is refused earlier, as left over from elsewhere;
+    # the refusal comes before any process group would wait for the missing peer)
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0"),
+                        ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29512")):
         monkeypatch.setenv(name, value)
     code, _, err = run_in_process("train_simsiam.py", *common, "--num_epochs=2")
     assert code == 1 and "written by 1 process" in err and "--resume=False" in err, err
