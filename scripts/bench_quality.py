@@ -47,8 +47,8 @@ AMP = ""  # pre-training and fine-tuning AMP; "" = preset's (cpu: bf16 where nat
 FLOORS_DIR = ""  # an earlier OUTPUT_DIR whose floors (same network, size, commands) are reused
 # -------------------------------------------------------------------------------------------------
 
-# What each preset runs. The CPU preset is the recipe study's best row (docs/experiments.md: the
-# small stem at stride 1 moved the features, no recipe change did) on all of train.csv, 3 epochs.
+# What each preset runs. The CPU preset is the recipe study's row stride_1 (docs/experiments.md:
+# the small stem at stride 1 moved the features most) on all of train.csv for 3 epochs.
 PRESETS = {
     "cpu": {"model": ["--arch=resnet18", "--small_stem=True", "--image_size=32"],
             "pretrain": ["--batch_size=32", "--base_lr=0.2", "--warmup_epochs=1", "--num_epochs=3",

@@ -15,32 +15,32 @@ cd "$(dirname "$0")/.."
 EUROSAT="${EUROSAT:-datae/EuroSAT}"
 OUT="${STUDY_DIR:-bench_results/study}"
 PYTHON="${PYTHON:-python}"
-# name | train_simsiam.py overrides after the CPU preset's (bench_quality.py, PRESETS["cpu"])
+# name | stem stride | train_simsiam.py overrides after the CPU preset's (bench_quality.py)
 ROWS=(
-  "preset|"
-  "colour_off|--jitter_p=0"
-  "flips_rot|--vflip_p=0.5 --rotate90=True"
-  "colour_weak|--jitter_p=0.2 --jitter_strength=0.25"
-  "colour_writeup|--jitter_p=0.8 --jitter_strength=1.0 --gray_p=0.2"
-  "crop_0.6|--crop_scale_min=0.6"
-  "wd_1e-4|--weight_decay=1e-4"
-  "lr_0.5|--base_lr=0.5"
-  "batch_64|--batch_size=64"
-  "stride_1|--stem_stride=1"
-  "stride_1_colour_writeup|--stem_stride=1 --jitter_p=0.8 --jitter_strength=1.0 --gray_p=0.2"
-  "stride_1_overhead|--stem_stride=1 --vflip_p=0.5 --rotate90=True --jitter_p=.2 --jitter_strength=.25"
+  "preset|2|"
+  "colour_off|2|--jitter_p=0"
+  "flips_rot|2|--vflip_p=0.5 --rotate90=True"
+  "colour_weak|2|--jitter_p=0.2 --jitter_strength=0.25"
+  "colour_writeup|2|--jitter_p=0.8 --jitter_strength=1.0 --gray_p=0.2"
+  "crop_0.6|2|--crop_scale_min=0.6"
+  "wd_1e-4|2|--weight_decay=1e-4"
+  "lr_0.5|2|--base_lr=0.5"
+  "batch_64|2|--batch_size=64"
+  "stride_1|1|"
+  "stride_1_colour_writeup|1|--jitter_p=0.8 --jitter_strength=1.0 --gray_p=0.2"
+  "stride_1_overhead|1|--vflip_p=0.5 --rotate90=True --jitter_p=0.2 --jitter_strength=0.25"
 )
 names=("$@")
 [[ ${#names[@]} -gt 0 ]] || names=("${ROWS[@]%%|*}")  # the rows asked for, in that order
 for name in "${names[@]}"; do
-  args=""
-  for row in "${ROWS[@]}"; do [[ "${row%%|*}" == "$name" ]] && args="${row#*|}" && found=1; done
-  [[ "${found:-}" == 1 ]] || { echo "unknown row $name; rows: ${ROWS[*]%%|*}" >&2; exit 2; }
-  found=0
-  echo "==== row $name: $args"
-  floors="$OUT/preset"  # the stride-1 rows share the floors of row stride_1 (its random init)
-  [[ "$args" == *"--stem_stride=1"* && "$name" != stride_1 ]] && floors="$OUT/stride_1"
+  row=""
+  for candidate in "${ROWS[@]}"; do [[ "${candidate%%|*}" == "$name" ]] && row="$candidate"; done
+  [[ -n "$row" ]] || { echo "unknown row $name; rows: ${ROWS[*]%%|*}" >&2; exit 2; }
+  IFS="|" read -r _ stride args <<< "$row"
+  echo "==== row $name: stride $stride $args"
+  # the rows of one network share the floors of its first row (there they are computed)
+  floors="$OUT/preset"; [[ "$stride" == 1 ]] && floors="$OUT/stride_1"
   "$PYTHON" scripts/bench_quality.py --eurosat_dir="$EUROSAT" --output_dir="$OUT/$name" \
     --floors_dir="$floors" --pretrain_images=6000 --pretrain_epochs=3 --skip_finetune=True \
-    --pretrain_args="--knn_data_dir= --stem_stride=2 $args"
+    --pretrain_args="--knn_data_dir= --stem_stride=$stride $args"
 done
