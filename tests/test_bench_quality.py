@@ -107,12 +107,22 @@ def test_every_recipe_study_row_is_a_valid_set_of_train_simsiam_settings(tmp_pat
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     assert len(calls) == done.stdout.count("==== row") >= 10
     preset = PRESETS["cpu"]["model"] + PRESETS["cpu"]["pretrain"]
-    for call in calls:
+    names = [line.split()[2].rstrip(":") for line in done.stdout.splitlines() if line.startswith("==== row")]
+    configs = {}
+    for name, call in zip(names, calls):
         args = json.loads(call)
         pretrain = next(a for a in args if a.startswith("--pretrain_args="))
         namespace = dict(vars(train_simsiam))
         config, _ = configure(namespace, preset + pretrain.split("=", 1)[1].split())
         check_settings(config, train_simsiam.settings_rules())  # exits 2 on a bad value
+        configs[name] = config
+    # the rows keep the recipe they were run with although the preset has since taken the best
+    # row's: row "preset" is the preset of the study's time, row stride_1_overhead the preset now
+    recipe = ("JITTER_P", "JITTER_STRENGTH", "GRAY_P", "VFLIP_P", "ROTATE90", "STEM_STRIDE")
+    assert [configs["preset"][k] for k in recipe] == [0.8, 0.5, 0.0, 0.0, False, 2]
+    now, _ = configure(dict(vars(train_simsiam)), preset)
+    assert {k: configs["stride_1_overhead"][k] for k in now if k not in ("KNN_DATA_DIR",)} == \
+        {k: now[k] for k in now if k not in ("KNN_DATA_DIR",)}
     bad = subprocess.run(["bash", "scripts/recipe_study.sh", "no_such_row"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unknown row no_such_row" in bad.stderr
