@@ -2,11 +2,11 @@
 # The CPU recipe study of docs/experiments.md: one quick protocol for every row, so rows compare.
 # Each row pre-trains ResNet-18 with the small stem on 32 px views (batch 32, bf16 where the CPU
 # has it natively) for 3 epochs on a fixed 6,000 of the train.csv images (seed 0), with the row's
-# changes to BASE (the CPU preset of scripts/bench_quality.py as it was when the study ran, before
-# the preset took row stride_1_overhead), then scores kNN and the
-# linear probe on test.csv beside the two floors (the same network at random init, and image
-# statistics), which the rows of one network share. The first rows use the stem at stride 2 (a
-# quarter of the cost); the stride_1 rows the preset's stride 1.
+# changes to BASE (the CPU preset of scripts/bench_quality.py when the study ran, before the preset
+# took row stride_1_overhead), then scores kNN and the linear probe on test.csv beside the two
+# floors (the same network at random init, and image statistics), which the rows of one network
+# share. The first rows use the stem at stride 2 (a quarter of the cost), the stride_1 rows the
+# preset's stride 1, row size_64_overhead 64 px views at stride 2.
 # A rerun skips finished rows.
 #   bash scripts/recipe_study.sh                       # every row
 #   bash scripts/recipe_study.sh colour_off flips_rot  # some rows

@@ -107,7 +107,8 @@ def test_every_recipe_study_row_is_a_valid_set_of_train_simsiam_settings(tmp_pat
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     assert len(calls) == done.stdout.count("==== row") >= 10
     preset = PRESETS["cpu"]["model"] + PRESETS["cpu"]["pretrain"]
-    names = [line.split()[2].rstrip(":") for line in done.stdout.splitlines() if line.startswith("==== row")]
+    names = [line.split()[2].rstrip(":") for line in done.stdout.splitlines()
+             if line.startswith("==== row")]
     configs = {}
     for name, call in zip(names, calls):
         args = json.loads(call)
