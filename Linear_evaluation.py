@@ -331,8 +331,9 @@ def main():
     # ---- test: the chosen head, once; kNN; the frozen-backbone check ----
     timer = time.time()
     test_loss, _, predictions = evaluate(best_head, features["test"], labels["test"])
+    knn = knn_accuracies(features if backbone else standardized, labels)
     metrics.update(test_results(labels["test"], predictions, test_loss, class_names),
-                   knn=knn_accuracies(features if backbone else standardized, labels))
+                   knn=knn["test"], knn_val=knn["validation"])
     if backbone is not None:
         check_unchanged(backbone, frozen_before)
     metrics["timings"].update(head_training_s=head_time, test_and_knn_s=time.time() - timer)
@@ -375,12 +376,14 @@ def record_probe_epoch(metrics, grid, epoch, lr, seconds):
 
 
 def knn_accuracies(features, labels):
-    """Weighted kNN accuracy on test.csv, the train features as the bank, k=20 and k=200. Image
-    statistics come standardised: their 12 numbers are in different units."""
+    """Weighted kNN accuracy on validation.csv (what choices are made on) and test.csv, the train
+    features as the bank, k=20 and k=200. Image statistics come standardised: their 12 numbers are
+    in different units."""
     num_classes = int(labels["train"].max()) + 1
-    return {f"k{k}": (knn_predict(features["train"], labels["train"], features["test"],
-                                  num_classes, k=k, temperature=KNN_TEMPERATURE)
-                      == labels["test"]).float().mean().item() * 100 for k in (20, 200)}
+    return {split: {f"k{k}": (knn_predict(features["train"], labels["train"], features[split],
+                                          num_classes, k=k, temperature=KNN_TEMPERATURE)
+                              == labels[split]).float().mean().item() * 100 for k in (20, 200)}
+            for split in ("validation", "test")}
 
 
 def print_summary(metrics, feature_time, head_time, metrics_path):
@@ -388,7 +391,8 @@ def print_summary(metrics, feature_time, head_time, metrics_path):
     print(f"test accuracy {metrics['test_acc']:.2f}% (loss {metrics['test_loss']:.4f}) with the "
           f"head of epoch {metrics['best_epoch']} (weight decay {metrics['weight_decay']:g}, val "
           f"{metrics['best_val_acc']:.2f}%); kNN k20 {knn['k20']:.2f}% k200 {knn['k200']:.2f}% "
-          f"(temperature {KNN_TEMPERATURE})")
+          f"(val {metrics['knn_val']['k20']:.2f}% / {metrics['knn_val']['k200']:.2f}%, "
+          f"temperature {KNN_TEMPERATURE})")
     print("per-class test accuracy: "
           + ", ".join(f"{n} {a:.1f}%" for n, a in metrics["per_class_acc"].items()))
     print(f"wall time {metrics['wall_time_s']:.1f} s: feature extraction {feature_time:.1f} s, "

@@ -1,7 +1,7 @@
 """Real-data quality: does the pre-training learn? SimSiam on the unlabeled EuroSAT training
-images, then kNN, the linear probe and fine-tuning on test.csv, beside the same evaluations of its
-two floors: the same network at random initialisation, and image statistics (12 colour numbers per
-image; kNN and probe only).
+images, then kNN, the linear probe and fine-tuning on validation.csv and test.csv, beside the same
+evaluations of its two floors: the same network at random initialisation, and image statistics (12
+colour numbers per image; kNN and probe only).
 
     python scripts/bench_quality.py                   # PRESET="cpu" (see PRESETS)
     python scripts/bench_quality.py --preset=gpu      # ResNet-18, small stem, EuroSAT's 64 px
@@ -9,7 +9,8 @@ image; kNN and probe only).
     python scripts/bench_quality.py --eurosat_dir=../shared/data/EuroSAT  # another copy of EuroSAT
 
 Pre-training sees only the images listed in train.csv (FILE_LIST), without labels; validation.csv
-picks the probe's weight decay and every best epoch; test.csv gives every reported accuracy. Each
+picks the probe's weight decay and every best epoch, and every row reports it beside test.csv, so
+that choices between runs (recipes, presets) are made on validation and test.csv is only read. Each
 step is a plain run of the project's scripts (its command is printed and recorded), logged to
 OUTPUT_DIR/<step>.log. A rerun skips the steps that finished; FLOORS_DIR reuses another run's
 floors (a study's rows share them). Writes OUTPUT_DIR/quality.json and OUTPUT_DIR/quality.md (the
@@ -32,7 +33,7 @@ from runtime import (AMP_MODES, CheckpointError, at_least, atomic_save,  # noqa:
 from simsiam_model import COLLAPSE_RATIO, stem_label  # noqa: E402
 
 # -------------------------------------------------------------------------------------------------
-PRESET = "cpu"  # cpu | gpu | writeup (see PRESETS below)
+PRESET = "cpu"  # cpu | gpu | writeup | custom (see PRESETS below)
 EUROSAT_DIR = "datae/EuroSAT"  # real EuroSAT RGB with train/validation/test CSVs, label_map.json
 OUTPUT_DIR = ""  # "" = bench_results/quality_<PRESET>
 CACHE_DIR = "cache"  # decoded-once image arrays, shared by all steps
@@ -72,6 +73,9 @@ PRESETS = {
             "linear": ["--batch_size=256", "--num_epochs=90"],
             "finetune": ["--batch_size=128", "--num_epochs=10", "--warmup_epochs=1"],
             "amp": "auto"},
+    # nothing but the scripts' own defaults and PRETRAIN_ARGS: the recipe study's rows spell out
+    # their whole recipe (scripts/recipe_study.sh), so that a preset changed later changes no row
+    "custom": {"model": [], "pretrain": [], "linear": [], "finetune": [], "amp": "auto"},
     # the write-up's recipe at full size (ResNet-50, 224 px) with the batch a GPU wants: the first
     # H200 run (README)
     "writeup": {"model": ["--arch=resnet50", "--image_size=224"],
@@ -249,16 +253,22 @@ INITS = (("SimSiam pre-trained", ""), ("random init", "_random"),
          ("image statistics", "_image_stats"))
 
 
-def margins(rows):
-    """SimSiam's accuracy minus the higher of the two floors, per protocol: what pre-training
-    bought beyond colour statistics and an untrained network."""
+def margins(rows, column):
+    """SimSiam's accuracy minus the higher of the two floors, per protocol, in the given column of
+    the rows (2: validation, 3: test): what pre-training bought beyond colour statistics and an
+    untrained network."""
     by_protocol = {}
-    for init, protocol, accuracy, _ in rows:
-        by_protocol.setdefault(protocol.split(" (")[0], {})[init] = accuracy
+    for row in rows:
+        if row[column] is not None:
+            by_protocol.setdefault(row[1].split(" (")[0], {})[row[0]] = row[column]
     return {protocol: found["SimSiam pre-trained"] - max(found[f] for f in floors)
             for protocol, found in by_protocol.items()
             if "SimSiam pre-trained" in found
             and (floors := [f for f in found if f != "SimSiam pre-trained"])}
+
+
+def percent(value):
+    return "-" if value is None else f"{value:.2f} %"
 
 
 def write_report(out, config, pretrain_metrics, results, times, commands, final):
@@ -271,22 +281,23 @@ def write_report(out, config, pretrain_metrics, results, times, commands, final)
     test_images = (f" ({len(next(iter(results.values()))['test_files']):,} images)"
                    if results else "")
     epochs = pretrain_metrics["epochs"][-1]
-    rows = []
+    rows = []  # (initialisation, protocol, validation accuracy, test accuracy, wall seconds)
     for init, suffix in INITS:
         if f"linear{suffix}" in results:
             linear = results[f"linear{suffix}"]
+            wall = times[f"linear{suffix}"]
             for k in ("k20", "k200"):
-                rows.append((init, f"kNN k={k[1:]} (cosine, T=0.2)", linear["knn"][k],
-                             times[f"linear{suffix}"]))
+                rows.append((init, f"kNN k={k[1:]} (cosine, T=0.2)",
+                             (linear.get("knn_val") or {}).get(k), linear["knn"][k], wall))
             rows.append((init, f"linear probe ({linear['config']['NUM_EPOCHS']} epochs, weight "
                          f"decay {linear['weight_decay']:g}, both chosen on validation)",
-                         linear["test_acc"], times[f"linear{suffix}"]))
+                         linear["best_val_acc"], linear["test_acc"], wall))
         if f"finetune{suffix}" in results:
             tuned = results[f"finetune{suffix}"]
             epochs_tuned = tuned["config"]["NUM_EPOCHS"]
             rows.append((init, f"fine-tune ({epochs_tuned} "
                          f"epoch{'s' if epochs_tuned > 1 else ''}, best on validation)",
-                         tuned["test_acc"], times[f"finetune{suffix}"]))
+                         tuned["best_val_acc"], tuned["test_acc"], times[f"finetune{suffix}"]))
     ranks = {init: results[f"linear{suffix}"].get("feature_effective_rank")
              for init, suffix in (("pretrained", ""), ("random", "_random"))
              if f"linear{suffix}" in results}
@@ -301,10 +312,13 @@ def write_report(out, config, pretrain_metrics, results, times, commands, final)
         "z_std_healthy": pretrain_metrics["z_std_healthy"], "collapse_warning": collapsed,
         "feature_effective_rank": ranks,
         "knn_val_per_epoch": dict(zip(pretrain_metrics["epochs"], pretrain_metrics["knn_top1"])),
-        "rows": [{"init": i, "protocol": p, "test_acc": a, "wall_s": w} for i, p, a, w in rows],
-        "margin_over_floors": margins(rows),
+        "rows": [{"init": i, "protocol": p, "val_acc": v, "test_acc": a, "wall_s": w}
+                 for i, p, v, a, w in rows],
+        "margin_over_floors": margins(rows, 3),
+        "margin_over_floors_validation": margins(rows, 2),
         "commands": commands, "config": config}
-    lines = [f"Real EuroSAT RGB, `test.csv`{test_images}, {network} at {size} px, "
+    lines = [f"Real EuroSAT RGB, `validation.csv` and `test.csv`{test_images}, {network} at "
+             f"{size} px, "
              f"preset `{PRESET}` on {machine()}; "
              f"pre-training: {epochs} epochs on the "
              f"{pretrain_metrics['num_images']:,} unlabeled `train.csv` images in "
@@ -313,12 +327,15 @@ def write_report(out, config, pretrain_metrics, results, times, commands, final)
              f"{summary['z_std_final']:.4f} (healthy {summary['z_std_healthy']:.4f}"
              f"{', COLLAPSE WARNING' if collapsed else ', no collapse warning'})."
              + ("" if final else " (Unfinished: the steps not listed did not run.)"), "",
-             "| initialisation | protocol | test accuracy | wall time |",
-             "| --- | --- | --- | --- |"]
-    lines += [f"| {i} | {p} | {a:.2f} % | {w / 60:.1f} min |" for i, p, a, w in rows]
-    if summary["margin_over_floors"]:
-        lines += ["", "SimSiam minus the higher floor (random init or image statistics): "
-                  + ", ".join(f"{p} {m:+.2f}" for p, m in summary["margin_over_floors"].items())]
+             "| initialisation | protocol | validation accuracy | test accuracy | wall time |",
+             "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {i} | {p} | {percent(v)} | {percent(a)} | {w / 60:.1f} min |"
+              for i, p, v, a, w in rows]
+    for split in ("validation", "test"):
+        found = summary["margin_over_floors" + ("_validation" if split == "validation" else "")]
+        if found:
+            lines += ["", f"SimSiam minus the higher floor (random init or image statistics), "
+                      f"{split}: " + ", ".join(f"{p} {m:+.2f}" for p, m in found.items())]
     if len(ranks) == 2 and None not in ranks.values():
         lines += ["", f"Feature effective rank (train, {results['linear']['feature_dim']}-d): "
                       f"pre-trained "

@@ -58,7 +58,9 @@ def test_bench_quality_quick_run_writes_table(tmp_path):
     pretrain_metrics = torch.load(out / "pretrain_metrics.pth", weights_only=False)
     assert set(pretrain_metrics["knn_floors"]) == {"random init", "image statistics"}
     assert "kNN monitor floors (validation): random init" in (out / "pretrain.log").read_text()
-    assert all(0 <= row["test_acc"] <= 100 for row in summary["rows"])
+    assert all(0 <= row["test_acc"] <= 100 and 0 <= row["val_acc"] <= 100
+               for row in summary["rows"])  # validation beside test in every row
+    assert set(summary["margin_over_floors_validation"]) == set(summary["margin_over_floors"])
     assert all(0 < rank <= 512 for rank in summary["feature_effective_rank"].values())
     table = (out / "quality.md").read_text()
     assert "| random init | linear probe" in table and "python train_simsiam.py" in table
@@ -85,8 +87,9 @@ def test_bench_quality_quick_run_writes_table(tmp_path):
 
 def test_every_recipe_study_row_is_a_valid_set_of_train_simsiam_settings(tmp_path):
     """scripts/recipe_study.sh, run with a PYTHON that only records its arguments: every row
-    becomes one bench_quality command whose pre-training overrides, after the CPU preset's, are
-    settings train_simsiam.py accepts; an unknown row is refused by name."""
+    becomes one bench_quality command on the preset that adds nothing (custom), whose pre-training
+    overrides spell out the whole recipe as settings train_simsiam.py accepts, so that no preset
+    changed later changes a row; the ranking runs last; an unknown row is refused by name."""
     import subprocess
     import sys
 
@@ -104,26 +107,57 @@ def test_every_recipe_study_row_is_a_valid_set_of_train_simsiam_settings(tmp_pat
     done = subprocess.run(["bash", "scripts/recipe_study.sh"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    calls = (tmp_path / "calls.txt").read_text().splitlines()
-    assert len(calls) == done.stdout.count("==== row") >= 10
-    preset = PRESETS["cpu"]["model"] + PRESETS["cpu"]["pretrain"]
+    calls = [json.loads(line) for line in (tmp_path / "calls.txt").read_text().splitlines()]
+    assert len(calls) == done.stdout.count("==== row") + 1 >= 11
+    assert calls[-1][0].endswith("rank_study.py")  # ranked on validation, after every row
     names = [line.split()[2].rstrip(":") for line in done.stdout.splitlines()
              if line.startswith("==== row")]
+    assert PRESETS["custom"]["model"] == PRESETS["custom"]["pretrain"] == []
+    recipe = ("ARCH", "SMALL_STEM", "STEM_STRIDE", "IMAGE_SIZE", "BATCH_SIZE", "BASE_LR",
+              "WARMUP_EPOCHS", "WEIGHT_DECAY", "CROP_SCALE_MIN", "JITTER_P", "JITTER_STRENGTH",
+              "GRAY_P", "BLUR_P", "SOLARIZE", "VFLIP_P", "ROTATE90")
     configs = {}
-    for name, call in zip(names, calls):
-        args = json.loads(call)
-        pretrain = next(a for a in args if a.startswith("--pretrain_args="))
+    for name, args in zip(names, calls):
+        assert "--preset=custom" in args
+        pretrain = next(a for a in args if a.startswith("--pretrain_args=")).split("=", 1)[1]
+        given = {arg.split("=")[0][2:].upper() for arg in pretrain.split()}
+        assert set(recipe) <= given, (name, set(recipe) - given)  # the whole recipe, spelled out
         namespace = dict(vars(train_simsiam))
-        config, _ = configure(namespace, preset + pretrain.split("=", 1)[1].split())
+        config, _ = configure(namespace, pretrain.split())
         check_settings(config, train_simsiam.settings_rules())  # exits 2 on a bad value
         configs[name] = config
-    # the rows keep the recipe they were run with although the preset has since taken the best
-    # row's: row "preset" is the preset of the study's time, row stride_1_overhead the preset now
-    recipe = ("JITTER_P", "JITTER_STRENGTH", "GRAY_P", "VFLIP_P", "ROTATE90", "STEM_STRIDE")
-    assert [configs["preset"][k] for k in recipe] == [0.8, 0.5, 0.0, 0.0, False, 2]
-    now, _ = configure(dict(vars(train_simsiam)), preset)
-    assert {k: configs["stride_1_overhead"][k] for k in now if k not in ("KNN_DATA_DIR",)} == \
-        {k: now[k] for k in now if k not in ("KNN_DATA_DIR",)}
+    # the rows keep the recipe they were run with: row "preset" is the CPU preset of the study's
+    # time, row stride_1_overhead the overhead-imagery recipe
+    checked = ("JITTER_P", "JITTER_STRENGTH", "GRAY_P", "VFLIP_P", "ROTATE90", "STEM_STRIDE")
+    assert [configs["preset"][k] for k in checked] == [0.8, 0.5, 0.0, 0.0, False, 2]
+    assert [configs["stride_1_overhead"][k] for k in checked] == [0.2, 0.25, 0.0, 0.5, True, 1]
     bad = subprocess.run(["bash", "scripts/recipe_study.sh", "no_such_row"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unknown row no_such_row" in bad.stderr
+
+
+def test_the_study_is_ranked_on_validation_not_on_test(tmp_path):
+    """rank_study.py orders rows by their validation figures; a row that is better on test only
+    ranks below, and an unfinished row is left out by name."""
+    def write_row(name, validation, test, complete=True):
+        rows = [{"init": init, "protocol": protocol, "val_acc": value, "test_acc": test_value,
+                 "wall_s": 1.0}
+                for init, scale in (("SimSiam pre-trained", 1.0), ("random init", 0.5),
+                                    ("image statistics", 0.6))
+                for protocol, value, test_value in (
+                    ("kNN k=20 (cosine, T=0.2)", validation * scale, test * scale),
+                    ("linear probe (90 epochs)", validation * scale, test * scale))]
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "quality.json").write_text(json.dumps({
+            "complete": complete, "rows": rows, "arch": "resnet18 (small stem)",
+            "input_size": 32, "margin_over_floors_validation": {},
+            "commands": {"pretrain": f"python train_simsiam.py --stem_stride=1 --row={name}"}}))
+    write_row("better_on_test", validation=60.0, test=80.0)
+    write_row("better_on_validation", validation=70.0, test=65.0)
+    write_row("unfinished", validation=99.0, test=99.0, complete=False)
+    result = run_script("scripts/rank_study.py", f"--study_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    ranking = (tmp_path / "ranking.md").read_text().splitlines()
+    assert ranking[2].startswith("| 1 | better_on_validation |")
+    assert ranking[3].startswith("| 2 | better_on_test |")
+    assert "skipping row unfinished" in result.stdout and "unfinished |" not in result.stdout
