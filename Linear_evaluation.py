@@ -15,8 +15,13 @@ features are computed in fp32 (standardising rounded features would blow their r
 in dimensions that hardly vary). The probe: one linear head per weight decay of WEIGHT_DECAYS,
 all trained side by side on the same batches of standardised train.csv features; the head and
 epoch with the best validation.csv accuracy are kept, and only that head is scored on test.csv.
-Also reported: weighted kNN accuracy on test.csv (bank = train.csv features, cosine, k=20 and
-k=200), a protocol with no training.
+Also reported: weighted kNN accuracy on validation.csv and test.csv (bank = train.csv features,
+cosine, k=20 and k=200), a protocol with no training.
+
+LABEL_FRACTION < 1 (e.g. 0.01) evaluates with a stratified fraction of train.csv's labels (the same
+images for every backbone and floor, simsiam_data.label_subset): the probe and the kNN bank see only
+those; validation and test stay whole. Each epoch walks that subset about 1/LABEL_FRACTION times,
+so the heads take the steps of one pass over all of train.csv. Files get a `_labels1pct` suffix.
 
 `--pretrained_path=image_stats` runs the same probe and kNN on the mean, std, min and max of each
 RGB channel of every image (standardised with train.csv's statistics): a floor that learned
@@ -26,7 +31,8 @@ FEATURE_CACHE = True (default): the backbone sees each image once; 90 epochs of 
 seconds. FEATURE_CACHE = False runs every training batch of every epoch through the frozen
 backbone (needed for AUGMENT = True); with AUGMENT = False it gives the same result.
 
-Writes into OUTPUT_DIR (every write atomic; `_random` / `_image_stats` names for the floors):
+Writes into OUTPUT_DIR (every write atomic; `_random` / `_image_stats` names for the floors, and
+`_labels<percent>pct` for a LABEL_FRACTION below 1):
   linear_eval_metrics.pth               after every epoch, and at the end with the test results
   linear_eval_eurosat_best_model.pth    whenever validation accuracy improves
                                         (classify_image.py can use it)
@@ -38,6 +44,7 @@ Prints one line per epoch (the heads' best so far), a line per weight decay, the
 """
 import math
 import time
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -50,9 +57,9 @@ from runtime import (above, at_least, atomic_save, between, channels_last_for, c
                      check_settings, configure, describe_device, device_and_precision,
                      epoch_generator, fail, one_of, pick_device, prepare_output_dir, run,
                      seed_everything, warmup_cosine)
-from simsiam_model import (ARCHS, LINEAR_METRICS_KIND, Classifier, classifier_checkpoint,
-                           effective_rank, evaluation_memory, evaluation_metrics,
-                           evaluation_outputs, knn_predict,
+from simsiam_model import (ARCHS, IMAGE_STATS, LINEAR_METRICS_KIND, Classifier,
+                           classifier_checkpoint, effective_rank, evaluation_memory,
+                           evaluation_metrics, evaluation_outputs, knn_top1,
                            record_evaluation_epoch, start_evaluation, test_results)
 
 # -------------------------------------------------------------------------------------------------
@@ -64,6 +71,7 @@ ARCH = "resnet50"  # random baseline only (checkpoints name theirs): resnet18 | 
 SMALL_STEM = False  # 3x3 stride-1 stem for the random baseline only (a checkpoint names its own)
 STEM_STRIDE = 1  # that small stem's conv stride, random baseline only (a checkpoint names its own)
 IMAGE_SIZE = 0  # input side in px; 0 = the checkpoint's own IMAGE_SIZE (224 for random)
+LABEL_FRACTION = 1.0  # share of train.csv's labels used (stratified, fixed seed): 0.01 = 1 %
 BATCH_SIZE = 256  # images per head step and per backbone forward pass; lr scales with it
 NUM_EPOCHS = 90  # head epochs (cheap with FEATURE_CACHE; each is a full backbone pass without it)
 BASE_LR = 0.1  # head lr per 256 images: lr = BASE_LR * BATCH_SIZE / 256, half-cosine to 0 per step
@@ -102,34 +110,56 @@ def weight_decay_grid():
 
 
 def settings_rules():
+    stats = PRETRAINED_PATH == IMAGE_STATS
     return {"ARCH": one_of(*ARCHS), "STEM_STRIDE": one_of(1, 2),
-            "IMAGE_SIZE": ((lambda v: v == 0 or v >= 8),
-                           "0 (the checkpoint's own size) or at least 8"),
+            "IMAGE_SIZE": ((lambda v: v == 0 or (v >= 8 and not stats)),
+                           "0 (the checkpoint's own size) or at least 8; 0 with image_stats, "
+                           "which are taken at the stored size"),
+            "LABEL_FRACTION": ((lambda v: 0 < v <= 1),
+                               "greater than 0 and at most 1 (0.01 = 1 % of train.csv's labels)"),
             "BATCH_SIZE": at_least(1), "NUM_EPOCHS": at_least(1), "BASE_LR": above(0),
             "MOMENTUM": between(0.0, 1.0), "KNN_TEMPERATURE": above(0), "SEED": at_least(0),
-            "AUGMENT": ((lambda v: not (v and FEATURE_CACHE)),
-                        "False unless --feature_cache=False: augmented images change every "
-                        "epoch, so their features cannot be computed once")}
+            "FEATURE_CACHE": ((lambda v: v or not stats),
+                              "True with image_stats: 12 numbers per image are computed once, "
+                              "there is no backbone pass to repeat"),
+            "AUGMENT": ((lambda v: not (v and (FEATURE_CACHE or stats))),
+                        "False unless --feature_cache=False with a network: augmented images "
+                        "change every epoch, so their features cannot be computed once")}
 
 
-def embed(backbone, x, channels_last):
-    """Frozen-backbone features of a normalised NCHW batch, in fp32."""
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        return backbone(x.float()).float()
+class TrainSource(NamedTuple):
+    """What the heads' training batches are made from."""
+    standardized: torch.Tensor  # the train split's standardised features (FEATURE_CACHE)
+    images: object  # the train split's uint8 images, for the backbone pass (no FEATURE_CACHE)
+    features: object  # the extractor (simsiam_model.BackboneFeatures)
+    scale: object  # (mean, std) of the train features
+    augment: object  # a BatchAugment, or None
 
 
-def extract_features(backbone, images, image_size, device, channels_last, desc):
-    """Features of every image of `images` in file order (evaluation transform, no augmentation);
-    without a backbone, the image statistics."""
-    if backbone is None:
-        return data.image_statistics(images).to(device)
-    batches = data.iterate_batches(images, np.arange(len(images)), BATCH_SIZE, device,
-                                   drop_last=False)
-    return torch.cat([embed(backbone, data.eval_batch(batch, image_size), channels_last)
-                      for _, batch in tqdm(batches, total=math.ceil(len(images) / BATCH_SIZE),
-                                           desc=desc, leave=False)])
+def train_batches(epoch, source):
+    """(rows on the device, standardised features) of each training batch of one epoch, in the
+    epoch's seeded order: from the features computed once, or (FEATURE_CACHE False) through the
+    backbone, with the same batches in the same order."""
+    order = data.epoch_order(len(source.images), data.subset_passes(LABEL_FRACTION),
+                             epoch_generator(SEED, epoch))
+    mean, std = source.scale
+    if FEATURE_CACHE:
+        # the epoch's rows reach the device in one copy, not one (blocking) copy per step
+        rows = torch.from_numpy(np.concatenate(data.batch_rows(order, BATCH_SIZE,
+                                                               drop_last=False)))
+        rows = rows.to(source.standardized.device)
+        for start in range(0, len(rows), BATCH_SIZE):
+            batch = rows[start:start + BATCH_SIZE]
+            yield batch, source.standardized[batch]
+        return
+    generator = epoch_generator(SEED, epoch, augment_stream=1)
+    for rows, images in data.iterate_batches(source.images, order, BATCH_SIZE,
+                                             source.features.device, drop_last=False,
+                                             rows_on_device=True):
+        x = (source.augment(images, generator) if source.augment
+             else data.eval_batch(images, source.features.image_size))
+        yield rows, (source.features.of_batch(x) - mean) / std
+
 
 
 @torch.no_grad()
@@ -150,27 +180,6 @@ def fold_standardization(head, mean, std):
     return folded
 
 
-def frozen_backbone(backbone, device, channels_last):
-    """The backbone with no trainable parameter, in eval() so that BatchNorm uses, and keeps, its
-    pre-trained running statistics; and a copy of its state, for the check at the end."""
-    for p in backbone.parameters():
-        p.requires_grad = False
-    backbone = backbone.to(device, memory_format=torch.channels_last if channels_last
-                           else torch.preserve_format).eval()
-    return backbone, {k: v.detach().clone() for k, v in backbone.state_dict().items()}
-
-
-def check_unchanged(backbone, frozen_before):
-    """Stop if the frozen backbone moved (weights or BatchNorm statistics): the results would not
-    be a linear evaluation."""
-    changed = [k for k, v in backbone.state_dict().items()
-               if not torch.equal(v, frozen_before[k])]
-    if changed:
-        fail(f"the frozen backbone changed during linear evaluation ({len(changed)} tensors, "
-             f"e.g. {changed[:3]}); this is a bug: the results are not a linear evaluation.")
-    print(f"check: frozen backbone unchanged ({len(frozen_before)} tensors identical)")
-
-
 def new_heads(grid, feature_dim, num_classes, lr, device):
     """One zero linear head per weight decay, and one SGD over them all; the decay applies to the
     weights, not the biases."""
@@ -184,37 +193,16 @@ def new_heads(grid, feature_dim, num_classes, lr, device):
     return heads, torch.optim.SGD(groups, lr=lr, momentum=MOMENTUM)
 
 
-def train_batches(epoch, backbone, standardized, train_images, image_size, device,
-                  channels_last, augment):
-    """(rows on the device, standardised features) of each training batch of one epoch, in the
-    epoch's seeded order: from the features computed once, or (FEATURE_CACHE False) through the
-    backbone, with the same batches in the same order."""
-    order = torch.randperm(len(train_images), generator=epoch_generator(SEED, epoch)).numpy()
-    if FEATURE_CACHE:
-        # the epoch's rows reach the device in one copy, not one (blocking) copy per step
-        rows = torch.from_numpy(np.concatenate(data.batch_rows(order, BATCH_SIZE,
-                                                               drop_last=False))).to(device)
-        for start in range(0, len(rows), BATCH_SIZE):
-            batch = rows[start:start + BATCH_SIZE]
-            yield batch, standardized["train"][batch]
-        return
-    generator = epoch_generator(SEED, epoch, augment_stream=1)
-    for rows, images in data.iterate_batches(train_images, order, BATCH_SIZE, device,
-                                             drop_last=False, rows_on_device=True):
-        x = augment(images, generator) if augment else data.eval_batch(images, image_size)
-        yield rows, standardized["scale"](embed(backbone, x, channels_last))
-
-
-def validate_heads(heads, sums, standardized, labels, metrics, grid, epoch):
-    """Record each head's epoch (train loss and accuracy from the epoch's running `sums`,
-    validation loss and accuracy) and keep the best (weight decay, epoch) on validation.csv; test
-    labels are never looked at here. Returns the head that became the best this epoch, or
-    None."""
-    num_train, chosen = len(labels["train"]), None
+def validate_heads(heads, train, validation, metrics, epoch):
+    """Record each head's epoch (`train`: its loss and accuracy in this epoch's batches, a 2 x heads
+    tensor; its loss and accuracy on `validation`, (features, labels)) and keep the best (weight
+    decay, epoch) on validation.csv; test labels are never looked at here. Returns the head that
+    became the best this epoch, or None."""
+    grid, chosen = metrics["probe"]["weight_decays"], None
     for index, (head, curves) in enumerate(zip(heads, metrics["probe"]["curves"])):
-        val_loss, val_acc, _ = evaluate(head, standardized["validation"], labels["validation"])
-        for key, value in (("train_loss", sums[0][index].item() / num_train),
-                           ("train_acc", sums[1][index].item() / num_train * 100),
+        val_loss, val_acc, _ = evaluate(head, *validation)
+        for key, value in (("train_loss", train[0][index].item()),
+                           ("train_acc", train[1][index].item() * 100),
                            ("val_loss", val_loss), ("val_acc", val_acc)):
             curves[key].append(value)
         if metrics["weight_decay"] is None or val_acc > metrics["best_val_acc"]:
@@ -229,16 +217,76 @@ def new_probe_record(grid):
         {k: [] for k in ("train_loss", "train_acc", "val_loss", "val_acc")} for _ in grid]}
 
 
-def probe_summary(metrics, grid):
+def probe_summary(metrics):
     """A line per weight decay: its best validation accuracy, at which epoch, with its train
     accuracy there."""
     lines = []
-    for decay, curves in zip(grid, metrics["probe"]["curves"]):
+    for decay, curves in zip(metrics["probe"]["weight_decays"], metrics["probe"]["curves"]):
         epoch = int(np.argmax(curves["val_acc"]))
         lines.append(f"weight decay {decay:g}: best val {curves['val_acc'][epoch]:.2f}% at epoch "
                      f"{epoch + 1} (train {curves['train_acc'][epoch]:.2f}%)"
                      + ("  <- chosen" if decay == metrics["weight_decay"] else ""))
     return "\n".join(lines)
+
+
+def save_best(features, head, metrics):
+    """The backbone with the chosen (folded) head, as a classifier file; image statistics have no
+    network, so no file."""
+    if not features.saves_model:
+        return
+    path = metrics["best_model_path"]
+    print(f"saving best head (epoch {metrics['best_epoch']}, weight decay "
+          f"{metrics['weight_decay']:g}, val {metrics['best_val_acc']:.2f}%) to {path}")
+    classifier = Classifier(features.backbone, head.in_features, head.out_features)
+    classifier.head = head
+    extra = {"epoch": metrics["best_epoch"], "val_acc": metrics["best_val_acc"],
+             "weight_decay": metrics["weight_decay"], "source": "linear_eval",
+             "label_fraction": LABEL_FRACTION, "pretrained_path": metrics["pretrained_path"],
+             "pretrained_identity": metrics["pretrained_identity"],
+             "standardisation": "folded into the head"}
+    atomic_save(classifier_checkpoint(classifier, metrics["config"], metrics["class_names"],
+                                      data.IMAGENET_MEAN, data.IMAGENET_STD, extra=extra), path)
+
+
+def record_probe_epoch(metrics, epoch, lr, seconds):
+    """Record the epoch; the metrics' curves are those of the chosen weight decay so far (the
+    plots draw them). Returns the epoch's line."""
+    probe = metrics["probe"]
+    curves = probe["curves"][probe["weight_decays"].index(metrics["weight_decay"])]
+    line = record_evaluation_epoch(metrics, epoch, NUM_EPOCHS, {
+        "train_loss": curves["train_loss"][-1], "train_acc": curves["train_acc"][-1],
+        "val_loss": curves["val_loss"][-1], "val_acc": curves["val_acc"][-1], "lr": lr,
+        "epoch_time_s": seconds}, note=f"wd {metrics['weight_decay']:g}")
+    metrics.update({key: list(values) for key, values in curves.items()})
+    return line
+
+
+def knn_accuracies(features, values, labels):
+    """Weighted kNN accuracy on validation.csv (what choices are made on) and test.csv, the train
+    features as the bank, k=20 and k=200; `features` (the extractor) says whether its `values`
+    are standardised first (image statistics: 12 numbers in different units)."""
+    return {split: {f"k{k}": knn_top1((values["train"], values[split]), labels["train"],
+                                      labels[split], k, KNN_TEMPERATURE,
+                                      standardize=features.standardize_for_knn)
+                    for k in (20, 200)}
+            for split in ("validation", "test")}
+
+
+def print_summary(metrics, metrics_path):
+    knn, timings = metrics["knn"], metrics["timings"]
+    print(f"test accuracy {metrics['test_acc']:.2f}% (loss {metrics['test_loss']:.4f}) with the "
+          f"head of epoch {metrics['best_epoch']} (weight decay {metrics['weight_decay']:g}, val "
+          f"{metrics['best_val_acc']:.2f}%); kNN k20 {knn['k20']:.2f}% k200 {knn['k200']:.2f}% "
+          f"(val {metrics['knn_val']['k20']:.2f}% / {metrics['knn_val']['k200']:.2f}%, "
+          f"temperature {KNN_TEMPERATURE})")
+    print("per-class test accuracy: "
+          + ", ".join(f"{n} {a:.1f}%" for n, a in metrics["per_class_acc"].items()))
+    print(f"wall time {metrics['wall_time_s']:.1f} s: feature extraction "
+          f"{timings['feature_extraction_s']:.1f} s, head training "
+          f"{timings['head_training_s']:.1f} s ({timings['head_training_s'] / NUM_EPOCHS:.2f} "
+          f"s/epoch, {'cached features' if FEATURE_CACHE else 'on the fly'}), test + kNN "
+          f"{timings['test_and_knn_s']:.1f} s")
+    print(f"saving metrics to {metrics_path}")
 
 
 def main():
@@ -253,44 +301,44 @@ def main():
                                                             "linear_eval_eurosat_best_model")
     prepare_output_dir(OUTPUT_DIR, lock_name)
 
-    # ---- frozen backbone rebuilt from the checkpoint's own config (or none), and the data ----
+    # ---- the frozen backbone rebuilt from the checkpoint's own config (or image statistics) ----
     lr_peak = BASE_LR * BATCH_SIZE / 256
-    device_line = (device_and_precision(device, None, "the probe's features are fp32")
-                   + f"; head lr {lr_peak:.4f} (= {BASE_LR} x {BATCH_SIZE} / 256)")
-    backbone, feature_dim, config, identity, header = start_evaluation(
-        config, device_line, "evaluating", (metrics_path, best_path))
-    image_size, pretrained = config["IMAGE_SIZE"], config["PRETRAINED_PATH"]  # as used
-    print(header)
-    splits, labels = data.load_eurosat_splits(EUROSAT_DIR, CACHE_DIR, device)
+    print(f"device: {device_and_precision(device, None, 'the probe features are fp32')}; head lr "
+          f"{lr_peak:.4f} (= {BASE_LR} x {BATCH_SIZE} / 256)")
+    start = start_evaluation(config, device, channels_last, "evaluating", (metrics_path, best_path))
+    config, features = start.config, start.features  # as used: the checkpoint's arch and size
+    print(start.header)
+    splits, labels = data.load_eurosat_splits(EUROSAT_DIR, CACHE_DIR, device,
+                                              label_fraction=LABEL_FRACTION)
     class_names = splits["train"].class_names
-    print("images: " + ", ".join(f"{s} {len(splits[s].labels)}" for s in splits)
-          + f"; {len(class_names)} classes")
-    if backbone is not None:
-        backbone, frozen_before = frozen_backbone(backbone, device, channels_last)
+    print(data.describe_splits(splits, LABEL_FRACTION))
+    frozen_before = features.freeze()
 
     # ---- features computed once, standardised with the train split's statistics ----
     timer = time.time()
-    features = {split: extract_features(backbone, splits[split].images, image_size, device,
-                                        channels_last, f"features {split}") for split in SPLITS}
+    values = {split: features(splits[split].images, f"features {split}") for split in SPLITS}
     feature_time = time.time() - timer
-    mean, std = data.standardization(features["train"])
-    standardized = {split: (f - mean) / std for split, f in features.items()}
-    standardized["scale"] = lambda f: (f - mean) / std  # on-the-fly batches
-    rank = effective_rank(features["train"])
+    mean, std = data.standardization(values["train"])
+    standardized = {split: (v - mean) / std for split, v in values.items()}
+    rank = effective_rank(values["train"])
     print(f"features: {sum(len(s.labels) for s in splits.values())} images in "
-          f"{feature_time:.1f} s; effective rank {rank:.1f} of {feature_dim} (train; low = "
+          f"{feature_time:.1f} s; effective rank {rank:.1f} of {features.dim} (train; low = "
           "dimensional collapse)")
-    augment = data.BatchAugment(image_size, crop_scale=(0.8, 1.0), flip_p=0.5, vflip_p=0.5,
-                                jitter_p=0.0, gray_p=0.0, blur_p=0.0) if AUGMENT else None
+    augment = data.BatchAugment(features.image_size, crop_scale=(0.8, 1.0), flip_p=0.5,
+                                vflip_p=0.5, jitter_p=0.0, gray_p=0.0,
+                                blur_p=0.0) if AUGMENT else None
+    source = TrainSource(standardized["train"], splits["train"].images, features, (mean, std),
+                         augment)
 
     # ---- the heads side by side; the best (weight decay, epoch) on validation.csv ----
-    heads, optimizer = new_heads(grid, feature_dim, len(class_names), lr_peak, device)
-    steps_per_epoch = math.ceil(len(labels["train"]) / BATCH_SIZE)
+    heads, optimizer = new_heads(grid, features.dim, len(class_names), lr_peak, device)
+    seen = len(labels["train"]) * data.subset_passes(LABEL_FRACTION)  # images per epoch
+    steps_per_epoch = math.ceil(seen / BATCH_SIZE)
     metrics = evaluation_metrics(
-        LINEAR_METRICS_KIND, config, pretrained, image_size, class_names, splits["test"].paths,
-        best_path if backbone is not None else None, describe_device(device),
-        pretrained_identity=identity, feature_dim=feature_dim, feature_effective_rank=rank,
-        weight_decay=None, probe=new_probe_record(grid),
+        LINEAR_METRICS_KIND, config, splits, device=describe_device(device),
+        best_model_path=best_path if features.saves_model else None,
+        pretrained_identity=start.identity, feature_dim=features.dim,
+        feature_effective_rank=rank, weight_decay=None, probe=new_probe_record(grid),
         timings={"feature_extraction_s": feature_time})
     print(f"training {len(grid)} linear heads (weight decays {grid}): {NUM_EPOCHS} epochs x "
           f"{steps_per_epoch} steps, {'cached' if FEATURE_CACHE else 'on-the-fly'} features")
@@ -298,10 +346,8 @@ def main():
     for epoch in range(NUM_EPOCHS):
         epoch_started = time.time()
         sums = torch.zeros(2, len(heads), device=device)  # loss x images, correct: per head
-        for rows, x in tqdm(train_batches(epoch, backbone, standardized, splits["train"].images,
-                                          image_size, device, channels_last, augment),
-                            total=steps_per_epoch, leave=False, disable=FEATURE_CACHE,
-                            desc=f"epoch {epoch + 1}/{NUM_EPOCHS}"):
+        for rows, x in tqdm(train_batches(epoch, source), total=steps_per_epoch, leave=False,
+                            disable=FEATURE_CACHE, desc=f"epoch {epoch + 1}/{NUM_EPOCHS}"):
             lr = warmup_cosine(step, NUM_EPOCHS * steps_per_epoch, 0, lr_peak)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -317,89 +363,28 @@ def main():
             step += 1
         if not torch.isfinite(sums).all():
             fail(f"a head's loss became non-finite at epoch {epoch + 1}. Lower --base_lr.")
-        chosen = validate_heads(heads, sums, standardized, labels, metrics, grid, epoch)
+        chosen = validate_heads(heads, sums / seen, (standardized["validation"],
+                                                     labels["validation"]), metrics, epoch)
         if chosen is not None:  # the standardisation folded in: it works on raw features
             best_head = fold_standardization(chosen, mean, std)
-            save_best(backbone, best_head, config, class_names, epoch, metrics, best_path)
-        print(record_probe_epoch(metrics, grid, epoch, lr, time.time() - epoch_started),
-              flush=True)
+            save_best(features, best_head, metrics)
+        print(record_probe_epoch(metrics, epoch, lr, time.time() - epoch_started), flush=True)
         metrics["wall_time_s"] = time.time() - started
         atomic_save(metrics, metrics_path)
-    head_time = time.time() - head_timer
-    print(probe_summary(metrics, grid))
+    metrics["timings"]["head_training_s"] = time.time() - head_timer
+    print(probe_summary(metrics))
 
     # ---- test: the chosen head, once; kNN; the frozen-backbone check ----
     timer = time.time()
-    test_loss, _, predictions = evaluate(best_head, features["test"], labels["test"])
-    knn = knn_accuracies(features if backbone else standardized, labels)
+    test_loss, _, predictions = evaluate(best_head, values["test"], labels["test"])
+    knn = knn_accuracies(features, values, labels)
     metrics.update(test_results(labels["test"], predictions, test_loss, class_names),
                    knn=knn["test"], knn_val=knn["validation"])
-    if backbone is not None:
-        check_unchanged(backbone, frozen_before)
-    metrics["timings"].update(head_training_s=head_time, test_and_knn_s=time.time() - timer)
+    print(f"check: {features.assert_unchanged(frozen_before)}")
+    metrics["timings"]["test_and_knn_s"] = time.time() - timer
     metrics["wall_time_s"] = time.time() - started
     atomic_save(metrics, metrics_path)
-    print_summary(metrics, feature_time, head_time, metrics_path)
-
-
-def save_best(backbone, head, config, class_names, epoch, metrics, best_path):
-    """The backbone with the chosen (folded) head, as a classifier file; the image-statistics floor
-    has no network, so no file."""
-    if backbone is None:
-        return
-    print(f"saving best head (epoch {epoch + 1}, weight decay {metrics['weight_decay']:g}, val "
-          f"{metrics['best_val_acc']:.2f}%) to {best_path}")
-    classifier = Classifier(backbone, head.in_features, head.out_features)
-    classifier.head = head
-    atomic_save(classifier_checkpoint(classifier, config, class_names, data.IMAGENET_MEAN,
-                                      data.IMAGENET_STD,
-                                      extra={"epoch": epoch + 1,
-                                             "val_acc": metrics["best_val_acc"],
-                                             "weight_decay": metrics["weight_decay"],
-                                             "source": "linear_eval",
-                                             "pretrained_path": metrics["pretrained_path"],
-                                             "pretrained_identity": metrics["pretrained_identity"],
-                                             "standardisation": "folded into the head"}),
-                best_path)
-
-
-def record_probe_epoch(metrics, grid, epoch, lr, seconds):
-    """Record the epoch; the metrics' curves are those of the chosen weight decay so far (the
-    plots draw them). Returns the epoch's line."""
-    curves = metrics["probe"]["curves"][grid.index(metrics["weight_decay"])]
-    line = record_evaluation_epoch(metrics, epoch, NUM_EPOCHS, {
-        "train_loss": curves["train_loss"][-1], "train_acc": curves["train_acc"][-1],
-        "val_loss": curves["val_loss"][-1], "val_acc": curves["val_acc"][-1], "lr": lr,
-        "epoch_time_s": seconds}, note=f"wd {metrics['weight_decay']:g}")
-    metrics.update({key: list(values) for key, values in curves.items()})
-    return line
-
-
-def knn_accuracies(features, labels):
-    """Weighted kNN accuracy on validation.csv (what choices are made on) and test.csv, the train
-    features as the bank, k=20 and k=200. Image statistics come standardised: their 12 numbers are
-    in different units."""
-    num_classes = int(labels["train"].max()) + 1
-    return {split: {f"k{k}": (knn_predict(features["train"], labels["train"], features[split],
-                                          num_classes, k=k, temperature=KNN_TEMPERATURE)
-                              == labels[split]).float().mean().item() * 100 for k in (20, 200)}
-            for split in ("validation", "test")}
-
-
-def print_summary(metrics, feature_time, head_time, metrics_path):
-    knn = metrics["knn"]
-    print(f"test accuracy {metrics['test_acc']:.2f}% (loss {metrics['test_loss']:.4f}) with the "
-          f"head of epoch {metrics['best_epoch']} (weight decay {metrics['weight_decay']:g}, val "
-          f"{metrics['best_val_acc']:.2f}%); kNN k20 {knn['k20']:.2f}% k200 {knn['k200']:.2f}% "
-          f"(val {metrics['knn_val']['k20']:.2f}% / {metrics['knn_val']['k200']:.2f}%, "
-          f"temperature {KNN_TEMPERATURE})")
-    print("per-class test accuracy: "
-          + ", ".join(f"{n} {a:.1f}%" for n, a in metrics["per_class_acc"].items()))
-    print(f"wall time {metrics['wall_time_s']:.1f} s: feature extraction {feature_time:.1f} s, "
-          f"head training {head_time:.1f} s ({head_time / NUM_EPOCHS:.2f} s/epoch, "
-          f"{'cached features' if FEATURE_CACHE else 'on the fly'}), test + kNN "
-          f"{metrics['timings']['test_and_knn_s']:.1f} s")
-    print(f"saving metrics to {metrics_path}")
+    print_summary(metrics, metrics_path)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ test predictions, the classifier checkpoint it names) and writes PNGs at DPI int
     confusion_linear_eval.png   test confusion matrix and per-class accuracy
     confusion_finetune.png      the same for fine-tuning
     predictions_finetune.png    test images with true and predicted class, wrong ones in red
+    label_fractions.png         test accuracy against the share of train.csv's labels (log axis),
+                                SimSiam beside both floors, when runs at label fractions exist
 A missing or unreadable metrics file skips only its figures, with one line that says which step
 writes it:
     skipping linear evaluation figures: outputs/linear_eval_metrics.pth not found
@@ -27,6 +29,7 @@ Prints `saving figure to figures/NAME.png` for each figure and ends with
 """
 import math
 import os
+import re
 
 import matplotlib
 
@@ -34,7 +37,7 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter, MaxNLocator  # noqa: E402
 
 import simsiam_data as data  # noqa: E402
 from runtime import (CheckpointError, at_least, atomic_write, check_settings,  # noqa: E402
@@ -80,6 +83,8 @@ def figure_inches(name, count=0):
         return 14.0, 6.4
     if name == "comparison":
         return 9.0, 5.6
+    if name == "label_fractions":
+        return 15.0, 4.8
     return 12.0, 4.8  # the training curves
 
 
@@ -513,6 +518,65 @@ def plot_predictions(m):
 
 # -------------------------------------------------------------------------------------------------
 
+# the metrics files of the evaluations in OUTPUT_DIR, at any label fraction
+EVALUATION_FILE = re.compile(r"^(linear_eval_metrics|finetune_metrics)(_random|_image_stats)?"
+                             r"(_labels[0-9.]+pct)?\.pth$")
+
+
+def label_fraction_runs():
+    """{(protocol, series): {label fraction: test accuracy}} of every finished evaluation in
+    OUTPUT_DIR (kNN k=20 and the probe of Linear_evaluation.py, fine-tuning), read from the files
+    themselves; an unreadable file is left out with a line."""
+    found = {}
+    for name in sorted(os.listdir(OUTPUT_DIR)) if os.path.isdir(OUTPUT_DIR) else []:
+        match = EVALUATION_FILE.match(name)
+        if not match:
+            continue
+        try:
+            m = load_checkpoint(os.path.join(OUTPUT_DIR, name),
+                                kinds=(LINEAR_METRICS_KIND, FINETUNE_METRICS_KIND))
+        except CheckpointError as error:
+            print(f"label fractions: leaving out {error}")
+            continue
+        if m.get("test_acc") is None:
+            continue  # unfinished
+        series = {"_random": "random", "_image_stats": "stats"}.get(match.group(2), "pretrained")
+        fraction = m.get("label_fraction", 1.0)
+        if m["kind"] == FINETUNE_METRICS_KIND:
+            found.setdefault(("fine-tuning", series), {})[fraction] = m["test_acc"]
+        else:
+            found.setdefault(("kNN, k=20", series), {})[fraction] = (m.get("knn") or {}).get("k20")
+            found.setdefault(("linear probe", series), {})[fraction] = m["test_acc"]
+    return found
+
+
+def plot_label_fractions(found):
+    """Test accuracy against the share of train.csv's labels (log axis), a panel per protocol:
+    SimSiam beside both floors, as label-efficiency results are reported (SSL4EO-S12, GEO-Bench)."""
+    fig, axes = plt.subplots(1, 3, figsize=figure_inches("label_fractions"), sharey=True)
+    for ax, protocol in zip(axes, ("kNN, k=20", "linear probe", "fine-tuning")):
+        for label, series in SERIES:
+            points = sorted((f, a) for f, a in found.get((protocol, series), {}).items()
+                            if a is not None)
+            if points:
+                ax.plot([f * 100 for f, _ in points], [a for _, a in points], "-o",
+                        color=COLOR[series], label=label)
+                for f, a in points:
+                    ax.annotate(f"{a:.1f}", (f * 100, a), textcoords="offset points",
+                                xytext=(0, 6), ha="center", fontsize=8, color=COLOR[series])
+        if ax.lines:
+            ax.legend(loc="lower right")
+        else:
+            ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes,
+                    color=COLOR["note"])
+        ax.set(xscale="log", title=protocol, xlabel="labelled share of train.csv (%)",
+               ylim=(0, 100))
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    axes[0].set(ylabel="top-1 accuracy on the test set (%)")
+    fig.suptitle(f"Accuracy by share of the labels, test.csv: {folder_name(OUTPUT_DIR)}")
+    return fig
+
+
 def main():
     config, _ = configure(globals())
     check_settings(config, {"AUGMENT_IMAGES": at_least(1), "GRID_IMAGES": at_least(1),
@@ -556,6 +620,12 @@ def main():
         draw("comparison", plot_comparison, runs)
     else:
         skip("comparison", "no linear evaluation or fine-tuning metrics", ["comparison"])
+    fractions = label_fraction_runs()
+    if len({f for points in fractions.values() for f in points}) > 1:
+        draw("label_fractions", plot_label_fractions, fractions)
+    else:
+        skip("label_fractions", "no evaluation at a label fraction below 1 beside 100 % (run "
+             "them with --label_fraction=0.01, or scripts/bench_quality.py)", ["label_fractions"])
     print(f"done: {len(written)} figures written to {FIGURES_DIR}/, {len(skipped)} skipped"
           + (f" ({', '.join(skipped)})" if skipped else ""))
 

@@ -62,6 +62,7 @@ MAX_REFLECTANCE = 0.3  # reflectance shown as 255 (make_dataset.py's default)
 MAX_FLOAT_REFLECTANCE = 6.5535  # a float image above this is no reflectance (65535 / 10000)
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # PIL's modes of grey images wider than 8 bits
 SPLITS = ("train", "validation", "test")  # the EuroSAT split files, <split>.csv
+LABEL_SUBSET_SEED = 0  # the labelled subset of a label fraction: the same for every evaluation
 
 
 # -------------------------------------------------------------------------------------------------
@@ -963,12 +964,55 @@ def read_eurosat_splits(eurosat_dir, splits=SPLITS):
     return files
 
 
-def load_eurosat_splits(eurosat_dir, cache_dir, device, splits=SPLITS):
+def load_eurosat_splits(eurosat_dir, cache_dir, device, splits=SPLITS, label_fraction=1.0):
     """({split: EuroSATSplit}, {split: labels as a tensor on device}) of the three splits, checked
-    by read_eurosat_splits before any image is decoded."""
+    by read_eurosat_splits before any image is decoded. With label_fraction < 1 the train split is
+    its labelled subset (label_subset); validation and test stay whole."""
     files = read_eurosat_splits(eurosat_dir, splits)
     loaded = {split: _decoded(files[split], split, cache_dir) for split in splits}
+    if label_fraction < 1:
+        train = loaded["train"]
+        rows = label_subset(train.labels, label_fraction)
+        loaded["train"] = EuroSATSplit(np.asarray(train.images[rows]),
+                                       [train.labels[r] for r in rows],
+                                       [train.paths[r] for r in rows], train.class_names)
     return loaded, {split: torch.tensor(loaded[split].labels, device=device) for split in splits}
+
+
+def label_subset(labels, fraction, seed=LABEL_SUBSET_SEED):
+    """The sorted rows of a stratified `fraction` of a split: round(fraction x class size) images
+    of each class, at least one, drawn with a fixed seed, so that every initialisation is scored on
+    the same labelled images. Each class's draw is one permutation whatever the fraction, so a
+    smaller fraction's images are among a larger one's (1 % within 10 %)."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        rows.append(members[:max(1, round(fraction * len(members)))])
+    return np.sort(np.concatenate(rows))
+
+
+def subset_passes(label_fraction):
+    """How many times an epoch walks the labelled subset of a label fraction (epoch_order)."""
+    return max(1, round(1 / label_fraction))
+
+
+def describe_splits(splits, label_fraction):
+    """The evaluations' line about their images, e.g. "images: train 189, validation 2700, ..."."""
+    return ("images: " + ", ".join(f"{s} {len(split.labels)}" for s, split in splits.items())
+            + f"; {len(splits['train'].class_names)} classes"
+            + (f"; {label_fraction:g} of train.csv's labels, each epoch walks them "
+               f"{subset_passes(label_fraction)} times" if label_fraction < 1 else ""))
+
+
+def epoch_order(num_rows, passes, generator):
+    """The rows of one training epoch: `passes` shuffles of range(num_rows), one after another. A
+    labelled subset of a fraction f is walked round(1 / f) times, so that an epoch takes the steps
+    of one pass over the whole split: the schedule and the validation points are those of 100 %
+    of the labels, only the labels differ. One pass is torch.randperm itself."""
+    return torch.cat([torch.randperm(num_rows, generator=generator)
+                      for _ in range(passes)]).numpy()
 
 
 def load_eurosat_cached(eurosat_dir, split, cache_dir):

@@ -19,13 +19,17 @@ import hashlib
 import math
 import os
 import re
+from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+from tqdm import tqdm
 
-from runtime import CheckpointError, library_versions, load_checkpoint
+import simsiam_data as data
+from runtime import CheckpointError, autocast_for, fail, library_versions, load_checkpoint
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
 # the "kind" entry of every file the project writes: a script loading a file checks it is the
@@ -311,19 +315,16 @@ def newest_pretrained(output_dir):
 
 
 def backbone_for_evaluation(config):
-    """The backbone that Linear_evaluation.py and finetune_model.py start from, from their config's
-    PRETRAINED_PATH: a checkpoint, "" for the newest simsiam_<arch>_epoch_X.pth in OUTPUT_DIR,
+    """The network that Linear_evaluation.py and finetune_model.py start from, from their config's
+    PRETRAINED_PATH: a checkpoint, "" for the newest simsiam_<arch>_epoch_X.pth in OUTPUT_DIR, or
     "random" for a randomly initialised ARCH (the honest baseline, with SMALL_STEM and
-    STEM_STRIDE), or "image_stats" for no network at all: IMAGE_STATS_DIM colour statistics per
-    image (the other floor; linear evaluation only).
+    STEM_STRIDE). Image statistics have no network: see evaluation_features.
 
-    Returns (backbone or None, feature_dim, the config resolved with what was actually used: the
+    Returns (backbone, feature_dim, the config resolved with what was actually used: the
     checkpoint's architecture, IMAGE_SIZE 0 replaced, the checkpoint path; the size the checkpoint
     was pre-trained at). Raises CheckpointError with the fix.
     """
     image_size = config["IMAGE_SIZE"]
-    if config["PRETRAINED_PATH"] == IMAGE_STATS:
-        return None, IMAGE_STATS_DIM, dict(config, ARCH="none", IMAGE_SIZE=0), 0
     if config["PRETRAINED_PATH"] == "random":
         try:
             backbone, feature_dim = build_backbone(config["ARCH"], 3, config["SMALL_STEM"],
@@ -474,44 +475,154 @@ def knn_predict(train_features, train_labels, query_features, num_classes, k=200
 
 
 # -------------------------------------------------------------------------------------------------
+# features: images in, an N x D fp32 tensor out. The probe, kNN and the kNN monitor all measure
+# through these, a backbone and the image-statistics floor alike.
+
+class BackboneFeatures:
+    """A backbone as a feature extractor: a uint8 NHWC image array in (any stored size: the
+    evaluation transform resizes it to `image_size` and normalises it), an N x D fp32 tensor out,
+    rows in the array's order. Computed in fp32 unless `amp_dtype` (the kNN monitor runs in the
+    training precision; the probe standardises its features, so it keeps fp32). The caller places
+    the backbone on `device` and owns its train()/eval() mode."""
+
+    saves_model = True  # a head on these features is a classifier that classify_image.py can run
+    standardize_for_knn = False  # the kNN l2-normalises them as they are
+
+    def __init__(self, backbone, dim, image_size, device, channels_last=False, amp_dtype=None,
+                 batch_size=256):
+        self.backbone, self.dim, self.image_size, self.device = backbone, dim, image_size, device
+        self.channels_last, self.amp_dtype, self.batch_size = channels_last, amp_dtype, batch_size
+
+    def describe(self, config):
+        return (f"{config['ARCH']}{stem_label(config['SMALL_STEM'], config['STEM_STRIDE'])} from "
+                f"{config['PRETRAINED_PATH']}, {self.dim}-d features, {self.image_size} px")
+
+    @torch.no_grad()
+    def of_batch(self, x):
+        """Features of a normalised NCHW batch on the device (an augmented one, for instance)."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast_for(self.device, self.amp_dtype):
+            return self.backbone(x).float()
+
+    def __call__(self, images, desc=None):
+        batches = data.iterate_batches(images, np.arange(len(images)), self.batch_size,
+                                       self.device, drop_last=False)
+        return torch.cat([self.of_batch(data.eval_batch(batch, self.image_size))
+                          for _, batch in tqdm(batches, desc=desc, leave=False, disable=not desc,
+                                               total=math.ceil(len(images) / self.batch_size))])
+
+    def freeze(self):
+        """No trainable parameter, and eval(), so that BatchNorm uses, and keeps, its running
+        statistics; returns a copy of the state, for assert_unchanged."""
+        for p in self.backbone.parameters():
+            p.requires_grad = False
+        self.backbone.eval()
+        return {k: v.detach().clone() for k, v in self.backbone.state_dict().items()}
+
+    def assert_unchanged(self, before):
+        """Stop if the frozen backbone moved (weights or BatchNorm statistics): the results would
+        not be a linear evaluation."""
+        changed = [k for k, v in self.backbone.state_dict().items()
+                   if not torch.equal(v, before[k])]
+        if changed:
+            fail(f"the frozen backbone changed during linear evaluation ({len(changed)} tensors, "
+                 f"e.g. {changed[:3]}); this is a bug: the results are not a linear evaluation.")
+        return f"frozen backbone unchanged ({len(before)} tensors identical)"
+
+
+class ImageStatistics:
+    """The floor of every results table as a feature extractor: the IMAGE_STATS_DIM colour
+    statistics of each image at its stored size (simsiam_data.image_statistics), N x 12 fp32."""
+
+    saves_model = False  # no network: a head on 12 numbers is no classifier classify_image runs
+    standardize_for_knn = True  # its numbers are in different units (means, spreads, extremes)
+    dim = IMAGE_STATS_DIM
+
+    def __init__(self, device):
+        self.device = device
+
+    def describe(self, config):
+        return (f"none: image statistics ({self.dim} numbers per image: mean, std, min and max "
+                "of each channel at the stored size)")
+
+    def __call__(self, images, desc=None):
+        return data.image_statistics(images).to(self.device)
+
+    def freeze(self):
+        return {}  # nothing that could move
+
+    def assert_unchanged(self, before):
+        return "image statistics: no network to check"
+
+
+def knn_top1(features, bank_labels, query_labels, k, temperature=0.2, standardize=False):
+    """Top-1 accuracy (%) of the weighted kNN of the query features against the bank: the one kNN
+    of the project, for the probe's report and the kNN monitor alike. `features` is (bank,
+    queries); with `standardize` (image statistics) both are standardised with the bank's
+    statistics first."""
+    bank, queries = features
+    if standardize:
+        mean, std = data.standardization(bank)
+        bank, queries = (bank - mean) / std, (queries - mean) / std
+    num_classes = int(max(bank_labels.max(), query_labels.max())) + 1
+    predicted = knn_predict(bank, bank_labels.to(bank.device), queries, num_classes, k=k,
+                            temperature=temperature)
+    return (predicted.cpu() == query_labels.cpu()).float().mean().item() * 100
+
+
+# -------------------------------------------------------------------------------------------------
 # evaluation scaffolding shared by Linear_evaluation.py and finetune_model.py: one metrics schema
+
+def fraction_suffix(fraction):
+    """How file names say a label fraction: "" for all labels, "_labels1pct" for 0.01."""
+    return "" if fraction == 1 else f"_labels{fraction * 100:g}pct"
+
 
 def evaluation_outputs(config, metrics_name, best_name):
     """(metrics file, best model file, lock name) in OUTPUT_DIR; `_random` and `_image_stats`
-    names for the two floors, so that they never overwrite the results of a pre-trained
-    backbone."""
+    names for the two floors, so that they never overwrite the results of a pre-trained backbone,
+    and `_labels1pct` (fraction_suffix) for a LABEL_FRACTION below 1."""
     suffix = {"random": "_random", IMAGE_STATS: "_image_stats"}.get(config["PRETRAINED_PATH"], "")
+    suffix += fraction_suffix(config.get("LABEL_FRACTION", 1.0))
     return (os.path.join(config["OUTPUT_DIR"], f"{metrics_name}{suffix}.pth"),
             os.path.join(config["OUTPUT_DIR"], f"{best_name}{suffix}.pth"),
             f"{metrics_name}{suffix}")
 
 
-def start_evaluation(config, device_line, verb, outputs):
-    """The backbone an evaluation starts from (backbone_for_evaluation) and the lines that
-    Linear_evaluation.py and finetune_model.py print first: what runs, where, from which backbone.
-    Results of another backbone already in `outputs` are refused (check_results_replaceable)
-    unless OVERWRITE.
+class Evaluation(NamedTuple):
+    """What an evaluation starts from (start_evaluation)."""
+    features: object  # BackboneFeatures or ImageStatistics
+    config: dict  # the config as used: the checkpoint's architecture and size filled in
+    identity: str  # what the results are results of (backbone_identity)
+    header: str  # the lines the script prints first
 
-    Returns (backbone, feature_dim, the config as it is used, its identity, those lines
-    joined)."""
-    backbone, feature_dim, config, pretrained_size = backbone_for_evaluation(config)
+
+def start_evaluation(config, device, channels_last, verb, outputs):
+    """The features an evaluation starts from and the lines that Linear_evaluation.py and
+    finetune_model.py print first: what runs, where, from which backbone. Image statistics for
+    PRETRAINED_PATH = image_stats, else the backbone of backbone_for_evaluation on `device`.
+    Results of another backbone already in `outputs` (metrics, best model) are refused
+    (check_results_replaceable) unless OVERWRITE."""
+    if config["PRETRAINED_PATH"] == IMAGE_STATS:
+        features, pretrained_size = ImageStatistics(device), 0
+        config = dict(config, ARCH="none", IMAGE_SIZE=0)
+    else:
+        backbone, feature_dim, config, pretrained_size = backbone_for_evaluation(config)
+        backbone = backbone.to(device, memory_format=torch.channels_last if channels_last
+                               else torch.preserve_format)
+        features = BackboneFeatures(backbone, feature_dim, config["IMAGE_SIZE"], device,
+                                    channels_last=channels_last)
     identity = backbone_identity(config)
     check_results_replaceable(outputs[:2], identity, config["OVERWRITE"])
-    if backbone is None:
-        described = (f"none: image statistics ({feature_dim} numbers per image: mean, std, min "
-                     "and max of each channel at the stored size)")
-    else:
-        described = (f"{config['ARCH']}{stem_label(config['SMALL_STEM'], config['STEM_STRIDE'])} "
-                     f"from {config['PRETRAINED_PATH']}, {feature_dim}-d features, "
-                     f"{config['IMAGE_SIZE']} px")
-    lines = [f"config: {config}", f"device: {device_line}", f"backbone: {described}"]
-    if backbone is not None and config["IMAGE_SIZE"] != pretrained_size:
+    lines = [f"config: {config}", f"backbone: {features.describe(config)}"]
+    if features.saves_model and config["IMAGE_SIZE"] != pretrained_size:
         lines.append(f"note: {verb} at {config['IMAGE_SIZE']} px; the checkpoint was pre-trained "
                      f"at {pretrained_size} px")
     if config["PRETRAINED_PATH"] in ("random", IMAGE_STATS):
         lines.append(f"baseline: results go to {outputs[0]}"
-                     + (f" and {outputs[1]}" if backbone is not None else ""))
-    return backbone, feature_dim, config, identity, "\n".join(lines)
+                     + (f" and {outputs[1]}" if features.saves_model else ""))
+    return Evaluation(features, config, identity, "\n".join(lines))
 
 
 def evaluation_memory(config, train):
@@ -536,18 +647,19 @@ def evaluation_memory(config, train):
                                           "IMAGE_SIZE": config["IMAGE_SIZE"]})}
 
 
-def evaluation_metrics(kind, config, pretrained, image_size, class_names, test_files, best_path,
-                       device, **extra):
-    """A new metrics dict; lists grow by one entry per epoch, the test entries are filled at the
-    end."""
+def evaluation_metrics(kind, config, splits, **extra):
+    """A new metrics dict of an evaluation of `splits` ({split: EuroSATSplit}) with `config` (as
+    used); lists grow by one entry per epoch, the test entries are filled at the end. `extra` adds
+    the script's own entries (best_model_path, device, ...)."""
     return {"kind": kind, "config": config, "versions": library_versions(), "seed": config["SEED"],
-            "pretrained_path": pretrained, "arch": config["ARCH"], "image_size": image_size,
-            "class_names": list(class_names), "epochs": [], "train_loss": [], "train_acc": [],
-            "val_loss": [], "val_acc": [], "lr": [], "epoch_time_s": [], "best_epoch": 0,
-            "best_val_acc": 0.0, "test_acc": None, "test_loss": None, "per_class_acc": None,
-            "confusion_matrix": None, "test_predictions": None, "test_files": list(test_files),
-            "knn": None, "wall_time_s": 0.0, "best_model_path": best_path, "device": device,
-            **extra}
+            "pretrained_path": config["PRETRAINED_PATH"], "arch": config["ARCH"],
+            "image_size": config["IMAGE_SIZE"], "class_names": list(splits["test"].class_names),
+            "label_fraction": config["LABEL_FRACTION"],
+            "train_labels": len(splits["train"].labels), "epochs": [], "train_loss": [],
+            "train_acc": [], "val_loss": [], "val_acc": [], "lr": [], "epoch_time_s": [],
+            "best_epoch": 0, "best_val_acc": 0.0, "test_acc": None, "test_loss": None,
+            "per_class_acc": None, "confusion_matrix": None, "test_predictions": None,
+            "test_files": list(splits["test"].paths), "knn": None, "wall_time_s": 0.0, **extra}
 
 
 def record_evaluation_epoch(metrics, epoch, num_epochs, row, lr_format=".4f", note=""):

@@ -21,7 +21,6 @@ import os
 import shlex
 import time
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
@@ -35,8 +34,9 @@ from runtime import (AMP_MODES, CheckpointError, DataError, above, amp_dtype_for
                      precision_name, prepare_output_dir,
                      restore_grad_scaler, run, seed_everything, warmup_cosine)
 from simsiam_model import (ARCHS, COLLAPSE_RATIO, PRETRAIN_KIND, PRETRAIN_LAST_KIND,
-                           PRETRAIN_METRICS_KIND, SimSiam, check_finite, knn_predict,
-                           negative_cosine_loss, normalized_std, step_memory, unwrap)
+                           PRETRAIN_METRICS_KIND, BackboneFeatures, ImageStatistics, SimSiam,
+                           check_finite, knn_top1, negative_cosine_loss, normalized_std,
+                           step_memory, unwrap)
 
 # -------------------------------------------------------------------------------------------------
 DATA_DIR = "barlow_data/train"  # unlabeled images (png/jpg/tif, searched recursively)
@@ -304,40 +304,31 @@ def decode_knn(splits, main_process, log):
 
 
 def knn_monitor(model, knn_data, device, amp_dtype):
-    """Top-1 of a weighted kNN on validation.csv with train.csv as the bank
-    (l2-normalised backbone features)."""
+    """Top-1 of a weighted kNN on validation.csv with train.csv as the bank (backbone features in
+    the training precision, l2-normalised by the kNN)."""
     backbone = unwrap(model).backbone
     backbone.eval()
-    features = {}
-    with torch.no_grad():
-        for split, (images, _) in knn_data.items():
-            chunks = []
-            for _, batch in data.iterate_batches(images, np.arange(len(images)), 256, device,
-                                                 drop_last=False):
-                with autocast_for(device, amp_dtype):
-                    chunks.append(backbone(data.eval_batch(batch, IMAGE_SIZE)).float())
-            features[split] = torch.cat(chunks)
+    features = BackboneFeatures(backbone, unwrap(model).projector[0].in_features, IMAGE_SIZE,
+                                device, amp_dtype=amp_dtype)
+    accuracy = knn_score(features, knn_data)
     backbone.train()
-    return knn_accuracy(features, knn_data)
+    return accuracy
 
 
-def knn_accuracy(features, knn_data):
-    """The monitor's kNN (k = KNN_K, cosine, temperature 0.2) of validation on train, in %."""
-    bank_labels = knn_data["train"][1].to(features["train"].device)
-    predicted = knn_predict(features["train"], bank_labels, features["validation"],
-                            int(bank_labels.max()) + 1, k=KNN_K, temperature=0.2)
-    return (predicted.cpu() == knn_data["validation"][1]).float().mean().item() * 100
+def knn_score(features, knn_data):
+    """The monitor's kNN (k = KNN_K, cosine, temperature 0.2) of validation on train, in %, with
+    `features` (a backbone's or image statistics: simsiam_model's extractors)."""
+    values = {split: features(images) for split, (images, _) in knn_data.items()}
+    return knn_top1((values["train"], values["validation"]), knn_data["train"][1],
+                    knn_data["validation"][1], KNN_K, standardize=features.standardize_for_knn)
 
 
 def knn_floors(model, knn_data, device, amp_dtype, log):
     """The kNN monitor's two floors, before the first step: this network at its random
-    initialisation, and the 12 colour statistics of each image (standardised with train's). A
-    representation worth pre-training for rises well above both."""
-    stats = {split: data.image_statistics(images) for split, (images, _) in knn_data.items()}
-    mean, std = data.standardization(stats["train"])
+    initialisation, and the 12 colour statistics of each image. A representation worth
+    pre-training for rises well above both."""
     floors = {"random init": knn_monitor(model, knn_data, device, amp_dtype),
-              "image statistics": knn_accuracy({s: (f - mean) / std for s, f in stats.items()},
-                                               knn_data)}
+              "image statistics": knn_score(ImageStatistics(device), knn_data)}
     log("kNN monitor floors (validation): "
         + ", ".join(f"{name} {value:.1f}%" for name, value in floors.items()))
     return floors

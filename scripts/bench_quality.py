@@ -30,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from runtime import (AMP_MODES, CheckpointError, at_least, atomic_save,  # noqa: E402
                      atomic_write, check_settings, configure, fail, load_checkpoint, one_of, run)
-from simsiam_model import COLLAPSE_RATIO, stem_label  # noqa: E402
+from simsiam_model import COLLAPSE_RATIO, fraction_suffix, stem_label  # noqa: E402
 
 # -------------------------------------------------------------------------------------------------
 PRESET = "cpu"  # cpu | gpu | writeup | custom (see PRESETS below)
@@ -44,6 +44,8 @@ PRETRAIN_IMAGES = 0  # 0 = all of train.csv; N = a fixed random N (seed 0), for 
 PRETRAIN_ARGS = ""  # extra train_simsiam.py overrides after preset's, e.g. "--weight_decay=5e-4"
 LINEAR_ARGS = ""  # extra Linear_evaluation.py overrides, every floor too, e.g. "--weight_decays=0"
 FINETUNE_ARGS = ""  # extra finetune_model.py overrides after the preset's, e.g. "--batch_size=64"
+LABEL_FRACTIONS = ""  # shares of train.csv's labels for kNN and probe; "" = preset's (0.01 0.1 1)
+FINETUNE_FRACTIONS = ""  # the same for fine-tuning; "" = the preset's
 AMP = ""  # pre-training and fine-tuning AMP; "" = preset's (cpu: bf16 where native; gpu: auto)
 FLOORS_DIR = ""  # an earlier OUTPUT_DIR whose floors (same network, size, commands) are reused
 # -------------------------------------------------------------------------------------------------
@@ -58,7 +60,8 @@ PRESETS = {
                          "--gray_p=0", "--blur_p=0", "--solarize=False", "--crop_scale_min=0.3",
                          "--vflip_p=0.5", "--rotate90=True", "--knn_every=1"],
             "linear": ["--batch_size=256", "--num_epochs=90"],
-            "finetune": ["--batch_size=64", "--num_epochs=1", "--warmup_epochs=0"], "amp": "bf16"},
+            "finetune": ["--batch_size=64", "--num_epochs=1", "--warmup_epochs=0"], "amp": "bf16",
+            "label_fractions": "0.01 0.1 1", "finetune_fractions": "0.1 1"},
     # EuroSAT's native 64 px through the small stem, many short steps (past SimSiam's slow start:
     # scripts/gpu_check.sh plans the epochs, and the stem's stride, from a timing at the start).
     # Weak colour jitter, flips and quarter turns (lightly's Sentinel-2 recipe): in the recipe study
@@ -72,10 +75,11 @@ PRESETS = {
                          "--knn_every=5"],
             "linear": ["--batch_size=256", "--num_epochs=90"],
             "finetune": ["--batch_size=128", "--num_epochs=10", "--warmup_epochs=1"],
-            "amp": "auto"},
+            "amp": "auto", "label_fractions": "0.01 0.1 1", "finetune_fractions": "0.1 1"},
     # nothing but the scripts' own defaults and PRETRAIN_ARGS: the recipe study's rows spell out
     # their whole recipe (scripts/recipe_study.sh), so that a preset changed later changes no row
-    "custom": {"model": [], "pretrain": [], "linear": [], "finetune": [], "amp": "auto"},
+    "custom": {"model": [], "pretrain": [], "linear": [], "finetune": [], "amp": "auto",
+               "label_fractions": "1", "finetune_fractions": "1"},
     # the write-up's recipe at full size (ResNet-50, 224 px) with the batch a GPU wants: the first
     # H200 run (README)
     "writeup": {"model": ["--arch=resnet50", "--image_size=224"],
@@ -83,7 +87,7 @@ PRESETS = {
                              "--knn_every=5"],
                 "linear": ["--batch_size=256", "--num_epochs=90"],
                 "finetune": ["--batch_size=128", "--num_epochs=3", "--warmup_epochs=0"],
-                "amp": "auto"},
+                "amp": "auto", "label_fractions": "0.01 0.1 1", "finetune_fractions": "1"},
 }
 
 
@@ -140,7 +144,7 @@ def reuse_floor(name, command, metrics_file, path):
     """Copy a floor's finished result from FLOORS_DIR to `path` when that folder's run made it
     with the same command (up to its output and cache folders): the rows of a study share one
     network, so they share its floors. Returns whether it did."""
-    if not FLOORS_DIR or not name.endswith(("_random", "_image_stats")):
+    if not FLOORS_DIR or not any(init in name for init in ("_random", "_image_stats")):
         return False
     source = os.path.join(os.path.abspath(FLOORS_DIR), metrics_file)
     try:
@@ -171,12 +175,62 @@ def machine():
     return f"CPU, {os.cpu_count()} cores ({platform.processor() or platform.machine()})"
 
 
+def fractions(text, setting):
+    """A list of label fractions from its setting's text ("0.01 0.1 1"), checked (exit 2)."""
+    try:
+        values = [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        values = []
+    if not values or any(not 0 < v <= 1 for v in values) or len(set(values)) < len(values):
+        fail(f"{setting} = {text!r} is not allowed: it must list distinct label fractions greater "
+             "than 0 and at most 1, e.g. --label_fractions='0.01 0.1 1'", code=2)
+    return values
+
+
+# the initialisations of every table: SimSiam, then the two floors it must clear (same protocols,
+# same splits), with the suffix of their files and steps
+INITS = (("SimSiam pre-trained", ""), ("random init", "_random"),
+         ("image statistics", "_image_stats"))
+
+
+def evaluation_steps(checkpoint, random_model, precision, preset):
+    """(name, script, arguments, metrics file) of each evaluation, in the order they matter most:
+    kNN and the probe on all labels, fine-tuning on all labels, the smaller label fractions, then
+    fine-tuning on them; every initialisation under the same protocol."""
+    linear = preset["linear"] + LINEAR_ARGS.split()
+    finetune = (preset["finetune"] + ([f"--num_epochs={FINETUNE_EPOCHS}"] if FINETUNE_EPOCHS
+                                      else []) + FINETUNE_ARGS.split())
+    models = {"": [f"--pretrained_path={checkpoint}"], "_random": random_model,
+              "_image_stats": ["--pretrained_path=image_stats"]}
+    probe = fractions(LABEL_FRACTIONS or preset["label_fractions"], "LABEL_FRACTIONS")
+    tuned = ([] if SKIP_FINETUNE else
+             fractions(FINETUNE_FRACTIONS or preset["finetune_fractions"], "FINETUNE_FRACTIONS"))
+    steps = []
+    order = [(f, "linear") for f in probe] + [(f, "finetune") for f in tuned]
+    for fraction, stage in sorted(order, key=lambda item: (item[1] == "finetune" and item[0] < 1,
+                                                           item[0] < 1, -item[0],
+                                                           item[1] == "finetune")):
+        labels = [f"--label_fraction={fraction:g}"] if fraction < 1 else []
+        for _, init in INITS if stage == "linear" else INITS[:2]:
+            name = f"{stage}{init}{fraction_suffix(fraction)}"
+            if stage == "linear":
+                steps.append((name, "Linear_evaluation.py", models[init] + linear + labels,
+                              f"linear_eval_metrics{init}{fraction_suffix(fraction)}.pth"))
+            else:
+                steps.append((name, "finetune_model.py",
+                              models[init] + precision + finetune + labels,
+                              f"finetune_metrics{init}{fraction_suffix(fraction)}.pth"))
+    return steps
+
+
 def main():
     config, _ = configure(globals())
     check_settings(config, {"PRESET": one_of(*PRESETS), "AMP": one_of("", *AMP_MODES),
                             "PRETRAIN_EPOCHS": at_least(0), "FINETUNE_EPOCHS": at_least(0),
                             "PRETRAIN_IMAGES": at_least(0)})
     preset = PRESETS[PRESET]
+    precision = [f"--amp={AMP or preset['amp']}"]  # the probe's features are always fp32
+    evaluation_steps("", [], precision, preset)  # the fraction settings checked before any work
     eurosat = os.path.abspath(EUROSAT_DIR)
     if not os.path.isfile(os.path.join(eurosat, "train.csv")):
         fail(f"{eurosat}/train.csv not found: point --eurosat_dir at EuroSAT with its split CSVs "
@@ -184,52 +238,34 @@ def main():
     out = os.path.abspath(OUTPUT_DIR or os.path.join("bench_results", f"quality_{PRESET}"))
     os.makedirs(out, exist_ok=True)
     cache = os.path.abspath(CACHE_DIR)
-    model, pretrain = preset["model"], list(preset["pretrain"])
-    if PRETRAIN_EPOCHS:
-        pretrain.append(f"--num_epochs={PRETRAIN_EPOCHS}")
-    pretrain += PRETRAIN_ARGS.split()
+    pretrain = (preset["model"] + preset["pretrain"]
+                + ([f"--num_epochs={PRETRAIN_EPOCHS}"] if PRETRAIN_EPOCHS else [])
+                + PRETRAIN_ARGS.split())
     file_list = os.path.join(eurosat, "train.csv")
     if PRETRAIN_IMAGES:
         file_list = write_subset(file_list, PRETRAIN_IMAGES,
                                  os.path.join(out, "pretrain_images.csv"))
-    finetune = (preset["finetune"]
-                + ([f"--num_epochs={FINETUNE_EPOCHS}"] if FINETUNE_EPOCHS else [])
-                + FINETUNE_ARGS.split())
-    precision = [f"--amp={AMP or preset['amp']}"]  # the probe's features are always fp32
     common = [f"--eurosat_dir={eurosat}", f"--output_dir={out}", f"--cache_dir={cache}"]
     times, commands = {}, {}
 
     # ---- pre-training on the unlabeled training images ----
     args = [f"--data_dir={eurosat}", f"--file_list={file_list}", f"--output_dir={out}",
-            f"--cache_dir={cache}", f"--knn_data_dir={eurosat}", *precision, *model, *pretrain]
+            f"--cache_dir={cache}", f"--knn_data_dir={eurosat}", *precision, *pretrain]
     commands["pretrain"] = "python train_simsiam.py " + " ".join(args)
     times["pretrain"] = pretrain_seconds(out, *run_step("pretrain", "train_simsiam.py", args, out))
     pretrain_metrics = load_checkpoint(os.path.join(out, "pretrain_metrics.pth"))
-    epochs = pretrain_metrics["epochs"][-1]
     pretrained_config = pretrain_metrics["config"]
-    arch = pretrained_config["ARCH"]
-    checkpoint = os.path.join(out, f"simsiam_{arch}_epoch_{epochs}.pth")
+    checkpoint = os.path.join(out, f"simsiam_{pretrained_config['ARCH']}_epoch_"
+                                   f"{pretrain_metrics['epochs'][-1]}.pth")
     write_report(out, config, pretrain_metrics, {}, times, commands, final=False)
 
-    # ---- evaluations: pre-trained and random initialisation, same protocol, same network and
-    # input size ----
-    stem_stride = pretrained_config.get("STEM_STRIDE", 1)
-    random_model = ["--pretrained_path=random", f"--arch={arch}",
+    # ---- evaluations: pre-trained, random initialisation of the same network and input size,
+    # and image statistics; at each label fraction ----
+    random_model = ["--pretrained_path=random", f"--arch={pretrained_config['ARCH']}",
                     f"--small_stem={pretrained_config['SMALL_STEM']}",
-                    f"--stem_stride={stem_stride}",
+                    f"--stem_stride={pretrained_config.get('STEM_STRIDE', 1)}",
                     f"--image_size={pretrained_config['IMAGE_SIZE']}"]
-    linear = preset["linear"] + LINEAR_ARGS.split()
-    steps = [("linear", "Linear_evaluation.py", [f"--pretrained_path={checkpoint}", *linear],
-              "linear_eval_metrics.pth"),
-             ("linear_random", "Linear_evaluation.py", [*random_model, *linear],
-              "linear_eval_metrics_random.pth"),
-             ("linear_image_stats", "Linear_evaluation.py",
-              ["--pretrained_path=image_stats", *linear], "linear_eval_metrics_image_stats.pth")]
-    if not SKIP_FINETUNE:
-        finetune_args = [f"--pretrained_path={checkpoint}", *precision, *finetune]
-        steps += [("finetune", "finetune_model.py", finetune_args, "finetune_metrics.pth"),
-                  ("finetune_random", "finetune_model.py", [*random_model, *precision, *finetune],
-                   "finetune_metrics_random.pth")]
+    steps = evaluation_steps(checkpoint, random_model, precision, preset)
     results = {}
     for name, script, args, metrics_file in steps:
         commands[name] = f"python {script} " + " ".join(common + args)
@@ -248,27 +284,65 @@ def main():
     print(f"\nwrote {out}/quality.json and {out}/quality.md")
 
 
-# the rows of every table: SimSiam, then the two floors it must clear (same protocols, same splits)
-INITS = (("SimSiam pre-trained", ""), ("random init", "_random"),
-         ("image statistics", "_image_stats"))
+def table_rows(results, times):
+    """One row per (initialisation, protocol, label fraction) that has run: its validation and test
+    accuracy and wall time."""
+    rows = []
+    for name, found in results.items():
+        stage = "linear" if name.startswith("linear") else "finetune"
+        init = next(label for label, suffix in reversed(INITS)
+                    if suffix in name.split("_labels")[0])
+        common = {"init": init, "labels": found.get("label_fraction", 1.0),
+                  "train_labels": found.get("train_labels"), "wall_s": times[name]}
+        if stage == "linear":
+            for k in ("k20", "k200"):
+                rows.append(dict(common, protocol=f"kNN k={k[1:]}",
+                                 val_acc=(found.get("knn_val") or {}).get(k),
+                                 test_acc=found["knn"][k]))
+            rows.append(dict(common, protocol="linear probe", val_acc=found["best_val_acc"],
+                             test_acc=found["test_acc"],
+                             detail=f"{found['config']['NUM_EPOCHS']} epochs, weight decay "
+                                    f"{found['weight_decay']:g}, both chosen on validation"))
+        else:
+            epochs = found["config"]["NUM_EPOCHS"]
+            rows.append(dict(common, protocol="fine-tune", val_acc=found["best_val_acc"],
+                             test_acc=found["test_acc"],
+                             detail=f"{epochs} epoch{'s' if epochs > 1 else ''}, best on "
+                                    "validation"))
+    return rows
 
 
-def margins(rows, column):
-    """SimSiam's accuracy minus the higher of the two floors, per protocol, in the given column of
-    the rows (2: validation, 3: test): what pre-training bought beyond colour statistics and an
+def margins(rows, split):
+    """SimSiam's accuracy minus the higher of the two floors, per protocol and label fraction, on
+    `split` ("val_acc" or "test_acc"): what pre-training bought beyond colour statistics and an
     untrained network."""
     by_protocol = {}
     for row in rows:
-        if row[column] is not None:
-            by_protocol.setdefault(row[1].split(" (")[0], {})[row[0]] = row[column]
-    return {protocol: found["SimSiam pre-trained"] - max(found[f] for f in floors)
-            for protocol, found in by_protocol.items()
+        if row[split] is not None:
+            key = f"{row['protocol']}, {row['labels'] * 100:g} % of labels"
+            by_protocol.setdefault(key, {})[row["init"]] = row[split]
+    return {key: found["SimSiam pre-trained"] - max(found[f] for f in floors)
+            for key, found in by_protocol.items()
             if "SimSiam pre-trained" in found
             and (floors := [f for f in found if f != "SimSiam pre-trained"])}
 
 
 def percent(value):
     return "-" if value is None else f"{value:.2f} %"
+
+
+def fraction_table(rows, split):
+    """Markdown: one line per initialisation, a column per (protocol, label fraction) that ran."""
+    columns = sorted({(row["protocol"], row["labels"]) for row in rows
+                      if row["protocol"] != "kNN k=200"},
+                     key=lambda c: (("kNN k=20", "linear probe", "fine-tune").index(c[0]), c[1]))
+    found = {(row["init"], row["protocol"], row["labels"]): row[split] for row in rows}
+    lines = ["| initialisation | " + " | ".join(f"{p}, {f * 100:g} %" for p, f in columns) + " |",
+             "| --- |" + " --- |" * len(columns)]
+    for init, _ in INITS:
+        lines.append(f"| {init} | " + " | ".join(percent(found.get((init, *c)))
+                                                 for c in columns) + " |")
+    return lines
 
 
 def write_report(out, config, pretrain_metrics, results, times, commands, final):
@@ -278,26 +352,10 @@ def write_report(out, config, pretrain_metrics, results, times, commands, final)
     size = pretrained_config["IMAGE_SIZE"]
     network = pretrained_config["ARCH"] + stem_label(pretrained_config["SMALL_STEM"],
                                                      pretrained_config.get("STEM_STRIDE", 1))
-    test_images = (f" ({len(next(iter(results.values()))['test_files']):,} images)"
+    test_images = (f" ({len(next(iter(results.values()))['test_files']):,} images each)"
                    if results else "")
     epochs = pretrain_metrics["epochs"][-1]
-    rows = []  # (initialisation, protocol, validation accuracy, test accuracy, wall seconds)
-    for init, suffix in INITS:
-        if f"linear{suffix}" in results:
-            linear = results[f"linear{suffix}"]
-            wall = times[f"linear{suffix}"]
-            for k in ("k20", "k200"):
-                rows.append((init, f"kNN k={k[1:]} (cosine, T=0.2)",
-                             (linear.get("knn_val") or {}).get(k), linear["knn"][k], wall))
-            rows.append((init, f"linear probe ({linear['config']['NUM_EPOCHS']} epochs, weight "
-                         f"decay {linear['weight_decay']:g}, both chosen on validation)",
-                         linear["best_val_acc"], linear["test_acc"], wall))
-        if f"finetune{suffix}" in results:
-            tuned = results[f"finetune{suffix}"]
-            epochs_tuned = tuned["config"]["NUM_EPOCHS"]
-            rows.append((init, f"fine-tune ({epochs_tuned} "
-                         f"epoch{'s' if epochs_tuned > 1 else ''}, best on validation)",
-                         tuned["best_val_acc"], tuned["test_acc"], times[f"finetune{suffix}"]))
+    rows = table_rows(results, times)
     ranks = {init: results[f"linear{suffix}"].get("feature_effective_rank")
              for init, suffix in (("pretrained", ""), ("random", "_random"))
              if f"linear{suffix}" in results}
@@ -305,6 +363,7 @@ def write_report(out, config, pretrain_metrics, results, times, commands, final)
     summary = {
         "preset": PRESET, "machine": machine(), "arch": network, "input_size": size,
         "complete": final, "pretrain_epochs": epochs,
+        "pretrain_steps": pretrain_metrics["step"][-1] if pretrain_metrics.get("step") else None,
         "pretrain_images": pretrain_metrics["num_images"],
         "pretrain_wall_min": times["pretrain"] / 60,
         "pretrain_final_loss": pretrain_metrics["loss"][-1],
@@ -312,39 +371,47 @@ def write_report(out, config, pretrain_metrics, results, times, commands, final)
         "z_std_healthy": pretrain_metrics["z_std_healthy"], "collapse_warning": collapsed,
         "feature_effective_rank": ranks,
         "knn_val_per_epoch": dict(zip(pretrain_metrics["epochs"], pretrain_metrics["knn_top1"])),
-        "rows": [{"init": i, "protocol": p, "val_acc": v, "test_acc": a, "wall_s": w}
-                 for i, p, v, a, w in rows],
-        "margin_over_floors": margins(rows, 3),
-        "margin_over_floors_validation": margins(rows, 2),
+        "knn_floors": pretrain_metrics.get("knn_floors"),
+        "rows": rows, "margin_over_floors": margins(rows, "test_acc"),
+        "margin_over_floors_validation": margins(rows, "val_acc"),
         "commands": commands, "config": config}
     lines = [f"Real EuroSAT RGB, `validation.csv` and `test.csv`{test_images}, {network} at "
-             f"{size} px, "
-             f"preset `{PRESET}` on {machine()}; "
-             f"pre-training: {epochs} epochs on the "
+             f"{size} px, preset `{PRESET}` on {machine()}; "
+             f"pre-training: {epochs} epochs ({summary['pretrain_steps']} steps) on the "
              f"{pretrain_metrics['num_images']:,} unlabeled `train.csv` images in "
              f"{times['pretrain'] / 60:.1f} min, final loss "
              f"{summary['pretrain_final_loss']:.3f}, z std "
              f"{summary['z_std_final']:.4f} (healthy {summary['z_std_healthy']:.4f}"
              f"{', COLLAPSE WARNING' if collapsed else ', no collapse warning'})."
-             + ("" if final else " (Unfinished: the steps not listed did not run.)"), "",
-             "| initialisation | protocol | validation accuracy | test accuracy | wall time |",
-             "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {i} | {p} | {percent(v)} | {percent(a)} | {w / 60:.1f} min |"
-              for i, p, v, a, w in rows]
-    for split in ("validation", "test"):
-        found = summary["margin_over_floors" + ("_validation" if split == "validation" else "")]
-        if found:
+             + ("" if final else " (Unfinished: the steps not listed did not run.)")]
+    for split, what in (("test_acc", "Test"), ("val_acc", "Validation (what choices are made on)")):
+        if rows:
+            lines += ["", f"{what} accuracy by share of `train.csv`'s labels:", "",
+                      *fraction_table(rows, split)]
+    lines += ["", "| initialisation | protocol | labels (images) | validation | test | wall time |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['init']} | {r['protocol']}"
+              f"{' (' + r['detail'] + ')' if r.get('detail') else ''}"
+              f" | {r['labels'] * 100:g} % ({r['train_labels']:,}) | {percent(r['val_acc'])} | "
+              f"{percent(r['test_acc'])} | {r['wall_s'] / 60:.1f} min |" for r in rows]
+    for split, key in (("validation", "margin_over_floors_validation"),
+                       ("test", "margin_over_floors")):
+        if summary[key]:
             lines += ["", f"SimSiam minus the higher floor (random init or image statistics), "
-                      f"{split}: " + ", ".join(f"{p} {m:+.2f}" for p, m in found.items())]
+                      f"{split}: " + "; ".join(f"{p} {m:+.2f}" for p, m in summary[key].items())]
     if len(ranks) == 2 and None not in ranks.values():
         lines += ["", f"Feature effective rank (train, {results['linear']['feature_dim']}-d): "
-                      f"pre-trained "
-                      f"{ranks['pretrained']:.1f}, random init {ranks['random']:.1f}."]
+                      f"pre-trained {ranks['pretrained']:.1f}, random init {ranks['random']:.1f}."]
     knn_lines = [f"{e}: {k:.1f} %" for e, k in summary["knn_val_per_epoch"].items()
                  if k is not None]
     if knn_lines:
-        lines += ["", "kNN monitor (k=200, validation.csv) by pre-training epoch: "
-                  + ", ".join(knn_lines)]
+        floors = summary["knn_floors"] or {}
+        lines += ["", f"kNN monitor (k={pretrained_config.get('KNN_K')}, validation.csv) by "
+                  "pre-training epoch: " + ", ".join(knn_lines)
+                  + ("; its floors: " + ", ".join(f"{name} {value:.1f} %"
+                                                  for name, value in floors.items()
+                                                  if isinstance(value, float))
+                     if floors else "")]
     lines += ["", "Commands:", ""] + [f"    {c}" for c in commands.values()]
     with atomic_write(os.path.join(out, "quality.json"), "w") as f:
         json.dump(summary, f, indent=2)

@@ -37,6 +37,12 @@ python Linear_evaluation.py $EUROSAT $COMMON --batch_size=64 --num_epochs=30 --p
   --arch=resnet18 --image_size=32
 python Linear_evaluation.py $EUROSAT $COMMON --batch_size=64 --num_epochs=30 --pretrained_path=image_stats
 
+step "3b. the same three at a quarter of train.csv's labels (label_fractions.png)"
+for model in "" "--pretrained_path=random --arch=resnet18 --image_size=32" "--pretrained_path=image_stats"; do
+  # shellcheck disable=SC2086
+  python Linear_evaluation.py $EUROSAT $COMMON --batch_size=64 --num_epochs=30 --label_fraction=0.25 $model
+done
+
 step "4. fine-tuning (finetune_model.py), then the from-scratch baseline"
 python finetune_model.py $EUROSAT $COMMON --num_epochs=3
 python finetune_model.py $EUROSAT $COMMON --num_epochs=3 --pretrained_path=random --arch=resnet18 --image_size=32

@@ -8,6 +8,7 @@ validation linear probe, with its recipe, the same two figures on test.csv (repo
 choose) and its margins over the higher floor; then the floors of each network.
 """
 import json
+import math
 import os
 import sys
 
@@ -25,7 +26,7 @@ def figures(summary, init):
     found = {}
     for row in summary["rows"]:
         protocol = row["protocol"].split(" (")[0]
-        if row["init"] == init and protocol in PROTOCOLS:
+        if row["init"] == init and protocol in PROTOCOLS and row.get("labels", 1.0) == 1:
             found[protocol, "validation"], found[protocol, "test"] = row["val_acc"], row["test_acc"]
     return found
 
@@ -63,10 +64,12 @@ def main():
     lines = ["| rank | row | recipe | validation kNN k=20 / linear | test kNN k=20 / linear | "
              "margin over the higher floor (validation) |", "| --- | --- | --- | --- | --- | --- |"]
     for rank, (score, name, args, found, margin) in enumerate(sorted(rows, reverse=True), 1):
+        margin = {p: margin.get(f"{p}, 100 % of labels", margin.get(p, math.nan))
+                  for p in PROTOCOLS}
         lines.append(f"| {rank} | {name} | `{args}` | {found['kNN k=20', 'validation']:.2f} / "
                      f"{found['linear probe', 'validation']:.2f} % | "
                      f"{found['kNN k=20', 'test']:.2f} / {found['linear probe', 'test']:.2f} % | "
-                     + " / ".join(f"{margin.get(p, float('nan')):+.2f}" for p in PROTOCOLS) + " |")
+                     + " / ".join(f"{margin[p]:+.2f}" for p in PROTOCOLS) + " |")
     lines += ["", "Floors (validation kNN k=20 / linear; test the same):"]
     for network, by_init in floors.items():
         for init, found in by_init.items():

@@ -272,6 +272,8 @@ def _bomb_png(path, side=20000):
     ("Linear_evaluation.py", "--image_size=-3", "IMAGE_SIZE"),
     ("Linear_evaluation.py", "--batch_size=0", "BATCH_SIZE"),
     ("Linear_evaluation.py", "--arch=vgg16", "ARCH"),
+    ("Linear_evaluation.py", "--label_fraction=1.5", "LABEL_FRACTION"),
+    ("finetune_model.py", "--label_fraction=0", "LABEL_FRACTION"),
     ("finetune_model.py", "--batch_size=1", "BATCH_SIZE"),
     ("finetune_model.py", "--crop_scale_min=0", "CROP_SCALE_MIN"),
     ("classify_image.py", "--top_k=0", "TOP_K"), ("plot_results.py", "--dpi=0", "DPI"),

@@ -28,6 +28,7 @@ def test_bench_quality_quick_run_writes_table(tmp_path):
     make_eurosat(str(eurosat))
     args = [f"--eurosat_dir={eurosat}", f"--output_dir={out}", f"--cache_dir={tmp_path / 'cache'}",
             "--pretrain_images=20", "--pretrain_epochs=1", "--skip_finetune=True",
+            "--label_fractions=0.25 1",
             "--pretrain_args=--image_size=32 --batch_size=8 --proj_dim=64 --pred_dim=16 "
             "--small_stem=True"]
     result = run_script("scripts/bench_quality.py", *args, timeout=600)
@@ -45,15 +46,23 @@ def test_bench_quality_quick_run_writes_table(tmp_path):
     assert "--stem_stride=1" in summary["commands"]["linear_random"]
     random_metrics = torch.load(out / "linear_eval_metrics_random.pth", weights_only=False)
     assert random_metrics["config"]["SMALL_STEM"] is True and random_metrics["image_size"] == 32
-    protocols = {(row["init"], row["protocol"].split(" (")[0]) for row in summary["rows"]}
-    assert {(init, protocol) for init in ("SimSiam pre-trained", "random init", "image statistics")
-            for protocol in ("linear probe", "kNN k=20")} <= protocols
-    assert set(summary["margin_over_floors"]) == {"kNN k=20", "kNN k=200", "linear probe"}
-    by_row = {(row["init"], row["protocol"].split(" (")[0]): row["test_acc"]
+    protocols = {(row["init"], row["protocol"], row["labels"]) for row in summary["rows"]}
+    assert {(init, protocol, labels)
+            for init in ("SimSiam pre-trained", "random init", "image statistics")
+            for protocol in ("linear probe", "kNN k=20") for labels in (0.25, 1.0)} <= protocols
+    assert set(summary["margin_over_floors"]) == {
+        f"{protocol}, {share} % of labels" for protocol in ("kNN k=20", "kNN k=200", "linear probe")
+        for share in (25, 100)}
+    by_row = {(row["init"], row["protocol"], row["labels"]): row["test_acc"]
               for row in summary["rows"]}
-    assert summary["margin_over_floors"]["linear probe"] == pytest.approx(
-        by_row["SimSiam pre-trained", "linear probe"]
-        - max(by_row["random init", "linear probe"], by_row["image statistics", "linear probe"]))
+    for share in (0.25, 1.0):
+        assert summary["margin_over_floors"][f"linear probe, {share * 100:g} % of labels"] == \
+            pytest.approx(by_row["SimSiam pre-trained", "linear probe", share]
+                          - max(by_row["random init", "linear probe", share],
+                                by_row["image statistics", "linear probe", share]))
+    # a label fraction trains on its share of train.csv (the same images for every initialisation)
+    assert {row["train_labels"] for row in summary["rows"] if row["labels"] == 0.25} == {8}
+    assert "--label_fraction=0.25" in summary["commands"]["linear_random_labels25pct"]
     # the kNN monitor's floors, measured before the first step
     pretrain_metrics = torch.load(out / "pretrain_metrics.pth", weights_only=False)
     assert set(pretrain_metrics["knn_floors"]) == {"random init", "image statistics"}
@@ -64,6 +73,7 @@ def test_bench_quality_quick_run_writes_table(tmp_path):
     assert all(0 < rank <= 512 for rank in summary["feature_effective_rank"].values())
     table = (out / "quality.md").read_text()
     assert "| random init | linear probe" in table and "python train_simsiam.py" in table
+    assert "| initialisation | kNN k=20, 25 % | kNN k=20, 100 % | linear probe, 25 % |" in table
     assert "| image statistics | linear probe" in table and "minus the higher floor" in table
     assert "--pretrained_path=image_stats" in summary["commands"]["linear_image_stats"]
 
@@ -73,8 +83,9 @@ def test_bench_quality_quick_run_writes_table(tmp_path):
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "[linear_random] reused from" in second.stdout
     assert "[linear_image_stats] reused from" in second.stdout
-    assert json.loads((tmp_path / "second" / "quality.json").read_text())["rows"][3:] == \
-        summary["rows"][3:]
+    reused = json.loads((tmp_path / "second" / "quality.json").read_text())["rows"]
+    floors = [row for row in summary["rows"] if row["init"] != "SimSiam pre-trained"]
+    assert [row for row in reused if row["init"] != "SimSiam pre-trained"] == floors
 
     # a rerun skips what is done and keeps the pre-training time of the run that did the work
     rerun = run_script("scripts/bench_quality.py", *args, timeout=600)

@@ -18,7 +18,8 @@ from simsiam_model import Classifier, build_backbone, classifier_checkpoint
 CLASSES = {"AnnualCrop": (200, 170, 90), "Forest": (40, 110, 50), "River": (60, 90, 180)}
 PER_CLASS = 4  # test images per class
 ALL_FIGURES = {"pretrain_curves", "augmentations", "linear_eval_curves", "finetune_curves",
-               "comparison", "confusion_linear_eval", "confusion_finetune", "predictions_finetune"}
+               "comparison", "confusion_linear_eval", "confusion_finetune", "predictions_finetune",
+               "label_fractions"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -93,6 +94,9 @@ def tiny_run(tmp_path_factory):
             ("linear_eval_metrics_image_stats", "linear_eval_metrics", "image_stats", 4)):
         torch.save(eval_metrics(kind, eurosat, labels, model_path, source, wrong),
                    out / f"{name}.pth")
+        # the same evaluation on 10 % of the labels, a few more wrong (label_fractions.png)
+        torch.save(dict(eval_metrics(kind, eurosat, labels, model_path, source, wrong + 2),
+                        label_fraction=0.1), out / f"{name}_labels10pct.pth")
     return {"base": base, "out": out, "eurosat": eurosat, "labels": labels,
             "model_path": model_path}
 
@@ -127,7 +131,7 @@ def test_every_figure_is_written(tiny_run):
     figures = tiny_run["base"] / "figures_all"
     stdout = plot(tiny_run["out"], figures)
     assert "skipping" not in stdout, stdout
-    assert "done: 8 figures written" in stdout and "0 skipped" in stdout
+    assert "done: 9 figures written" in stdout and "0 skipped" in stdout
     for name in ALL_FIGURES:
         assert f"saving figure to {figures / name}.png" in stdout
     check_figures(figures, ALL_FIGURES, grid_images=len(tiny_run["labels"]))
@@ -155,7 +159,7 @@ def test_missing_empty_and_wrong_kind_files_skip_only_their_figures(tiny_run):
             "file") in stdout
     assert "skipping random-init fine-tuning baseline:" in stdout and "empty (0 bytes)" in stdout
     assert f"skipping prediction grid: test images not found under '{csv_only}'" in stdout
-    assert "done: 3 figures written" in stdout and "5 skipped" in stdout
+    assert "done: 3 figures written" in stdout and "6 skipped" in stdout
     check_figures(figures, ["finetune_curves", "confusion_finetune", "comparison"])
 
 
@@ -214,3 +218,18 @@ def test_floors_are_drawn_beside_simsiam(tiny_run):
     knn_panel = plot_results.plot_pretraining(pretrain).axes[3]
     labels = [t.get_text() for t in knn_panel.get_legend().get_texts()]
     assert labels == ["SimSiam", "random init (floor): 45.0%", "image statistics (floor): 55.0%"]
+
+
+def test_label_fraction_figure_reads_each_share_from_its_file(tiny_run, monkeypatch):
+    """label_fractions.png: per protocol and initialisation, the test accuracy at each label
+    fraction the files record (kNN k=20 and the probe from linear evaluation, fine-tuning)."""
+    monkeypatch.setattr(plot_results, "OUTPUT_DIR", str(tiny_run["out"]))
+    found = plot_results.label_fraction_runs()
+    full = torch.load(tiny_run["out"] / "linear_eval_metrics_random.pth", weights_only=False)
+    tenth = torch.load(tiny_run["out"] / "linear_eval_metrics_random_labels10pct.pth",
+                       weights_only=False)
+    assert found["linear probe", "random"] == {1.0: full["test_acc"], 0.1: tenth["test_acc"]}
+    assert tenth["test_acc"] < full["test_acc"]  # two more wrong: the points differ
+    assert found["kNN, k=20", "stats"] == {1.0: 55.0, 0.1: 55.0}
+    assert set(found["fine-tuning", "pretrained"]) == {0.1, 1.0}
+    assert ("fine-tuning", "stats") not in found

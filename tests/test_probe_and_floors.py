@@ -120,6 +120,14 @@ def test_image_statistics_floor_runs_the_same_protocols(eurosat, tmp_path):
     assert not (tmp_path / "linear_eval_eurosat_best_model_image_stats.pth").exists()
     assert "no network" in run_in_process(
         "finetune_model.py", f"--eurosat_dir={eurosat}", "--pretrained_path=image_stats").stderr
+    # every setting that has no meaning for 12 numbers per image is answered by name
+    for settings, name in ((["--feature_cache=False"], "FEATURE_CACHE"),
+                           (["--feature_cache=False", "--augment=True"], "FEATURE_CACHE"),
+                           (["--image_size=64"], "IMAGE_SIZE")):
+        refused = _evaluate(eurosat, tmp_path / "refused", "--pretrained_path=image_stats",
+                            *settings)
+        assert refused.returncode == 2 and name in refused.stderr, refused.stderr
+        assert not (tmp_path / "refused").exists()
 
 
 def test_results_of_another_checkpoint_are_not_replaced(eurosat, tmp_path):
@@ -177,3 +185,62 @@ def test_evaluations_take_the_current_runs_checkpoint_not_an_older_runs(tmp_path
     torch.save(metrics, out / "pretrain_metrics.pth")
     with pytest.raises(CheckpointError, match="simsiam_resnet18_epoch_2.pth"):
         newest_pretrained(str(out))
+
+
+# -------------------------------------------------------------------------------------------------
+# label fractions: the same labelled images for every initialisation, validation and test whole
+
+def test_label_subset_is_stratified_fixed_and_nested():
+    labels = [0] * 200 + [1] * 150 + [2] * 3
+    one, ten = data.label_subset(labels, 0.01), data.label_subset(labels, 0.1)
+    counts = np.bincount(np.asarray(labels)[one])
+    assert counts.tolist() == [2, 2, 1]  # round(0.01 x 150) = 2; a class of 3 keeps one image
+    assert np.bincount(np.asarray(labels)[ten]).tolist() == [20, 15, 1]
+    assert np.array_equal(one, data.label_subset(labels, 0.01))  # the same every time
+    assert set(one) <= set(ten)  # 1 % is within 10 %
+    assert np.array_equal(data.label_subset(labels, 1.0), np.arange(len(labels)))
+    # an epoch walks the subset round(1 / fraction) times: the steps of one full pass
+    order = data.epoch_order(len(one), data.subset_passes(0.01), torch.Generator().manual_seed(0))
+    assert len(order) == 100 * len(one) and np.bincount(order).tolist() == [100] * len(one)
+    assert np.array_equal(data.epoch_order(7, 1, torch.Generator().manual_seed(3)),
+                          torch.randperm(7, generator=torch.Generator().manual_seed(3)).numpy())
+
+
+def test_a_label_fraction_trains_on_its_subset_and_scores_everything(eurosat, tmp_path):
+    out = tmp_path / "out"
+    bad = _evaluate(eurosat, out, "--pretrained_path=image_stats", "--label_fraction=0")
+    assert bad.returncode == 2 and "LABEL_FRACTION" in bad.stderr
+    result = _evaluate(eurosat, out, "--pretrained_path=image_stats", "--label_fraction=0.25")
+    assert result.returncode == 0, result.stderr
+    metrics = _metrics(out / "linear_eval_metrics_image_stats_labels25pct.pth")
+    # 8 training images of each of the 4 classes: 2 each; validation and test stay whole
+    assert metrics["label_fraction"] == 0.25 and metrics["train_labels"] == 8
+    assert len(metrics["test_files"]) == 32 and len(metrics["test_predictions"]) == 32
+    assert "images: train 8, validation 32, test 32" in result.stdout
+    assert "each epoch walks them 4 times" in result.stdout
+    # the kNN bank is the subset: with 2 images a class, k=200 votes with all 8
+    assert 0 <= metrics["knn_val"]["k20"] <= 100 and metrics["knn"]["k200"] is not None
+    # the same subset for a network (random init here), and its files apart from 100 %'s
+    network = _evaluate(eurosat, out, "--pretrained_path=random", "--arch=resnet18",
+                        "--image_size=32", "--label_fraction=0.25")
+    assert network.returncode == 0, network.stderr
+    random_metrics = _metrics(out / "linear_eval_metrics_random_labels25pct.pth")
+    assert random_metrics["train_labels"] == 8
+    assert (out / "linear_eval_eurosat_best_model_random_labels25pct.pth").is_file()
+    assert not (out / "linear_eval_metrics_random.pth").exists()
+
+
+def test_fine_tuning_on_a_label_fraction_keeps_the_steps_of_a_full_pass(eurosat, tmp_path):
+    args = [f"--eurosat_dir={eurosat}", f"--output_dir={tmp_path}",
+            f"--cache_dir={tmp_path / 'cache'}", "--pretrained_path=random", "--arch=resnet18",
+            "--image_size=32", "--num_epochs=1", "--batch_size=8", "--amp=off"]
+    result = run_in_process("finetune_model.py", *args, "--label_fraction=0.25")
+    assert result.returncode == 0, result.stderr
+    # 8 labelled images walked 4 times: the 4 steps of one pass over the 32 of train.csv
+    assert "images: train 8, validation 32, test 32" in result.stdout
+    assert "; 4 steps per epoch" in result.stdout
+    metrics = _metrics(tmp_path / "finetune_metrics_random_labels25pct.pth")
+    assert metrics["label_fraction"] == 0.25 and metrics["train_labels"] == 8
+    assert len(metrics["test_predictions"]) == 32
+    saved = torch.load(tmp_path / "finetuned_eurosat_best_model_random_labels25pct.pth")
+    assert saved["label_fraction"] == 0.25
