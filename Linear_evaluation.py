@@ -56,7 +56,7 @@ import simsiam_data as data
 from runtime import (above, at_least, atomic_save, between, channels_last_for, check_fits,
                      check_settings, configure, describe_device, device_and_precision,
                      epoch_generator, fail, one_of, pick_device, prepare_output_dir, run,
-                     seed_everything, warmup_cosine)
+                     seed_everything, speed_up_cuda, warmup_cosine)
 from simsiam_model import (ARCHS, IMAGE_STATS, LINEAR_METRICS_KIND, Classifier,
                            classifier_checkpoint, effective_rank, evaluation_memory,
                            evaluation_metrics, evaluation_outputs, knn_top1,
@@ -294,6 +294,7 @@ def main():
     check_settings(config, settings_rules())
     grid = weight_decay_grid()
     started, device = time.time(), pick_device(DEVICE)
+    speed_up_cuda(device, tf32=False)  # fp32 features and heads: TF32 off on CUDA (10-bit mantissa)
     check_fits(evaluation_memory(config, train=False), device)
     channels_last = channels_last_for(device, None, CHANNELS_LAST)
     seed_everything(SEED)

@@ -39,7 +39,7 @@ import simsiam_data as data
 from runtime import (AMP_MODES, above, amp_dtype_for, at_least, atomic_save, autocast_for, between,
                      channels_last_for, check_fits, check_settings, configure, describe_device,
                      device_and_precision, epoch_generator, fail, one_of, pick_device,
-                     prepare_output_dir, run, seed_everything, warmup_cosine)
+                     prepare_output_dir, run, seed_everything, speed_up_cuda, warmup_cosine)
 from simsiam_model import (ARCHS, FINETUNE_METRICS_KIND, IMAGE_STATS, Classifier,
                            classifier_checkpoint, classifier_from_checkpoint, evaluation_memory,
                            evaluation_metrics, evaluation_outputs, record_evaluation_epoch,
@@ -192,6 +192,7 @@ def main():
     check_settings(config, settings_rules())
     started, device = time.time(), pick_device(DEVICE)
     check_fits(evaluation_memory(config, train=True), device)
+    speed_up_cuda(device)
     amp_dtype, precision_reason = amp_dtype_for(device, AMP)
     channels_last = channels_last_for(device, amp_dtype, CHANNELS_LAST)
     seed_everything(SEED)

@@ -14,7 +14,8 @@
 - `prepare_output_dir(folder, lock_name)`: writable, enough free space, temporary files of dead
   runs removed, and locked so that a second run on the same outputs is refused (the lock dies with
   its process).
-- `pick_device()`, `amp_dtype_for(device)`, `autocast_for(device)`: the one device/precision block.
+- `pick_device()`, `amp_dtype_for(device)`, `autocast_for(device)`: the one device/precision block;
+  `speed_up_cuda(device, tf32)` the one switch of CUDA's math settings (each script calls it).
 - `atomic_write(path)` / `atomic_save(obj, path)`: write a hidden temporary file, then rename, so a
   kill never leaves a half file; `load_checkpoint(path)`: torch.load with weights_only=True and
   errors that name the file.
@@ -314,30 +315,43 @@ def precision_name(amp_dtype):
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
 
 
-def speed_up_cuda(device):
-    """cuDNN autotuning and TF32 matrix products on CUDA; returns what was turned on
+def speed_up_cuda(device, tf32=True):
+    """The one switch of CUDA's math settings, called by each script at start-up: cuDNN
+    autotuning, and TF32 for the matrix products and convolutions left in fp32 (tf32=True) or not
+    (tf32=False: exact fp32, for the linear probe's features and heads). Returns what it set
     ("" elsewhere).
 
-    Safe here: every training batch has the same shape (drop_last), so autotuning runs once per
+    Safe for training: every batch has the same shape (drop_last), so autotuning runs once per
     shape, and TF32 only touches what is left in fp32 under autocast (the loss, the linear head)
-    with a 10-bit mantissa that SGD does not notice. Results are then not bit-for-bit repeatable on
-    a GPU (they never are with cuDNN).
+    with a 10-bit mantissa that SGD does not notice. Results are then not bit-for-bit repeatable
+    on a GPU (they never are with cuDNN).
     """
     import torch
     if device.type != "cuda":
         return ""
     torch.backends.cudnn.benchmark = True
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    return "cuDNN benchmark on, TF32 matmul and convolutions on"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    return cuda_math()
+
+
+def cuda_math():
+    """The math settings CUDA runs with now, as the logs name them (read, never set)."""
+    import torch
+
+    def state(flag):
+        return "on" if flag else "off"
+    return (f"cuDNN benchmark {state(torch.backends.cudnn.benchmark)}, TF32 matmul "
+            f"{state(torch.backends.cuda.matmul.allow_tf32)} and convolutions "
+            f"{state(torch.backends.cudnn.allow_tf32)}")
 
 
 def device_and_precision(device, amp_dtype, reason):
     """How the scripts name their device and precision, e.g. "cpu (2 cores, 2 threads), precision:
-    fp32 (...)"; on CUDA this also turns on the speed-ups of speed_up_cuda and says so."""
-    tuned = speed_up_cuda(device)
+    fp32 (...)"; on CUDA also the math settings in force (cuda_math). It only describes: the
+    settings are speed_up_cuda's, which each script calls itself."""
     return (f"{describe_device(device)}, precision: {precision_name(amp_dtype)} ({reason})"
-            + (f", {tuned}" if tuned else ""))
+            + (f", {cuda_math()}" if device.type == "cuda" else ""))
 
 
 def channels_last_for(device, amp_dtype, enabled=True):

@@ -32,7 +32,7 @@ from runtime import (AMP_MODES, CheckpointError, DataError, above, amp_dtype_for
                      check_settings, configure, describe_device, device_and_precision,
                      epoch_generator, fail, library_versions, load_checkpoint, one_of, pick_device,
                      precision_name, prepare_output_dir,
-                     restore_grad_scaler, run, seed_everything, warmup_cosine)
+                     restore_grad_scaler, run, seed_everything, speed_up_cuda, warmup_cosine)
 from simsiam_model import (ARCHS, COLLAPSE_RATIO, PRETRAIN_KIND, PRETRAIN_LAST_KIND,
                            PRETRAIN_METRICS_KIND, BackboneFeatures, ImageStatistics, SimSiam,
                            check_finite, knn_top1, negative_cosine_loss, normalized_std,
@@ -623,6 +623,7 @@ def main():
     main_process = rank == 0
     log = print if main_process else (lambda *args, **kwargs: None)
     device = training_device(local_rank, world_size)
+    speed_up_cuda(device)
     amp_dtype, precision_reason = amp_dtype_for(device, AMP)
     memory_format = (torch.channels_last if channels_last_for(device, amp_dtype, CHANNELS_LAST)
                      else torch.contiguous_format)

@@ -6,7 +6,7 @@ default (fast).
 
 Every row runs the same SimSiam training step (forward, backward, SGD step) on the same images:
 - ceiling:       batches already on the device, normalised; no data work at all
-- reference:     PNG decode + per-sample PIL transforms (simsiam_transform_v1/v2) in DataLoader
+- reference:     PNG decode + per-sample PIL transforms (simsiam_transform_pair) in DataLoader
                  workers, fp32, NCHW (the write-up's pipeline as written; on CUDA its convolutions
                  run in TF32, as PyTorch's default allows, so the row says tf32)
 - reference_amp: the same pipeline with the default's precision and memory format: what precision
@@ -15,12 +15,15 @@ Every row runs the same SimSiam training step (forward, backward, SGD step) on t
                  the device (on CUDA made one batch ahead on a side stream, as OVERLAP_DATA does),
                  AMP as train_simsiam.py chooses it, channels_last on CUDA (and under bf16 on a
                  CPU)
-- default_serial (CUDA only): the default with each batch's data work on the model's stream
+- default_serial (CUDA, with OVERLAP_DATA): the default with each batch's data work on the
+                 model's stream (OVERLAP_DATA = False makes the default itself serial)
 - default_data_only: the default's data work (cache read, copy, both augmented views) without
                  the model: what the default pays over the ceiling, in ms per step
 - ceiling_graphs, default_graphs (with --graphs=True, CUDA only): the ceiling and the default with
                  the step compiled into CUDA graphs, as train_simsiam.py's CUDA_GRAPHS does (its
                  compilation is in warmup_s, not in the rate)
+Every row makes the views train_simsiam.py would make with the same augmentation settings (the
+write-up's by default; scripts/plan_quality.py passes the GPU preset's).
 How the steps are timed (time_window): warm-up steps are left out; the window opens when the
 first timed batch is in hand and closes when the batch after the last is, so it holds as many
 batch fetches as steps (all the default's data work), and the DataLoader's batches, which land in
@@ -45,7 +48,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import simsiam_data as data  # noqa: E402
 from runtime import (AMP_MODES, amp_dtype_for, at_least, atomic_write, autocast_for,  # noqa: E402
-                     channels_last_for, check_settings, configure, describe_device, fail,
+                     between, channels_last_for, check_settings, configure, describe_device, fail,
                      library_versions, one_of, pick_device, precision_name, run, speed_up_cuda)
 from simsiam_model import SimSiam, negative_cosine_loss  # noqa: E402
 
@@ -68,6 +71,16 @@ AMP = "auto"  # as train_simsiam.py's AMP, for ceiling, reference_amp, default (
 CHANNELS_LAST = True  # channels_last on CUDA (and bf16 on CPU) for ceiling, reference_amp, default
 CACHE_DIR = ""  # where the default pipeline keeps its decoded array; "" = a temp folder
 GRAPHS = False  # also time ceiling and default with CUDA graphs (CUDA; compiles first, minutes)
+OVERLAP_DATA = True  # CUDA: the default makes the next batch on a side stream (train_simsiam.py's)
+# the augmentations, as train_simsiam.py's settings of the same names (defaults: the write-up's)
+CROP_SCALE_MIN = 0.2  # RandomResizedCrop lower area bound
+SOLARIZE = True  # solarise view 2 with p=0.2
+JITTER_STRENGTH = 1.0  # scales ColorJitter(0.4, 0.4, 0.4, 0.1)
+JITTER_P = 0.8  # probability of colour jitter
+GRAY_P = 0.2  # probability of random grayscale
+BLUR_P = 0.5  # probability of Gaussian blur
+VFLIP_P = 0.0  # probability of a vertical flip
+ROTATE90 = False  # rotate each view by a random multiple of 90 degrees
 DEVICE = "auto"  # auto | cuda | cpu
 OUTPUT_JSON = "bench_results/bench_pretrain.json"  # the table as JSON
 # -------------------------------------------------------------------------------------------------
@@ -221,7 +234,7 @@ def fresh_step(device, use_channels_last, precision, graphs=False):
     return training_step(model, optimizer, scaler, device, precision, use_channels_last, graphs)
 
 
-def reference_rows(paths, warm_batch, device, amp_dtype, channels_last, results, summary):
+def reference_rows(paths, warm_batch, views, device, amp_dtype, channels_last, results, summary):
     """reference (the write-up's pipeline as written) and reference_amp (with the default's
     precision and memory format).
 
@@ -230,8 +243,7 @@ def reference_rows(paths, warm_batch, device, amp_dtype, channels_last, results,
     timed steps served from that queue measure the GPU, not the pipeline. So the model warms up on
     device tensors first, the workers start only then, their first wave is skipped, and whole
     waves are timed from one wave's landing to another's (time_window)."""
-    dataset = data.PretrainImageDataset(paths, data.simsiam_transform_v1(IMAGE_SIZE),
-                                        data.simsiam_transform_v2(IMAGE_SIZE))
+    dataset = data.PretrainImageDataset(paths, *data.simsiam_transform_pair(IMAGE_SIZE, **views))
     workers, waves = loader_waves()
 
     def batches():
@@ -250,9 +262,10 @@ def reference_rows(paths, warm_batch, device, amp_dtype, channels_last, results,
         write_json(summary)
 
 
-def default_rows(paths, workdir, device, amp_dtype, channels_last, results, summary):
-    """default (as train_simsiam.py runs it), default_serial on CUDA (its data work on the model's
-    stream), default_data_only; returns the default's batches, pairs(side_stream)."""
+def default_rows(paths, workdir, views, device, amp_dtype, channels_last, results, summary):
+    """default (as train_simsiam.py runs it), default_serial on CUDA with OVERLAP_DATA (its data
+    work on the model's stream), default_data_only; returns the default's batches,
+    pairs(side_stream)."""
     started = time.perf_counter()
     array, kept, _ = data.build_image_cache(sorted(set(paths)),
                                             CACHE_DIR or os.path.join(workdir, "cache"), log=print)
@@ -260,17 +273,17 @@ def default_rows(paths, workdir, device, amp_dtype, channels_last, results, summ
     position = {p: i for i, p in enumerate(kept)}
     index = [position[p] for p in paths]  # the same (possibly repeated) file list as the reference
     order = np.random.default_rng(0).permutation(index)
-    pair = data.batch_augment_pair(IMAGE_SIZE)
+    pair = data.batch_augment_pair(IMAGE_SIZE, **views)
 
     def pairs(side_stream):
         return data.augmented_pairs(array, order, BATCH_SIZE, device, pair,
                                     torch.Generator().manual_seed(0), side_stream)
 
-    results["default"] = timed("default", pairs(True),
+    results["default"] = timed("default", pairs(OVERLAP_DATA),
                                fresh_step(device, channels_last, amp_dtype), device, amp_dtype)
     results["default"]["one_time_decode_s"] = decode_s
     write_json(summary)
-    if device.type == "cuda":
+    if device.type == "cuda" and OVERLAP_DATA:
         results["default_serial"] = timed("default_serial", pairs(False),
                                           fresh_step(device, channels_last, amp_dtype), device,
                                           amp_dtype)
@@ -293,7 +306,8 @@ def graphs_rows(fixed, pairs, device, amp_dtype, channels_last, results, summary
     results["ceiling_graphs"] = timed("ceiling_graphs", iter(lambda: fixed, None), step, device,
                                       amp_dtype)
     write_json(summary)
-    results["default_graphs"] = timed("default_graphs", pairs(True), step, device, amp_dtype)
+    results["default_graphs"] = timed("default_graphs", pairs(OVERLAP_DATA), step, device,
+                                      amp_dtype)
     write_json(summary)
 
 
@@ -328,11 +342,16 @@ def main():
                             "STEPS": at_least(1), "WARMUP_STEPS": at_least(1),
                             "NUM_IMAGES": at_least(1), "NUM_WORKERS": at_least(0),
                             "AMP": one_of(*AMP_MODES), "ROWS": one_of("all", "default"),
+                            "CROP_SCALE_MIN": between(0.01, 1.0),
+                            "JITTER_STRENGTH": between(0.0, 2.5), "JITTER_P": between(0.0, 1.0),
+                            "GRAY_P": between(0.0, 1.0), "BLUR_P": between(0.0, 1.0),
+                            "VFLIP_P": between(0.0, 1.0),
                             "STEM_STRIDE": ((lambda v: v == 1 or (v == 2 and SMALL_STEM)),
                                             "1, or 2 with --small_stem=True")})
     device = pick_device(DEVICE)
     amp_dtype, precision_reason = amp_dtype_for(device, AMP)
     channels_last = channels_last_for(device, amp_dtype, CHANNELS_LAST)
+    views = data.augmentation_settings(config)  # the same views as train_simsiam.py's
     tuned = speed_up_cuda(device)
     torch.manual_seed(0)
     workdir = tempfile.mkdtemp(prefix="bench_pretrain_")  # generated images, the default's cache
@@ -354,8 +373,9 @@ def main():
     write_json(summary)
     # ---- the write-up's pipeline, the default, and the default with CUDA graphs ----
     if ROWS == "all":
-        reference_rows(paths, fixed, device, amp_dtype, channels_last, results, summary)
-    pairs = default_rows(paths, workdir, device, amp_dtype, channels_last, results, summary)
+        reference_rows(paths, fixed, views, device, amp_dtype, channels_last, results, summary)
+    pairs = default_rows(paths, workdir, views, device, amp_dtype, channels_last, results,
+                         summary)
     if GRAPHS:
         graphs_rows(fixed, pairs, device, amp_dtype, channels_last, results, summary)
     print_table(results, summary, len(set(paths)))

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # The one prepared check for a lent GPU machine (its own python3 has torch, torchvision, pandas, scikit-learn,
 # tqdm, matplotlib and pytest, but no zarr, and nothing can be downloaded there). It runs the parts named in
-# GPU_CHECK_PARTS, in that order (default: all three); each part runs under its own time limit, and whatever a
+# GPU_CHECK_PARTS, in that order (default: all three); each stage runs under its own time limit, and whatever a
 # part measures is written under OUT as soon as it is measured:
-#   quality     real-data quality first, because it is what the project most needs to show:
-#               bench_quality.py --preset=gpu on EUROSAT (ResNet-18, small stem, EuroSAT's native 64 px). A
-#               short timing of that network (bench_pretrain.py --rows=default) plans the pre-training: stem
-#               stride 1 when at least MIN_STEPS steps fit QUALITY_PRETRAIN_S seconds, else stride 2, and the
-#               epochs that fit; then kNN, the linear probe and fine-tuning beside both floors (random init,
-#               image statistics)          -> OUT/quality.json, OUT/quality.md (the table so far),
-#                                             OUT/quality_logs.tar.gz (every step's log and metrics)
+#   quality     what the project most needs to show, in one command of at most 9 minutes, its start-up included
+#               (scripts/plan_quality.py: COMMAND_S, the budget it prints first, the plan and why): the EuroSAT
+#               copy checked before anything slow (a missing folder or image stops the command at once); the
+#               side-stream and CUDA-graph tests on this device (a path whose test fails is left out); timings of
+#               the GPU preset as it will run (stem stride 1, then a larger batch or stride 2); then
+#               bench_quality.py --preset=gpu: pre-training with what is left after the evaluations' expected
+#               cost, kNN, the linear probe and fine-tuning beside both floors (random init, image statistics)
+#                                          -> OUT/quality.json, OUT/quality.md (the table so far),
+#                                             OUT/quality_logs.tar.gz (every step's log and metrics, the tests'
+#                                             output, the timings, plan.json: the plan, why, each stage's time)
 #   throughput  pre-training throughput, ResNet-50 at 224 px, at batch 256 and at the write-up's 32 (alone on
 #               the GPU): ceiling, reference (tf32) and reference + mixed precision over whole worker waves,
 #               default (the next batch made on a side stream), default_serial (the same on the model's
@@ -19,13 +22,15 @@
 #   always      system check -> OUT/system_check.txt; everything printed -> OUT/gpu_check.log
 #
 #   OUT=/tmp/gpu bash scripts/gpu_check.sh                                     # everything, in one go
-#   GPU_CHECK_PARTS=quality OUT=/tmp/gpu bash scripts/gpu_check.sh             # within one 10-minute command
-#   GPU_CHECK_PARTS="throughput tests" OUT=/tmp/gpu2 bash scripts/gpu_check.sh # with what is left
+#   GPU_CHECK_PARTS=quality OUT=/tmp/gpu bash scripts/gpu_check.sh             # one command of 9 minutes
+#   GPU_CHECK_PARTS=throughput GPU_CHECK_BATCHES=256 OUT=/tmp/gpu2 bash scripts/gpu_check.sh  # what is left
 #
-# The exit status is that of the first part that failed (0 when all passed). For a smoke test on a CPU the sizes
+# The exit status is that of the first stage that failed (0 when all passed). For a rehearsal on a CPU the sizes
 # can be made tiny: GPU_CHECK_ARCH, GPU_CHECK_IMAGE_SIZE, GPU_CHECK_BATCHES, GPU_CHECK_GRAPHS_BATCHES,
-# GPU_CHECK_STEPS, GPU_CHECK_IMAGES, GPU_CHECK_WORKERS, GPU_CHECK_TESTS, GPU_CHECK_EUROSAT, GPU_CHECK_PRETRAIN_S,
-# GPU_CHECK_MIN_STEPS, GPU_CHECK_QUALITY_ARGS; PYTHON picks the interpreter.
+# GPU_CHECK_STEPS, GPU_CHECK_IMAGES, GPU_CHECK_WORKERS, GPU_CHECK_TESTS, GPU_CHECK_EUROSAT, GPU_CHECK_PLAN_ARGS
+# (plan_quality.py settings), GPU_CHECK_TIMING_ARGS, GPU_CHECK_PRETRAIN_ARGS, GPU_CHECK_QUALITY_ARGS, and the
+# two tests run first (pytest ids): GPU_CHECK_SIDE_STREAM_TEST, GPU_CHECK_GRAPHS_TEST; PYTHON picks the
+# interpreter.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-bench_results/gpu_check}"
@@ -39,85 +44,88 @@ IMAGES="${GPU_CHECK_IMAGES:-1024}"
 WORKERS="${GPU_CHECK_WORKERS:-12}"  # DataLoader workers of the reference pipeline
 TESTS="${GPU_CHECK_TESTS:-tests/test_cuda.py tests/test_augment_match.py}"
 EUROSAT="${GPU_CHECK_EUROSAT:-datae/EuroSAT}"
-QUALITY_PRETRAIN_S="${GPU_CHECK_PRETRAIN_S:-300}"  # pre-training budget of the quality part, seconds
-MIN_STEPS="${GPU_CHECK_MIN_STEPS:-10000}"  # steps the quality part wants: well past SimSiam's slow start
-QUALITY_BATCH="${GPU_CHECK_QUALITY_BATCH:-64}"  # the GPU preset's batch, timed and then run
-QUALITY_SIZE="${GPU_CHECK_QUALITY_SIZE:-64}"  # the GPU preset's input size: EuroSAT's own
-TIMING_STEPS="${GPU_CHECK_TIMING_STEPS:-30}"  # timed steps of the quality part's planning run
-PRETRAIN_EXTRA="${GPU_CHECK_PRETRAIN_ARGS:-}"  # more train_simsiam.py overrides for the quality run
+PLAN_ARGS="${GPU_CHECK_PLAN_ARGS:-}"  # more scripts/plan_quality.py settings (no spaces inside a value)
+TIMING_EXTRA="${GPU_CHECK_TIMING_ARGS:-}"  # more bench_pretrain.py settings for the quality part's timings
+PRETRAIN_EXTRA="${GPU_CHECK_PRETRAIN_ARGS:-}"  # more train_simsiam.py settings for the quality run
+QUALITY_ARGS="${GPU_CHECK_QUALITY_ARGS:-}"  # more bench_quality.py settings for the quality run
+SIDE_STREAM_TEST="${GPU_CHECK_SIDE_STREAM_TEST:-tests/test_cuda.py::test_side_stream_views_equal_the_in_turn_views_and_never_wait_for_the_gpu}"
+GRAPHS_TEST="${GPU_CHECK_GRAPHS_TEST:-tests/test_cuda.py::test_compiled_pretraining_step[--cuda_graphs=True]}"
 PARTS="${GPU_CHECK_PARTS:-quality throughput tests}"
-QUALITY_ARGS="${GPU_CHECK_QUALITY_ARGS:-}"
 WORK="$(mktemp -d /tmp/gpu_check.XXXXXX)"  # images, caches, checkpoints: too big to bring back
+Q="$WORK/quality"  # the quality run's folder (plan_quality.py's WORK_DIR, bench_quality.py's OUTPUT_DIR)
 trap 'rm -rf "$WORK"' EXIT
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$Q"
 export PYTHONUNBUFFERED=1
 
 # part NAME SECONDS COMMAND...: run COMMAND under a time limit and say how it ended; a failure is noted in
-# WORK/failures (a file, so that a part run in the background counts too)
+# WORK/failures (a file, so that a part run in the background counts too), each stage's limit and time in
+# Q/stages.log; PART_RC is COMMAND's exit status
 part() {
-    local name="$1" limit="$2" rc
+    local name="$1" limit="$2" started=$SECONDS
     shift 2
     echo "== $name (limit ${limit} s)"
     timeout "$limit" "$@"
-    rc=$?
-    [[ $rc -eq 124 ]] && echo "== $name: stopped at its ${limit} s limit"
-    echo "== $name: exit $rc"
-    [[ $rc -ne 0 ]] && echo "$rc" >>"$WORK/failures"
+    PART_RC=$?
+    [[ $PART_RC -eq 124 ]] && echo "== $name: stopped at its ${limit} s limit"
+    echo "== $name: exit $PART_RC after $((SECONDS - started)) s"
+    [[ $PART_RC -ne 0 ]] && echo "$PART_RC" >>"$WORK/failures"
+    printf '%s\t%s\t%s\t%s\n' "$name" "$limit" "$((SECONDS - started))" "$PART_RC" >>"$Q/stages.log"
     return 0
+}
+
+# plan STEP [SETTING...]: one step of scripts/plan_quality.py (quick: only its check loads PyTorch)
+plan() {
+    # shellcheck disable=SC2086
+    timeout 60 "$PYTHON" scripts/plan_quality.py --step="$1" --eurosat_dir="$EUROSAT" --work_dir="$Q" \
+        --seconds_used="$SECONDS" --timing_args="$TIMING_EXTRA" --pretrain_args="$PRETRAIN_EXTRA" \
+        --quality_args="$QUALITY_ARGS" "${@:2}" $PLAN_ARGS
+}
+
+# proven NAME SECONDS TEST LOG: run one pytest TEST on this device, its output in Q/LOG; true when it passed
+# (a test skipped, as on a machine without CUDA, proves nothing)
+proven() {
+    part "quality: $1" "$2" bash -c "$PYTHON -m pytest -q -p no:cacheprovider '$3' >'$Q/$4' 2>&1"
+    tail -n 5 "$Q/$4"
+    [[ $PART_RC -eq 0 ]] && grep -qE '[0-9]+ passed' "$Q/$4"
 }
 
 # copy the quality run's small files to OUT (temporary name, then rename: a stopped copy leaves no half file)
 save_quality() {
-    local q="$WORK/quality" f
+    local f
     for f in quality.json quality.md; do
-        [[ -f "$q/$f" ]] && cp "$q/$f" "$OUT/.$f.tmp" && mv "$OUT/.$f.tmp" "$OUT/$f"
+        [[ -f "$Q/$f" ]] && cp "$Q/$f" "$OUT/.$f.tmp" && mv "$OUT/.$f.tmp" "$OUT/$f"
     done
-    [[ -d "$q" ]] && (cd "$q" && find . -maxdepth 1 -type f \( -name '*.log' -o -name '*.json' -o -name '*.md' \
+    (cd "$Q" && find . -maxdepth 1 -type f \( -name '*.log' -o -name '*.json' -o -name '*.md' \
         -o -name '*metrics*.pth' -o -name '*.csv' \) -print0 | tar czf "$OUT/.quality_logs.tmp" --null -T - \
         && mv "$OUT/.quality_logs.tmp" "$OUT/quality_logs.tar.gz")
     return 0
 }
 
-# plan_pretraining: "STRIDE EPOCHS STEPS SECONDS" for the quality run, from the timings of the GPU preset's
-# network (stride 1, then 2 only when stride 1 fits fewer than MIN_STEPS); the epochs fill QUALITY_PRETRAIN_S,
-# allowing 0.6 s per epoch for the checkpoint, the metrics and a share of the kNN monitor
-plan_pretraining() {
-    local stride plan
-    for stride in 1 2; do
-        part "quality: timing the GPU preset's network, stem stride $stride" 120 "$PYTHON" scripts/bench_pretrain.py \
-            --arch=resnet18 --small_stem=True --stem_stride="$stride" --image_size="$QUALITY_SIZE" \
-            --batch_size="$QUALITY_BATCH" --rows=default --steps="$TIMING_STEPS" --warmup_steps=10 \
-            --num_images="$IMAGES" --output_json="$WORK/timing_stride$stride.json" >&2
-        plan=$("$PYTHON" -c "import json, pandas; \
-rate = json.load(open('$WORK/timing_stride$stride.json'))['results']['default']['pairs_per_s'] / $QUALITY_BATCH; \
-per_epoch = len(pandas.read_csv('$EUROSAT/train.csv')) // $QUALITY_BATCH; \
-epochs = max(1, int($QUALITY_PRETRAIN_S / (per_epoch / rate + 0.6))); \
-print($stride, epochs, epochs * per_epoch, round(epochs * (per_epoch / rate + 0.6)))" 2>/dev/null)
-        [[ -n "$plan" ]] || continue
-        echo "== quality: stem stride $stride: $(cut -d' ' -f2 <<<"$plan") epochs, $(cut -d' ' -f3 <<<"$plan") steps in about $(cut -d' ' -f4 <<<"$plan") s" >&2
-        [[ $(cut -d' ' -f3 <<<"$plan") -ge $MIN_STEPS ]] && break
-    done
-    echo "$plan"
-}
-
 quality_part() {
-    if [[ ! -f "$EUROSAT/train.csv" ]]; then
-        echo "== quality: skipped ($EUROSAT/train.csv not found; copy a subset with scripts/copy_eurosat_subset.py)"
+    local side=False graphs=False run saver_pid
+    proven "side-stream test" "$SIDE_S" "$SIDE_STREAM_TEST" side_stream_test.log && side=True
+    proven "CUDA-graph test" "$GRAPHS_S" "$GRAPHS_TEST" graphs_test.log && graphs=True
+    # the timings the plan asks for, one at a time (at most TIMINGS; a failed one leaves the plan as it was)
+    for _ in 1 2 3 4; do
+        rm -f "$Q/next_timing.txt"
+        plan next --side_stream_ok=$side --graphs_ok=$graphs
+        [[ -s "$Q/next_timing.txt" ]] || break
+        mapfile -t run <"$Q/next_timing.txt"
+        part "quality: timing, ${run[0]#* }" "${run[0]%% *}" "$PYTHON" scripts/bench_pretrain.py "${run[@]:1}"
+    done
+    rm -f "$Q/quality_run.txt"
+    plan plan --side_stream_ok=$side --graphs_ok=$graphs
+    if [[ ! -s "$Q/quality_run.txt" ]]; then
+        echo "== quality: no plan (see above): the quality run did not start"
+        echo 1 >>"$WORK/failures"
         return
     fi
-    local plan stride epochs steps
-    plan=$(plan_pretraining)
-    read -r stride epochs steps _ <<<"${plan:-1 30 0 0}"
-    [[ -z "$plan" ]] && echo "== quality: no timing (the timing runs failed): $epochs epochs at stem stride 1"
-    [[ $steps -lt $MIN_STEPS ]] && echo "== quality: only $steps steps fit ${QUALITY_PRETRAIN_S} s, fewer than $MIN_STEPS"
+    mapfile -t run <"$Q/quality_run.txt"
     (while sleep 10; do save_quality; done) &
     saver_pid=$!
-    # shellcheck disable=SC2086
-    part "quality" $((QUALITY_PRETRAIN_S + 240)) "$PYTHON" scripts/bench_quality.py --preset=gpu \
-        --eurosat_dir="$EUROSAT" --output_dir="$WORK/quality" --cache_dir="$WORK/cache" \
-        --pretrain_epochs="$epochs" --pretrain_args="--batch_size=$QUALITY_BATCH --image_size=$QUALITY_SIZE \
---stem_stride=$stride --knn_every=$(( epochs / 10 > 1 ? epochs / 10 : 1 )) $PRETRAIN_EXTRA" $QUALITY_ARGS
+    part "quality run" "${run[0]}" "$PYTHON" scripts/bench_quality.py "${run[@]:1}"
     kill "$saver_pid" 2>/dev/null
+    plan report
     save_quality
 }
 
@@ -145,7 +153,19 @@ tests_part() {
 
 {
     echo "== gpu_check.sh: parts $PARTS"
-    part "system check" 60 bash -c "$PYTHON scripts/system_check.py | tee '$OUT/system_check.txt'"
+    SYSTEM_S=60
+    if [[ " $PARTS " == *" quality "* ]]; then
+        # the data first, and the budget: a copy that did not travel stops everything before anything slow
+        plan check
+        rc=$?
+        if [[ $rc -ne 0 ]]; then
+            echo "gpu_check.sh: the quality part's data check failed (above), exit $rc: nothing else was run"
+            exit "$rc"
+        fi
+        read -r SYSTEM_S SIDE_S GRAPHS_S <"$Q/stage_limits.txt"
+        printf 'data check\t60\t%s\t0\n' "$SECONDS" >>"$Q/stages.log"
+    fi
+    part "system check" "$SYSTEM_S" bash -c "$PYTHON scripts/system_check.py | tee '$OUT/system_check.txt'"
     for name in $PARTS; do
         case "$name" in
             quality) quality_part ;;

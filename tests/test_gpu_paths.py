@@ -6,12 +6,10 @@ import os
 import re
 import shutil
 import sys
-import tarfile
 import threading
 import time
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import torch.distributed as dist
@@ -389,19 +387,64 @@ def test_requirements_admit_no_torch_without_torch_amp_grad_scaler():
     assert vision and int(vision.group(1)) >= 18  # the torchvision of torch 2.3
 
 
-def test_cudnn_autotuning_and_tf32_only_on_cuda():
-    flags = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
-             torch.backends.cudnn.allow_tf32)
-    try:
-        torch.backends.cudnn.benchmark = torch.backends.cuda.matmul.allow_tf32 = False
-        assert (runtime.speed_up_cuda(torch.device("cpu")) == ""
-                and not torch.backends.cudnn.benchmark)
-        said = runtime.speed_up_cuda(CUDA)
-        assert torch.backends.cudnn.benchmark and torch.backends.cuda.matmul.allow_tf32
-        assert "cuDNN benchmark" in said and "TF32" in said
-    finally:
+def _math_flags():
+    return (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32)
+
+
+@pytest.fixture
+def math_flags():
+    """CUDA's math settings as they were, restored after the test."""
+    flags = _math_flags()
+    yield
+    (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
+     torch.backends.cudnn.allow_tf32) = flags
+
+
+def test_cudnn_autotuning_and_tf32_only_on_cuda(math_flags):
+    torch.backends.cudnn.benchmark = torch.backends.cuda.matmul.allow_tf32 = False
+    assert (runtime.speed_up_cuda(torch.device("cpu")) == ""
+            and not torch.backends.cudnn.benchmark)
+    said = runtime.speed_up_cuda(CUDA)
+    assert _math_flags() == (True, True, True)
+    assert said == "cuDNN benchmark on, TF32 matmul on and convolutions on"
+    # the probe's: exact fp32
+    said = runtime.speed_up_cuda(CUDA, tf32=False)
+    assert _math_flags() == (True, False, False) and "TF32 matmul off and convolutions off" in said
+
+
+def test_describing_the_device_only_describes(monkeypatch, math_flags):
+    monkeypatch.setattr(runtime, "describe_device", lambda device: f"{device.type} (a card)")
+    for flags in ((False, False, False), (True, True, True), (True, False, True)):
         (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
          torch.backends.cudnn.allow_tf32) = flags
+        line = runtime.device_and_precision(CUDA, torch.bfloat16, "native")
+        assert _math_flags() == flags  # no side effect
+        on = ["on" if flag else "off" for flag in flags]
+        assert line == (f"cuda (a card), precision: bf16 (native), cuDNN benchmark {on[0]}, TF32 "
+                        f"matmul {on[1]} and convolutions {on[2]}")
+    assert runtime.device_and_precision(torch.device("cpu"), None, "r") == "cpu (a card), " \
+        "precision: fp32 (r)"
+
+
+class _Switched(Exception):
+    """Ends a script right after it set CUDA's math settings: what it asked is all the test
+    needs."""
+
+
+@pytest.mark.parametrize("script, tf32", [("train_simsiam.py", True), ("finetune_model.py", True),
+                                          ("Linear_evaluation.py", False)])
+def test_each_script_sets_cudas_math_itself_the_probe_without_tf32(tmp_path, monkeypatch,
+                                                                   script, tf32):
+    asked = []
+
+    def switch(device, tf32=True):
+        asked.append((device.type, tf32))
+        raise _Switched
+    monkeypatch.setattr(runtime, "speed_up_cuda", switch)
+    with pytest.raises(_Switched):
+        run_in_process(script, f"--output_dir={tmp_path}", "--device=cpu")
+    assert asked == [("cpu", tf32)]
 
 
 def test_compile_time_is_reported_apart_from_the_first_epochs_rate(tmp_path, monkeypatch,
@@ -449,72 +492,6 @@ def test_bench_pretrain_writes_each_pipeline_as_it_is_measured(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     kept = json.load(open(tmp_path / "bench.json"))["results"]
     assert list(kept) == ["ceiling", "reference", "reference_amp"]
-
-
-def test_gpu_check_script_runs_each_part_and_writes_under_out(tmp_path):
-    """scripts/gpu_check.sh with tiny settings on the CPU: the same script the lent GPU machine
-    runs, the GPU preset's quality run first (planned from a timing of its network: stride 1, and
-    stride 2 when too few steps fit), then throughput, then the CUDA tests."""
-    import subprocess
-    env = dict(os.environ, OUT=str(tmp_path / "out"), GPU_CHECK_ARCH="resnet18",
-               GPU_CHECK_IMAGE_SIZE="32", GPU_CHECK_BATCHES="4", GPU_CHECK_STEPS="1",
-               GPU_CHECK_IMAGES="8", GPU_CHECK_WORKERS="2", GPU_CHECK_TESTS="tests/test_cuda.py",
-               GPU_CHECK_GRAPHS_BATCHES="4", PYTHON=sys.executable,
-               GPU_CHECK_EUROSAT=str(tmp_path / "EuroSAT"), GPU_CHECK_PRETRAIN_S="3",
-               GPU_CHECK_MIN_STEPS="1000000", GPU_CHECK_QUALITY_BATCH="8",
-               GPU_CHECK_QUALITY_SIZE="32", GPU_CHECK_TIMING_STEPS="1",
-               GPU_CHECK_PRETRAIN_ARGS="--proj_dim=64 --pred_dim=16 --warmup_epochs=0",
-               GPU_CHECK_QUALITY_ARGS="--finetune_epochs=1 --finetune_args=--batch_size=8")
-    make_eurosat(str(tmp_path / "EuroSAT"))
-    result = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_check.sh")], cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    written = sorted(os.listdir(tmp_path / "out"))
-    # at most 8 files come back from a lent machine
-    assert written == ["bench_pretrain_batch4.json", "cuda_tests.txt", "gpu_check.log",
-                       "quality.json", "quality.md", "quality_logs.tar.gz", "system_check.txt"]
-    log = open(tmp_path / "out" / "gpu_check.log").read()
-    order = [log.index(part) for part in ("== quality: exit 0", "== throughput", "== CUDA tests")]
-    assert order == sorted(order)
-    assert "GRAPHS needs a CUDA GPU" in log  # asked for at batch 4; measured on a GPU only
-    # the plan: stride 1 timed first; fewer steps than asked fit, so stride 2 is timed and run
-    assert "== quality: stem stride 1:" in log and "== quality: stem stride 2:" in log
-    assert "steps fit 3 s, fewer than 1000000" in log
-    summary = json.load(open(tmp_path / "out" / "quality.json"))
-    assert summary["preset"] == "gpu" and summary["arch"] == "resnet18 (small stem, stride 2)"
-    assert f"== quality: stem stride 2: {summary['pretrain_epochs']} epochs" in log
-    assert {row["init"] for row in summary["rows"]} == {"SimSiam pre-trained", "random init",
-                                                         "image statistics"}
-    assert any(row["protocol"].startswith("fine-tune") for row in summary["rows"])
-    with tarfile.open(tmp_path / "out" / "quality_logs.tar.gz") as logs:
-        names = logs.getnames()
-    assert "./pretrain.log" in names and "./linear_eval_metrics_random.pth" in names
-    assert not any(name.startswith("./simsiam_") for name in names)  # no large checkpoints
-
-
-def test_copy_eurosat_subset_keeps_validation_and_test_whole(tmp_path):
-    source, target = tmp_path / "EuroSAT", tmp_path / "subset"
-    make_eurosat(str(source))
-    args = [f"--source_dir={source}", f"--target_dir={target}"]
-    result = run_script("scripts/copy_eurosat_subset.py", *args, "--train_images=5")
-    assert result.returncode == 0, result.stderr[-2000:]
-    train = pd.read_csv(target / "train.csv", index_col=0)
-    original = pd.read_csv(source / "train.csv", index_col=0)
-    assert len(train) == 5 and set(train.index) <= set(original.index)
-    assert train.equals(original.sample(5, random_state=0))  # the same rows every time
-    for split in ("validation", "test"):
-        assert pd.read_csv(target / f"{split}.csv", index_col=0).equals(
-            pd.read_csv(source / f"{split}.csv", index_col=0))
-    listed = [f for split in ("train", "validation", "test")
-              for f in pd.read_csv(target / f"{split}.csv")["Filename"]]
-    assert all((target / f).is_file() for f in listed) and (target / "label_map.json").is_file()
-    # a second copy into the same folder is refused, as is asking for more rows than exist
-    again = run_in_process("scripts/copy_eurosat_subset.py", *args)
-    assert again.returncode == 2 and "not empty" in again.stderr
-    too_many = run_in_process("scripts/copy_eurosat_subset.py", f"--source_dir={source}",
-                              f"--target_dir={tmp_path / 'other'}", "--train_images=100000")
-    assert too_many.returncode == 2 and "TRAIN_IMAGES" in too_many.stderr
-    assert not (tmp_path / "other").exists()  # refused before anything was copied
 
 
 def test_cpu_bf16_gradients_stay_within_a_few_input_roundings_of_fp32():
