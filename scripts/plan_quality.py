@@ -345,8 +345,7 @@ def finetune_epochs(chosen, train_images, preset_epochs):
 
 
 def quality_args(state, chosen):
-    """bench_quality.py's arguments for the plan (fractions only where bench_quality.py has
-    them)."""
+    """bench_quality.py's arguments for the plan."""
     preset = state["preset"]
     warmup = int(preset_value(preset["pretrain"], "warmup_epochs") or 0)
     pretrain = (f"--batch_size={chosen['batch']} --stem_stride={chosen['stride']} "
@@ -356,13 +355,11 @@ def quality_args(state, chosen):
                    else "") + (f" {PRETRAIN_ARGS}" if PRETRAIN_ARGS else ""))
     epochs = finetune_epochs(chosen, state["images"]["train"],
                              int(preset_value(preset["finetune"], "num_epochs") or 1))
-    has = _constant_comments(os.path.join(ROOT, "scripts", "bench_quality.py"))
-    fractions = ([f"--label_fractions={LABEL_FRACTIONS}"] if "LABEL_FRACTIONS" in has else []) + (
-        [f"--finetune_fractions={FINETUNE_FRACTIONS}"] if "FINETUNE_FRACTIONS" in has else [])
     return ["--preset=gpu", f"--eurosat_dir={state['eurosat_dir']}",
             f"--output_dir={WORK_DIR}", f"--cache_dir={work_file('cache')}",
             f"--pretrain_epochs={chosen['epochs']}", f"--pretrain_args={pretrain}",
-            f"--finetune_epochs={epochs}", *fractions, *shlex.split(QUALITY_ARGS)]
+            f"--finetune_epochs={epochs}", f"--label_fractions={LABEL_FRACTIONS}",
+            f"--finetune_fractions={FINETUNE_FRACTIONS}", *shlex.split(QUALITY_ARGS)]
 
 
 def plan_step():

@@ -16,7 +16,6 @@ import pytest
 from PIL import Image
 
 import plan_quality
-import runtime
 import simsiam_data as data
 from conftest import ROOT, run_in_process, run_script
 from test_evaluation import make_eurosat
@@ -215,16 +214,11 @@ def test_stride_2_only_when_stride_1_falls_short_and_a_stopped_timing_adds_nothi
     assert chosen["step_ms"] == plan_quality.UNTIMED_STEP_S * 1000 and "UNTIMED_STEP_S" in printed
 
 
-def test_the_label_fractions_are_passed_once_bench_quality_has_them(tmp_path, monkeypatch):
+def test_the_label_fractions_are_passed_to_the_quality_run(tmp_path):
     work = tmp_path / "work"
     _state(work)
     _next(tmp_path)
     _timing(work, 1, 64, default_ms=12.0)
-    _, run, _ = _run_plan(tmp_path)
-    assert not any(a.startswith(("--label_fractions", "--finetune_fractions")) for a in run)
-    real = runtime._constant_comments
-    monkeypatch.setattr(runtime, "_constant_comments", lambda path: {
-        **real(path), "LABEL_FRACTIONS": "", "FINETUNE_FRACTIONS": ""})
     _, run, _ = _run_plan(tmp_path, "--finetune_fractions=0.1 1")
     assert "--label_fractions=0.01 0.1 1" in run and "--finetune_fractions=0.1 1" in run
 
