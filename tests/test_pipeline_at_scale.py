@@ -230,21 +230,31 @@ def test_side_stream_makes_each_batch_one_step_ahead_with_the_same_views(monkeyp
             streams.log.append(("read batch", streams.current))
             yield rows, batch
     monkeypatch.setattr(data, "iterate_batches", cpu_batches)
+
+    def logged(augment):
+        def call(*args):
+            streams.log.append(("augment", streams.current))
+            return augment(*args)
+        return call
     handed = []
-    for x1, x2 in data.augmented_pairs(images, order, 8, CUDA, pair,
+    for x1, x2 in data.augmented_pairs(images, order, 8, CUDA, tuple(map(logged, pair)),
                                        torch.Generator().manual_seed(3)):
         streams.log.append(("step", len(handed)))
         handed.append((x1, x2))
     assert all(torch.equal(a, b) for ours, theirs in zip(handed, in_turn)
                for a, b in zip(ours, theirs))
-    # batch n + 1 is read and augmented on the side stream before step n; step n waits (on the
-    # device) for batch n's event alone; its views are kept until the current stream is done
+    # batch n + 1 is read and augmented on the side stream before step n, and its event recorded
+    # after both views (an event recorded earlier would let the step read half-made views); step
+    # n waits (on the device) for batch n's event alone, before it gets the views (the views
+    # above are equal either way: only this order shows the wait); its views are kept until the
+    # current stream is done
+    made = [("read batch", "side"), ("augment", "side"), ("augment", "side"),
+            ("record event", "side")]
     assert streams.log == [
-        ("read batch", "side"), ("record event", "side"),
-        ("read batch", "side"), ("record event", "side"),
+        *made, *made,
         ("wait for event", "current", 1), ("keep for", "current"), ("keep for", "current"),
         ("step", 0),
-        ("read batch", "side"), ("record event", "side"),
+        *made,
         ("wait for event", "current", 2), ("keep for", "current"), ("keep for", "current"),
         ("step", 1),
         ("wait for event", "current", 3), ("keep for", "current"), ("keep for", "current"),
