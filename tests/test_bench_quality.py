@@ -27,7 +27,7 @@ def test_bench_quality_quick_run_writes_table(tmp_path):
     eurosat, out = tmp_path / "EuroSAT", tmp_path / "quality"
     make_eurosat(str(eurosat))
     args = [f"--eurosat_dir={eurosat}", f"--output_dir={out}", f"--cache_dir={tmp_path / 'cache'}",
-            "--pretrain_images=20", "--pretrain_epochs=1", "--skip_finetune=True",
+            "--pretrain_images=20", "--pretrain_epochs=1", "--skip_finetune=True", "--amp=off",
             "--pretrain_args=--image_size=32 --batch_size=8 --proj_dim=64 --pred_dim=16 "
             "--small_stem=True"]
     result = run_script("scripts/bench_quality.py", *args, timeout=600)

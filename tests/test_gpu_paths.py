@@ -50,9 +50,8 @@ def test_forced_and_disabled_precision(monkeypatch):
     assert dtype == torch.bfloat16 and "emulated" in reason
     assert amp_dtype_for(CUDA, "off")[0] is None
     cpu = torch.device("cpu")
-    assert amp_dtype_for(cpu, "auto")[0] is None and amp_dtype_for(cpu, "off")[0] is None
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
-    assert amp_dtype_for(cpu, "bf16")[0] == torch.bfloat16
+    assert amp_dtype_for(cpu, "bf16")[0] == torch.bfloat16 and amp_dtype_for(cpu, "off")[0] is None
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
     dtype, reason = amp_dtype_for(cpu, "bf16")
     assert dtype is None and "no native bf16" in reason
@@ -61,23 +60,40 @@ def test_forced_and_disabled_precision(monkeypatch):
     assert stopped.value.code == 2
 
 
-def test_pretraining_prints_its_precision_and_the_reason(tmp_path, tiny_images):
-    result = run_script("train_simsiam.py", f"--data_dir={tiny_images}",
-                        f"--output_dir={tmp_path / 'out'}", f"--cache_dir={tmp_path / 'cache'}",
-                        *TINY_PRETRAIN, "--num_epochs=1", "--amp=bf16")
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_on_a_cpu_follows_its_native_bf16(monkeypatch, native):
+    """As on a GPU: bf16 where the CPU computes it (AVX512-BF16 or AMX), fp32 where bf16 would be
+    emulated; MPS stays in fp32."""
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
+    dtype, reason = amp_dtype_for(torch.device("cpu"), "auto")
+    assert dtype == (torch.bfloat16 if native else None)
+    assert ("computes bf16 natively" if native else "no native bf16") in reason
+    assert amp_dtype_for(torch.device("mps"), "auto")[0] is None
+
+
+@pytest.mark.parametrize("native, line", [
+    (True, "precision: bf16 (this CPU computes bf16 natively (AVX512-BF16 or AMX))"),
+    (False, "precision: fp32 (this CPU has no native bf16 (AVX512-BF16 or AMX), where bf16 is "
+            "slower than fp32)")])
+def test_pretraining_says_its_precision_and_why(tmp_path, tiny_images, monkeypatch, native, line):
+    """A default run (AMP = "auto") on a CPU with and without native bf16: the start-up line names
+    the precision and the reason, and the metrics record it."""
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
+    result = run_in_process("train_simsiam.py", f"--data_dir={tiny_images}",
+                            f"--output_dir={tmp_path / 'out'}",
+                            f"--cache_dir={tmp_path / 'cache'}", *TINY_PRETRAIN, "--num_epochs=1",
+                            "--amp=auto")
     assert result.returncode == 0, result.stderr[-2000:]
+    assert line in result.stdout
     metrics = load_checkpoint(str(tmp_path / "out" / "pretrain_metrics.pth"))
-    if runtime.cpu_has_native_bf16():
-        assert "precision: bf16 (AMP = 'bf16' on a CPU with native bf16" in result.stdout
-        assert metrics["precision"] == "bf16"
-    else:
-        assert ("precision: fp32 (AMP = 'bf16' ignored" in result.stdout
-                and metrics["precision"] == "fp32")
+    assert metrics["precision"] == ("bf16" if native else "fp32")
     assert np.isfinite(metrics["loss"][0])
-    result = run_script("train_simsiam.py", f"--data_dir={tiny_images}", "--amp=fp16",
-                        *TINY_PRETRAIN[:1])
-    assert (result.returncode == 2 and "needs a CUDA GPU" in result.stderr
-            and "Traceback" not in result.stderr)
+
+
+def test_fp16_on_a_cpu_is_a_setting_error():
+    result = run_in_process("train_simsiam.py", "--data_dir=nowhere", "--amp=fp16",
+                            *TINY_PRETRAIN[:1])
+    assert result.returncode == 2 and "needs a CUDA GPU" in result.stderr
 
 
 # -------------------------------------------------------------------------------------------------
@@ -187,7 +203,7 @@ def test_fine_tuning_steps_copy_nothing_to_the_device_that_blocks(tmp_path, monk
                                 f"--output_dir={tmp_path / 'out'}",
                                 f"--cache_dir={tmp_path / 'cache'}", "--pretrained_path=random",
                                 "--arch=resnet18", "--image_size=32", "--num_epochs=1",
-                                "--batch_size=8")
+                                "--batch_size=8", "--amp=off")
     assert result.returncode == 0, result.stderr[-2000:]
     blocking = [name for name, non_blocking in counter.copies if not non_blocking]
     assert counter.steps >= 4 and blocking == [], blocking
@@ -435,7 +451,7 @@ def test_compile_time_is_reported_apart_from_the_first_epochs_rate(tmp_path, mon
 
 def test_bench_pretrain_writes_each_pipeline_as_it_is_measured(tmp_path):
     args = ["--arch=resnet18", "--image_size=32", "--batch_size=4", "--steps=1",
-            "--warmup_steps=1", "--num_images=8", "--num_workers=0",
+            "--warmup_steps=1", "--num_images=8", "--num_workers=0", "--amp=off",
             f"--output_json={tmp_path / 'bench.json'}"]
     result = run_script("scripts/bench_pretrain.py", *args, f"--cache_dir={tmp_path / 'cache'}")
     assert result.returncode == 0, result.stderr[-2000:]

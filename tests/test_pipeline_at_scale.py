@@ -89,7 +89,7 @@ def test_bench_reference_rows_time_whole_waves_and_default_rows_all_data_work(tm
     workers, batch = 2, 4
     result = run_in_process("scripts/bench_pretrain.py", "--arch=resnet18", "--image_size=32",
                             f"--batch_size={batch}", "--steps=2", "--warmup_steps=1",
-                            "--num_images=8", f"--num_workers={workers}",
+                            "--num_images=8", f"--num_workers={workers}", "--amp=off",
                             f"--cache_dir={tmp_path / 'cache'}",
                             f"--generated_dir={tmp_path / 'images'}",
                             f"--output_json={tmp_path / 'bench.json'}")
@@ -117,6 +117,50 @@ def test_the_reference_precision_on_cuda_is_named_tf32():
         assert bench_pretrain.precision_label(CUDA, None) == "fp32"
     finally:
         torch.backends.cudnn.allow_tf32 = flag
+
+
+def test_bench_variants_time_the_other_memory_format_and_torch_compile(tmp_path, monkeypatch):
+    """--variants=True: ceiling and default again in the other memory format (a fresh model in
+    it), then compiled in theirs, with each ratio printed; a compiler that fails says so and
+    keeps the rows measured."""
+    import simsiam_model
+    formats, compiled = [], []
+
+    class Recorded(TinySimSiam):
+        def to(self, *args, memory_format=torch.preserve_format, **kwargs):
+            formats.append(memory_format)
+            return super().to(*args, **kwargs)
+
+    def fake_compile(model, **kwargs):
+        compiled.append(kwargs)
+        if len(compiled) == 2:  # the second compiled row: a machine without a C++ compiler
+            def broken(*args):
+                raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+            return broken
+        return model
+
+    monkeypatch.setattr(simsiam_model, "SimSiam", Recorded)
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    result = run_in_process("scripts/bench_pretrain.py", "--image_size=16", "--batch_size=4",
+                            "--steps=1", "--warmup_steps=1", "--num_images=8", "--rows=default",
+                            "--amp=off", "--variants=True", f"--cache_dir={tmp_path / 'cache'}",
+                            f"--generated_dir={tmp_path / 'images'}",
+                            f"--output_json={tmp_path / 'bench.json'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.load(open(tmp_path / "bench.json"))
+    assert list(summary["results"]) == ["ceiling", "default", "default_data_only",
+                                        "ceiling_channels_last", "default_channels_last",
+                                        "ceiling_compile"]
+    assert {row.get("precision", "fp32") for row in summary["results"].values()} == {"fp32"}
+    # the CPU's fp32 default is NCHW; the variants flip it, the compiled rows keep it
+    nchw, cl = torch.preserve_format, torch.channels_last
+    assert formats == [nchw, nchw, cl, cl, nchw, nchw] and compiled == [{}, {}]
+    for ratio in ("ceiling_channels_last / ceiling", "default_channels_last / default",
+                  "ceiling_compile / ceiling"):
+        assert ratio + " = " in result.stdout
+    assert "ceiling_compile_over_ceiling" in summary
+    assert "torch.compile failed here (RuntimeError: InvalidCxxCompiler" in result.stdout
+    assert "default_compile not measured" in result.stdout
 
 
 # -------------------------------------------------------------------------------------------------

@@ -147,11 +147,11 @@ def test_results_of_another_checkpoint_are_not_replaced(eurosat, tmp_path):
     assert "epoch_2.pth" in _metrics(tmp_path / "linear_eval_metrics.pth")["pretrained_identity"]
     refused = run_in_process("finetune_model.py", f"--eurosat_dir={eurosat}",
                              f"--output_dir={tmp_path}", f"--cache_dir={tmp_path / 'cache'}",
-                             "--num_epochs=1", "--batch_size=8")
+                             "--num_epochs=1", "--batch_size=8", "--amp=off")
     assert refused.returncode == 0  # no fine-tuning results there yet
     refused = run_in_process("finetune_model.py", f"--eurosat_dir={eurosat}",
                              f"--output_dir={tmp_path}", f"--cache_dir={tmp_path / 'cache'}",
-                             "--num_epochs=1", "--batch_size=8",
+                             "--num_epochs=1", "--batch_size=8", "--amp=off",
                              f"--pretrained_path={first_path}")
     assert refused.returncode == 1 and "finetune_metrics.pth holds the results of" in \
         refused.stderr
