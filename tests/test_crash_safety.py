@@ -1,5 +1,7 @@
 """Fault injection: SIGKILL a tiny pre-training at random moments, rerun the same command, check
-nothing is lost and that the result is the one an uninterrupted run gives."""
+nothing is lost and that the result is the one an uninterrupted run gives. The runs that are
+killed are processes of their own; the reruns that finish run in this process
+(conftest.run_in_process: the same main, without seconds of start-up)."""
 import glob
 import os
 import random
@@ -10,7 +12,7 @@ import time
 
 import torch
 
-from conftest import ROOT, TINY_PRETRAIN, write_images
+from conftest import ROOT, TINY_PRETRAIN, run_in_process, write_images
 from runtime import load_checkpoint
 
 EPOCHS, IMAGES, BATCH = 7, 24, 8
@@ -51,7 +53,7 @@ def test_pretraining_survives_sigkill_at_random_moments(tmp_path):
             f"attempt {attempt} was not killed (exit {process.returncode})")
         kills += 1
         _all_files_load(str(out))
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = _finish(command)
     assert result.returncode == 0, result.stderr[-2000:]
     assert kills == 3 and "resuming from" in result.stdout
     metrics = load_checkpoint(str(out / "pretrain_metrics.pth"))
@@ -65,8 +67,7 @@ def test_pretraining_survives_sigkill_at_random_moments(tmp_path):
     # and the result is the one an uninterrupted run gives:
     # the same loss at every epoch, the same weights
     straight = tmp_path / "straight"
-    result = subprocess.run([*command[:3], f"--output_dir={straight}", *command[4:]], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+    result = _finish([*command[:3], f"--output_dir={straight}", *command[4:]])
     assert result.returncode == 0, result.stderr[-2000:]
     assert load_checkpoint(str(straight / "pretrain_metrics.pth"))["loss"] == metrics["loss"]
     resumed_weights = load_checkpoint(str(out / f"simsiam_resnet18_epoch_{EPOCHS}.pth"))["model"]
@@ -96,6 +97,11 @@ def test_atomic_save_never_leaves_a_half_file(tmp_path):
             assert (saved["w"] == saved["i"]).all()
 
 
+def _finish(command):
+    """Run `command` ([python, script, args...]) to its end, in this process."""
+    return run_in_process(os.path.relpath(command[1], ROOT), *command[2:])
+
+
 def _kill_at_random_moments(command, rng, times, check):
     """Start `command`, SIGKILL it after a random delay, call check(), `times` times;
     then run it to the end."""
@@ -106,7 +112,7 @@ def _kill_at_random_moments(command, rng, times, check):
         process.send_signal(signal.SIGKILL)
         process.wait()
         check()
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return _finish(command)
 
 
 def test_make_dataset_survives_sigkill(tmp_path):

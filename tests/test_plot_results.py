@@ -1,5 +1,6 @@
 """plot_results.py on the metrics of a tiny run: every figure is a PNG of the expected size, and a
-missing, empty or wrong-kind metrics file skips only its own figures (CPU, about 30 s)."""
+missing, empty or wrong-kind metrics file skips only its own figures (CPU, seconds; the scripts
+run in this process: conftest.run_in_process)."""
 import json
 import os
 import shutil
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 
 import plot_results
-from conftest import TINY_PRETRAIN, run_script, write_images
+from conftest import copy_first_epoch, run_in_process
 from simsiam_data import IMAGENET_MEAN, IMAGENET_STD
 from simsiam_model import Classifier, build_backbone, classifier_checkpoint
 
@@ -67,14 +68,13 @@ def eval_metrics(kind, eurosat, labels, model_path, pretrained_path, wrong):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A 2-epoch pre-training run on 16 generated images, a random resnet18 classifier
-    and the four eval metrics."""
+def tiny_run(tmp_path_factory, first_epoch_run):
+    """A 2-epoch pre-training run on 16 generated images (the session's first epoch, continued),
+    a random resnet18 classifier and the four eval metrics."""
     base = tmp_path_factory.mktemp("plots")
-    write_images(str(base / "images"), 16)
-    out = base / "outputs"
-    result = run_script("train_simsiam.py", f"--data_dir={base / 'images'}", f"--output_dir={out}",
-                        f"--cache_dir={base / 'cache'}", "--num_epochs=2", *TINY_PRETRAIN)
+    out = base / "out"
+    result = run_in_process("train_simsiam.py", *copy_first_epoch(first_epoch_run, base),
+                            "--num_epochs=2")
     assert result.returncode == 0, result.stderr[-2000:]
     eurosat = base / "EuroSAT"
     labels = make_eurosat(eurosat)
@@ -98,8 +98,8 @@ def tiny_run(tmp_path_factory):
 
 
 def plot(output_dir, figures_dir, *args):
-    result = run_script("plot_results.py", f"--output_dir={output_dir}",
-                        f"--figures_dir={figures_dir}", *args, timeout=120)
+    result = run_in_process("plot_results.py", f"--output_dir={output_dir}",
+                            f"--figures_dir={figures_dir}", *args)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
     return result.stdout

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import simsiam_data as data
-from conftest import TINY_PRETRAIN, run_in_process, write_images
+from conftest import run_in_process
 from runtime import CheckpointError
 from test_evaluation import make_eurosat, make_pretrain_checkpoint
 
@@ -157,15 +157,13 @@ def test_results_of_another_checkpoint_are_not_replaced(eurosat, tmp_path):
         refused.stderr
 
 
-def test_evaluations_take_the_current_runs_checkpoint_not_an_older_runs(tmp_path):
+def test_evaluations_take_the_current_runs_checkpoint_not_an_older_runs(first_epoch, tmp_path):
     """A folder holding an older run's epoch 2 and a new run (--resume=False) of 1 epoch: the
     default is the new run's epoch 1. While a new run has written no epoch file yet, the default
     refuses and lists the older files."""
     from simsiam_model import newest_pretrained
-    images, out = tmp_path / "images", tmp_path / "out"
-    write_images(str(images), 16)
-    common = [f"--data_dir={images}", f"--output_dir={out}", f"--cache_dir={tmp_path / 'cache'}",
-              "--save_every=1", *TINY_PRETRAIN]
+    out, common = tmp_path / "out", [*first_epoch, "--save_every=1"]
+    # the older run: the session's first epoch, continued to 2
     assert run_in_process("train_simsiam.py", *common, "--num_epochs=2").returncode == 0
     assert newest_pretrained(str(out)) == str(out / "simsiam_resnet18_epoch_2.pth")
     again = run_in_process("train_simsiam.py", *common, "--num_epochs=1", "--resume=False")
