@@ -29,6 +29,12 @@ def pytest_configure(config):
                                        "torchrun); left out by -m 'not slow'")
 
 
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.name == "test_distributed.py":  # every test there starts gloo processes
+            item.add_marker(pytest.mark.slow)
+
+
 def run_script(script, *args, cwd=None, timeout=300, env=None):
     """Run `python script args...` from the repository root;
     return the CompletedProcess (text output)."""

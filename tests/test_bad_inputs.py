@@ -160,6 +160,7 @@ def test_truncated_resume_checkpoint(tmp_path):
 # -------------------------------------------------------------------------------------------------
 # images
 
+@pytest.mark.slow
 def test_bad_and_unusual_images_in_the_pretraining_folder(tmp_path):
     images = tmp_path / "images"
     write_images(str(images), 16)
@@ -197,6 +198,7 @@ def test_batch_larger_than_the_data_set(tmp_path):
     _assert_clear_failure(result, "only 6 usable images", "--batch_size")
 
 
+@pytest.mark.slow
 def test_overrides_unknown_and_wrong_type_for_every_script():
     integer_setting = {"train_simsiam.py": "seed", "make_dataset.py": "num_processes",
                        "Linear_evaluation.py": "seed", "finetune_model.py": "seed",
@@ -214,6 +216,7 @@ def test_overrides_unknown_and_wrong_type_for_every_script():
 # -------------------------------------------------------------------------------------------------
 # Zarr files
 
+@pytest.mark.slow
 def test_bad_zarr_files_are_skipped_by_name(tmp_path):
     folder = tmp_path / "zarr"
     folder.mkdir()
@@ -303,6 +306,7 @@ def test_a_gpu_that_is_not_there_is_a_setting_error(tmp_path):
 
 
 # kind 1: one tuple of image-read errors, the decompression-bomb error included, used everywhere
+@pytest.mark.slow
 def test_an_image_over_the_decompression_bomb_limit(corpus, tmp_path):
     import simsiam_data as data
     from runtime import DataError
@@ -359,6 +363,7 @@ def test_split_rows_naming_missing_or_numeric_files(corpus, tmp_path):
         data.read_eurosat_split(str(eurosat), str(csv), str(eurosat / "label_map.json"))
 
 
+@pytest.mark.slow
 def test_knn_folder_and_file_list_problems_are_named(corpus, tmp_path):
     images = tmp_path / "images"
     write_images(str(images), 16)
@@ -384,6 +389,7 @@ def test_knn_folder_and_file_list_problems_are_named(corpus, tmp_path):
 
 
 # kind 4: output locations, checked at start-up; a failed write leaves nothing behind
+@pytest.mark.slow
 def test_output_locations_are_checked_before_training(tmp_path, monkeypatch):
     images = tmp_path / "images"
     write_images(str(images), 16)
@@ -455,6 +461,7 @@ def test_checkpoints_whose_config_does_not_match_the_weights(corpus, tmp_path):
             classifier_from_checkpoint(str(path))
 
 
+@pytest.mark.slow
 def test_a_resume_checkpoint_missing_keys(first_epoch, tmp_path):
     last_path = tmp_path / "out" / "checkpoint_last.pth"
     last = torch.load(last_path, weights_only=True)
@@ -466,6 +473,7 @@ def test_a_resume_checkpoint_missing_keys(first_epoch, tmp_path):
 
 
 # kind 6: two runs, one folder
+@pytest.mark.slow
 def test_a_second_run_on_a_folder_in_use_is_refused_and_a_killed_run_leaves_no_lock(tmp_path):
     import signal
     import subprocess

@@ -23,6 +23,7 @@ def test_effective_rank_counts_the_directions_used():
     assert 2 < effective_rank(three + 1e-4 * torch.randn(4000, 64)) < 3.5
 
 
+@pytest.mark.slow
 def test_bench_quality_quick_run_writes_table(tmp_path, monkeypatch):
     """Three runs of bench_quality.py, each step of them in this process (steps_in_process)."""
     steps = steps_in_process(monkeypatch)

@@ -225,6 +225,7 @@ def predict_files(model_path, paths):
 # -------------------------------------------------------------------------------------------------
 # Linear_evaluation.py
 
+@pytest.mark.slow
 def test_linear_eval_metrics_best_model_and_frozen_backbone(runs):
     results, paths = runs
     check_ok(results["cached"])
@@ -255,6 +256,7 @@ def test_linear_eval_metrics_best_model_and_frozen_backbone(runs):
     assert predict_files(best_path, metrics["test_files"]) == metrics["test_predictions"]
 
 
+@pytest.mark.slow
 def test_cached_and_on_the_fly_linear_eval_agree(runs):
     results, paths = runs
     check_ok(results["on_the_fly"])
@@ -268,6 +270,7 @@ def test_cached_and_on_the_fly_linear_eval_agree(runs):
     assert fly["test_predictions"] == cached["test_predictions"] and fly["knn"] == cached["knn"]
 
 
+@pytest.mark.slow
 def test_random_baseline_writes_random_files(runs):
     results, paths = runs
     check_ok(results["random"])
@@ -308,6 +311,7 @@ def test_newest_pretrained_checkpoint_is_the_highest_epoch(tmp_path):
     assert newest_pretrained(str(tmp_path / "missing")) is None
 
 
+@pytest.mark.slow
 def test_missing_or_broken_data_is_a_clear_error(runs):
     results, _ = runs
     check_clean_error(results["missing_data"], "no_such_folder",
@@ -319,6 +323,7 @@ def test_missing_or_broken_data_is_a_clear_error(runs):
 # -------------------------------------------------------------------------------------------------
 # finetune_model.py
 
+@pytest.mark.slow
 def test_finetune_writes_metrics_and_best_model(runs):
     results, paths = runs
     check_ok(results["finetune"])
@@ -338,6 +343,7 @@ def test_finetune_writes_metrics_and_best_model(runs):
 # -------------------------------------------------------------------------------------------------
 # classify_image.py
 
+@pytest.mark.slow
 def test_classify_one_image(runs):
     results, _ = runs
     check_ok(results["classify_one"])
@@ -347,6 +353,7 @@ def test_classify_one_image(runs):
     assert any(line.startswith("top 3: ") for line in lines)
 
 
+@pytest.mark.slow
 def test_classify_folder_writes_csv_and_converts_modes(runs):
     results, paths = runs
     result = results["classify_folder"]
@@ -373,6 +380,7 @@ def test_classify_folder_writes_csv_and_converts_modes(runs):
             and info["model"]["arch"] == "resnet18")
 
 
+@pytest.mark.slow
 def test_classify_rejects_bad_checkpoints_cleanly(runs):
     results, paths = runs
     check_clean_error(results["not_checkpoint"], "notes.pth", "not a readable PyTorch checkpoint")

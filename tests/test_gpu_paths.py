@@ -71,6 +71,7 @@ def test_auto_precision_on_a_cpu_follows_its_native_bf16(monkeypatch, native):
     assert amp_dtype_for(torch.device("mps"), "auto")[0] is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("native, line", [
     (True, "precision: bf16 (this CPU computes bf16 natively (AVX512-BF16 or AMX))"),
     (False, "precision: fp32 (this CPU has no native bf16 (AVX512-BF16 or AMX), where bf16 is "
@@ -272,6 +273,7 @@ def test_a_consumer_that_stops_early_ends_the_reader():
 # -------------------------------------------------------------------------------------------------
 # 5. the decoded-once cache at scale: parallel, one builder, disk checked, before the process group
 
+@pytest.mark.slow
 def test_parallel_decoding_gives_the_same_cache(tmp_path):
     paths = write_images(str(tmp_path / "images"), 40, size=24)
     (tmp_path / "images" / "bad.png").write_bytes(b"not an image")
@@ -285,6 +287,7 @@ def test_parallel_decoding_gives_the_same_cache(tmp_path):
     assert not [n for n in os.listdir(tmp_path / "parallel") if ".tmp" in n]
 
 
+@pytest.mark.slow
 def test_a_second_builder_waits_for_the_first(tmp_path):
     paths = write_images(str(tmp_path / "images"), 30, size=24)
     script = ("import sys; sys.path.insert(0, %r); import simsiam_data as d\n"
@@ -378,6 +381,7 @@ def _agreement(rank, world_size, init_file, out_file, copies):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ranks_agree_on_skipped_batches_and_on_resuming(tmp_path, capfd):
     out_file = str(tmp_path / "result")
     first = write_images(str(tmp_path / "one"), 1)[0]
@@ -420,6 +424,7 @@ def test_cudnn_autotuning_and_tf32_only_on_cuda():
          torch.backends.cudnn.allow_tf32) = flags
 
 
+@pytest.mark.slow
 def test_compile_time_is_reported_apart_from_the_first_epochs_rate(tmp_path, monkeypatch,
                                                                    tiny_images):
     # stands in for torch.compile: 3 s of "compilation" on the first call
@@ -449,6 +454,7 @@ def test_compile_time_is_reported_apart_from_the_first_epochs_rate(tmp_path, mon
 # -------------------------------------------------------------------------------------------------
 # 12. the throughput benchmark keeps what it measured
 
+@pytest.mark.slow
 def test_bench_pretrain_writes_each_pipeline_as_it_is_measured(tmp_path):
     args = ["--arch=resnet18", "--image_size=32", "--batch_size=4", "--steps=1",
             "--warmup_steps=1", "--num_images=8", "--num_workers=0", "--amp=off",
@@ -468,6 +474,7 @@ def test_bench_pretrain_writes_each_pipeline_as_it_is_measured(tmp_path):
     assert list(kept) == ["ceiling", "reference", "reference_amp"]
 
 
+@pytest.mark.slow
 def test_gpu_check_script_runs_each_part_and_writes_under_out(tmp_path):
     """scripts/gpu_check.sh with tiny settings on the CPU: the same script the lent GPU machine
     runs, the GPU preset's quality run first (planned from a timing of its network: stride 1, and

@@ -8,6 +8,7 @@ import os
 import time
 
 import numpy as np
+import pytest
 import torch
 
 import runtime
@@ -80,6 +81,7 @@ def _slow_augment_pair(seconds):
     return pair
 
 
+@pytest.mark.slow
 def test_bench_reference_rows_time_whole_waves_and_default_rows_all_data_work(tmp_path,
                                                                               monkeypatch):
     import simsiam_model
@@ -119,6 +121,7 @@ def test_the_reference_precision_on_cuda_is_named_tf32():
         torch.backends.cudnn.allow_tf32 = flag
 
 
+@pytest.mark.slow
 def test_bench_variants_time_the_other_memory_format_and_torch_compile(tmp_path, monkeypatch):
     """--variants=True: ceiling and default again in the other memory format (a fresh model in
     it), then compiled in theirs, with each ratio printed; a compiler that fails says so and
@@ -322,6 +325,7 @@ def test_cuda_graphs_compile_the_step_on_cuda_and_fall_back_elsewhere(monkeypatc
     assert compiled == [{"mode": "reduce-overhead"}] and "CUDA_GRAPHS" in notes[0]
 
 
+@pytest.mark.slow
 def test_the_gpu_paths_fall_back_to_the_same_training_on_the_cpu(tmp_path, tiny_images):
     weights = []
     for name, flags in (("plain", []), ("gpu_paths", ["--cuda_graphs=True",

@@ -123,6 +123,7 @@ def check_figures(figures_dir, names, grid_images=0):
             assert image.info["dpi"][0] == pytest.approx(plot_results.DPI, abs=1)
 
 
+@pytest.mark.slow
 def test_every_figure_is_written(tiny_run):
     figures = tiny_run["base"] / "figures_all"
     stdout = plot(tiny_run["out"], figures)
@@ -133,6 +134,7 @@ def test_every_figure_is_written(tiny_run):
     check_figures(figures, ALL_FIGURES, grid_images=len(tiny_run["labels"]))
 
 
+@pytest.mark.slow
 def test_missing_empty_and_wrong_kind_files_skip_only_their_figures(tiny_run):
     """No pre-training metrics, a linear file that is really a fine-tune file, an empty random-init
     file and test images that are gone: each skips only its own figures, with one line, and the run
@@ -159,6 +161,7 @@ def test_missing_empty_and_wrong_kind_files_skip_only_their_figures(tiny_run):
     check_figures(figures, ["finetune_curves", "confusion_finetune", "comparison"])
 
 
+@pytest.mark.slow
 def test_grid_runs_the_best_model_when_no_predictions_are_recorded(tiny_run):
     """Without test_predictions the grid classifies test images with the checkpoint
     named by best_model_path."""
@@ -173,6 +176,7 @@ def test_grid_runs_the_best_model_when_no_predictions_are_recorded(tiny_run):
             == tuple(fig.get_size_inches()))
 
 
+@pytest.mark.slow
 def test_grid_matches_recorded_predictions_by_file_name(tiny_run):
     """After a re-split (here: test.csv in reverse order, under another folder name) the grid still
     shows each image with its own recorded prediction: the two mislabelled AnnualCrop images are
@@ -193,6 +197,7 @@ def test_grid_matches_recorded_predictions_by_file_name(tiny_run):
     assert sum("pred: Forest" in t and "true: AnnualCrop" in t for t in titles) == 2
 
 
+@pytest.mark.slow
 def test_floors_are_drawn_beside_simsiam(tiny_run):
     """comparison.png has the image-statistics bars beside random init; the kNN monitor panel
     draws both floors as lines; runs of different networks are said to differ."""

@@ -58,6 +58,7 @@ def _metrics(path):
     return torch.load(path, weights_only=False)
 
 
+@pytest.mark.slow
 def test_the_probe_never_reads_test_labels_before_its_choice(eurosat, tmp_path, monkeypatch):
     """Test labels are first read after the last epoch's choice is on disk; and permuting them
     changes nothing of the choice (weight decay, epoch, validation accuracy, the saved head)."""
@@ -109,6 +110,7 @@ def test_the_probe_never_reads_test_labels_before_its_choice(eurosat, tmp_path, 
     assert "weight decay 0.1: best val" in first.stdout and "<- chosen" in first.stdout
 
 
+@pytest.mark.slow
 def test_image_statistics_floor_runs_the_same_protocols(eurosat, tmp_path):
     result = _evaluate(eurosat, tmp_path, "--pretrained_path=image_stats")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -122,6 +124,7 @@ def test_image_statistics_floor_runs_the_same_protocols(eurosat, tmp_path):
         "finetune_model.py", f"--eurosat_dir={eurosat}", "--pretrained_path=image_stats").stderr
 
 
+@pytest.mark.slow
 def test_results_of_another_checkpoint_are_not_replaced(eurosat, tmp_path):
     for epoch in (1, 2):
         make_pretrain_checkpoint(tmp_path / f"simsiam_resnet18_epoch_{epoch}.pth")
@@ -157,6 +160,7 @@ def test_results_of_another_checkpoint_are_not_replaced(eurosat, tmp_path):
         refused.stderr
 
 
+@pytest.mark.slow
 def test_evaluations_take_the_current_runs_checkpoint_not_an_older_runs(first_epoch, tmp_path):
     """A folder holding an older run's epoch 2 and a new run (--resume=False) of 1 epoch: the
     default is the new run's epoch 1. While a new run has written no epoch file yet, the default

@@ -4,6 +4,7 @@ test continues its own copy of the session's 1-epoch run (conftest.first_epoch).
 import os
 import shutil
 
+import pytest
 import torch
 
 from conftest import TINY_PRETRAIN, run_in_process, write_images
@@ -24,6 +25,7 @@ def _edit_last(tmp_path, edit):
     torch.save(last, path)
 
 
+@pytest.mark.slow
 def test_resuming_with_settings_that_define_the_run_is_refused_by_name(first_epoch, first_epoch_run,
                                                                       tmp_path, monkeypatch):
     common, images = first_epoch, first_epoch_run / "images"
@@ -61,6 +63,7 @@ def test_resuming_with_settings_that_define_the_run_is_refused_by_name(first_epo
     assert _decoded(tmp_path) == decoded  # all refused before any image was decoded
 
 
+@pytest.mark.slow
 def test_resuming_records_what_may_change_and_knows_checkpoints_older_than_a_setting(
         first_epoch, first_epoch_run, tmp_path):
     common = first_epoch
@@ -82,6 +85,7 @@ def test_resuming_records_what_may_change_and_knows_checkpoints_older_than_a_set
     assert code == 1 and "CROP_SCALE_MIN" in err and "predates" in err and "--resume=False" in err
 
 
+@pytest.mark.slow
 def test_a_resumed_optimizer_uses_this_runs_settings(first_epoch, tmp_path):
     common = first_epoch
 
