@@ -64,7 +64,8 @@ CROP_SCALE_MIN = 0.8  # RandomResizedCrop keeps 80-100% of the area; + h/v flips
 OVERWRITE = False  # replace results of another checkpoint in OUTPUT_DIR (refused otherwise)
 SEED = 0  # seeds the head's initialisation, the batch order and the augmentation
 DEVICE = "auto"  # auto | cuda | cpu | mps
-AMP = "auto"  # auto (GPU: bf16 if native, else fp16 + grad scaler; CPU: fp32) | bf16 | fp16 | off
+AMP = "auto"  # auto | bf16 | fp16 | off. auto: bf16 where native (GPU 8.0+, CPU AVX512-BF16/AMX),
+#               else fp16 with a grad scaler on a GPU, fp32 on a CPU
 CHANNELS_LAST = True  # channels_last memory format on CUDA and under bf16 on a CPU (faster convs)
 # -------------------------------------------------------------------------------------------------
 

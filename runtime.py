@@ -226,7 +226,7 @@ def check_settings(config, rules):
 
 
 # -------------------------------------------------------------------------------------------------
-# device and precision: CUDA if available, else MPS, else CPU; autocast only on CUDA.
+# device and precision: CUDA if available, else MPS, else CPU; autocast where bf16 or fp16 is native
 
 def pick_device(requested="auto"):
     """CUDA if available, else MPS, else the CPU; a requested device that is not there stops the
@@ -277,8 +277,9 @@ def amp_dtype_for(device, amp="auto"):
 
     auto: on CUDA, bf16 where the card computes it natively (compute capability 8.0 and up: Ampere,
     Ada, Hopper), else fp16 with a grad scaler: below 8.0 (Turing, Volta, T4) bf16 is emulated and
-    cuDNN has no bf16 convolutions, although torch.cuda.is_bf16_supported() says yes. On a CPU or
-    MPS, auto is fp32.
+    cuDNN has no bf16 convolutions, although torch.cuda.is_bf16_supported() says yes. On a CPU,
+    the same rule: bf16 where it is native (AVX512-BF16 or AMX), fp32 where bf16 would be emulated
+    (slower than fp32). On MPS, fp32.
     bf16 / fp16 force one (on a CPU, bf16 only where it is native, fp16 never); off is fp32
     everywhere.
     """
@@ -306,8 +307,12 @@ def amp_dtype_for(device, amp="auto"):
     if amp == "bf16":
         return None, (f"AMP = 'bf16' ignored on {device.type}: no native bf16 (AVX512-BF16 or "
                       "AMX), where bf16 is slower than fp32")
-    return None, f"AMP = 'auto' keeps {device.type} in fp32" + (
-        "; --amp=bf16 is faster on this CPU, which has native bf16" if native else "")
+    if native:
+        return torch.bfloat16, "this CPU computes bf16 natively (AVX512-BF16 or AMX)"
+    if device.type == "cpu":
+        return None, ("this CPU has no native bf16 (AVX512-BF16 or AMX), where bf16 is slower "
+                      "than fp32")
+    return None, f"AMP = 'auto' keeps {device.type} in fp32"
 
 
 def precision_name(amp_dtype):

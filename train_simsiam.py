@@ -68,7 +68,8 @@ ROTATE90 = False  # rotate each view by a random multiple of 90 degrees (write-u
 PIPELINE = "fast"  # fast: decode once, device batch augment | reference: PIL per sample in workers
 NUM_WORKERS = 4  # DataLoader workers (reference pipeline only)
 DECODE_PROCESSES = 0  # processes that decode the fast pipeline's image cache; 0 = one per core
-AMP = "auto"  # auto: GPU bf16 if native (capability 8.0+) else fp16; CPU fp32 | bf16 | fp16 | off
+AMP = "auto"  # auto | bf16 | fp16 | off. auto: bf16 where native (GPU 8.0+, CPU AVX512-BF16/AMX),
+#               else fp16 with a grad scaler on a GPU, fp32 on a CPU
 CHANNELS_LAST = True  # channels_last memory format on CUDA and under bf16 on a CPU (faster convs)
 COMPILE = False  # torch.compile (CUDA; slower start, faster steps; compile time reported apart)
 CUDA_GRAPHS = False  # CUDA, one process: compile with CUDA graphs (fewer launches: small batches)

@@ -3,6 +3,9 @@ default (fast).
 
     python scripts/bench_pretrain.py --arch=resnet18 --image_size=64 --batch_size=64   # CPU
     python scripts/bench_pretrain.py --arch=resnet50 --image_size=224 --batch_size=256 # GPU (bf16)
+    # the CPU preset's step in fp32, with channels_last flipped and with torch.compile:
+    python scripts/bench_pretrain.py --arch=resnet18 --small_stem=True --image_size=32 \
+        --batch_size=32 --amp=off --rows=default --variants=True
 
 Every row runs the same SimSiam training step (forward, backward, SGD step) on the same images:
 - ceiling:       batches already on the device, normalised; no data work at all
@@ -13,8 +16,9 @@ Every row runs the same SimSiam training step (forward, backward, SGD step) on t
                  alone gains
 - default:       train_simsiam.py's PIPELINE="fast": decoded-once uint8 memory map, BatchAugment on
                  the device (on CUDA made one batch ahead on a side stream, as OVERLAP_DATA does),
-                 AMP as train_simsiam.py chooses it, channels_last on CUDA (and under bf16 on a
-                 CPU)
+                 AMP as train_simsiam.py chooses it (bf16 where native: a GPU of compute
+                 capability 8.0+, a CPU with AVX512-BF16 or AMX), channels_last on CUDA (and under
+                 bf16 on a CPU)
 - default_serial (CUDA, with OVERLAP_DATA): the default with each batch's data work on the
                  model's stream (OVERLAP_DATA = False makes the default itself serial)
 - default_data_only: the default's data work (cache read, copy, both augmented views) without
@@ -22,6 +26,11 @@ Every row runs the same SimSiam training step (forward, backward, SGD step) on t
 - ceiling_graphs, default_graphs (with --graphs=True, CUDA only): the ceiling and the default with
                  the step compiled into CUDA graphs, as train_simsiam.py's CUDA_GRAPHS does (its
                  compilation is in warmup_s, not in the rate)
+- ceiling_<format>, default_<format> (with --variants=True): the ceiling and the default in the
+                 other memory format (channels_last where theirs is NCHW, or nchw), and
+                 ceiling_compile, default_compile: in theirs, with torch.compile (COMPILE of
+                 train_simsiam.py; compilation in warmup_s): the ratios to the ceiling and the
+                 default say which of CHANNELS_LAST and COMPILE pay off on this machine
 Every row makes the views train_simsiam.py would make with the same augmentation settings (the
 write-up's by default; scripts/plan_quality.py passes the GPU preset's).
 How the steps are timed (time_window): warm-up steps are left out; the window opens when the
@@ -67,8 +76,9 @@ BATCH_SIZE = 64  # pairs per step
 STEPS = 10  # timed steps per pipeline
 WARMUP_STEPS = 3  # untimed steps first (allocations, cudnn autotune, worker start-up)
 NUM_WORKERS = 2  # DataLoader workers, reference pipeline (the write-up's way of feeding the GPU)
-AMP = "auto"  # as train_simsiam.py's AMP, for ceiling, reference_amp, default (reference: fp32)
+AMP = "auto"  # train_simsiam.py's AMP (auto: bf16 where native) for all but reference (fp32)
 CHANNELS_LAST = True  # channels_last on CUDA (and bf16 on CPU) for ceiling, reference_amp, default
+VARIANTS = False  # also time ceiling and default in the other memory format and with torch.compile
 CACHE_DIR = ""  # where the default pipeline keeps its decoded array; "" = a temp folder
 GRAPHS = False  # also time ceiling and default with CUDA graphs (CUDA; compiles first, minutes)
 OVERLAP_DATA = True  # CUDA: the default makes the next batch on a side stream (train_simsiam.py's)
@@ -219,9 +229,10 @@ def loader_waves():
     return NUM_WORKERS, max(2, math.ceil(STEPS / NUM_WORKERS))
 
 
-def fresh_step(device, use_channels_last, precision, graphs=False):
+def fresh_step(device, use_channels_last, precision, graphs=False, compiled=False):
     """training_step of a new SimSiam, with its SGD and grad scaler; with graphs, the model is
-    compiled into CUDA graphs (torch.compile mode="reduce-overhead"), as CUDA_GRAPHS does."""
+    compiled into CUDA graphs (torch.compile mode="reduce-overhead"), as CUDA_GRAPHS does; with
+    compiled, by plain torch.compile, as COMPILE does."""
     model = SimSiam(ARCH, small_stem=SMALL_STEM, stem_stride=STEM_STRIDE)
     model = model.to(device, memory_format=torch.channels_last if use_channels_last
                      else torch.preserve_format)
@@ -231,6 +242,8 @@ def fresh_step(device, use_channels_last, precision, graphs=False):
     model.train()
     if graphs:
         model = torch.compile(model, mode="reduce-overhead")
+    elif compiled:
+        model = torch.compile(model)
     return training_step(model, optimizer, scaler, device, precision, use_channels_last, graphs)
 
 
@@ -311,6 +324,29 @@ def graphs_rows(fixed, pairs, device, amp_dtype, channels_last, results, summary
     write_json(summary)
 
 
+def variant_rows(fixed, pairs, device, amp_dtype, channels_last, results, summary):
+    """ceiling and default in the other memory format, then with torch.compile in theirs: one
+    fresh model each, so each row is the step train_simsiam.py would take with that setting. A
+    machine where torch.compile cannot build (no C++ compiler for the CPU) gets a note, not a
+    traceback, and keeps the rows measured."""
+    other = "nchw" if channels_last else "channels_last"
+    for suffix, memory_format, compiled in ((other, not channels_last, False),
+                                            ("compile", channels_last, True)):
+        for name, batches in (("ceiling", lambda: iter(lambda: fixed, None)),
+                              ("default", lambda: pairs(True))):
+            step = fresh_step(device, memory_format, amp_dtype, compiled=compiled)
+            try:
+                results[f"{name}_{suffix}"] = timed(f"{name}_{suffix}", batches(), step, device,
+                                                    amp_dtype)
+            except Exception as error:  # torch.compile's many error types, raised at first call
+                if not compiled:
+                    raise
+                print(f"note: torch.compile failed here ({type(error).__name__}: "
+                      f"{str(error).splitlines()[0][:200]}); {name}_{suffix} not measured")
+                continue
+            write_json(summary)
+
+
 def print_table(results, summary, decoded):
     ratios = {"default_over_reference": ("default", "reference"),
               "default_over_ceiling": ("default", "ceiling"),
@@ -318,6 +354,8 @@ def print_table(results, summary, decoded):
               "default_serial_over_ceiling": ("default_serial", "ceiling"),
               "default_graphs_over_ceiling": ("default_graphs", "ceiling"),
               "ceiling_graphs_over_ceiling": ("ceiling_graphs", "ceiling")}
+    ratios.update({f"{name}_over_{name.split('_')[0]}": (name, name.split("_")[0])
+                   for name in results if name.endswith(("_nchw", "_channels_last", "_compile"))})
     summary.update({key: results[a]["pairs_per_s"] / results[b]["pairs_per_s"]
                     for key, (a, b) in ratios.items() if a in results and b in results})
     write_json(summary)
@@ -378,6 +416,8 @@ def main():
                          summary)
     if GRAPHS:
         graphs_rows(fixed, pairs, device, amp_dtype, channels_last, results, summary)
+    if VARIANTS:
+        variant_rows(fixed, pairs, device, amp_dtype, channels_last, results, summary)
     print_table(results, summary, len(set(paths)))
 
 

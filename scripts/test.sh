@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make .venv if needed, install requirements.txt, run the test suite (CPU, a few minutes on 2 cores).
-#   bash scripts/test.sh             # everything
-#   bash scripts/test.sh -k resume   # extra arguments go to pytest
+#   bash scripts/test.sh                 # everything (what CI runs)
+#   bash scripts/test.sh -m "not slow"   # the inner loops alone: no end-to-end runs, about a minute
+#   bash scripts/test.sh -k resume       # extra arguments go to pytest
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh

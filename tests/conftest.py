@@ -1,9 +1,11 @@
 """Shared test helpers: the repository root on sys.path, two ways to run a script (as a user
-would, and in-process), tiny images."""
+would, and in-process), tiny images, and the `slow` marker: `pytest -m "not slow"` runs the inner
+loops in about a minute; CI (`bash scripts/test.sh`) runs everything."""
 import contextlib
 import io
 import os
 import runpy
+import shutil
 import subprocess
 import sys
 from typing import NamedTuple
@@ -16,9 +18,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
-# a tiny pre-training configuration that goes through the same code path as the defaults
+# a tiny pre-training configuration that goes through the same code path as the defaults; in fp32
+# everywhere (AMP = "auto" is bf16 on a CPU with native bf16), so that runs compare bit for bit
 TINY_PRETRAIN = ["--arch=resnet18", "--image_size=32", "--batch_size=8", "--proj_dim=64",
-                 "--pred_dim=16", "--warmup_epochs=1", "--num_workers=0"]
+                 "--pred_dim=16", "--warmup_epochs=1", "--num_workers=0", "--amp=off"]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end to end (script runs, killed processes, "
+                                       "torchrun); left out by -m 'not slow'")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.name == "test_distributed.py":  # every test there starts gloo processes
+            item.add_marker(pytest.mark.slow)
 
 
 def run_script(script, *args, cwd=None, timeout=300, env=None):
@@ -60,6 +74,29 @@ def run_in_process(script, *args):
     return Result(code, out.getvalue(), err.getvalue())
 
 
+def steps_in_process(monkeypatch):
+    """Make the `subprocess.run([sys.executable, <a script of this repository>, ...])` of a script
+    that runs the project's scripts as its steps (scripts/bench_quality.py) run that step with
+    run_in_process, its output written where `stdout` points: the same steps, without seconds of
+    start-up each. Other commands run as before. Returns the commands run so."""
+    real_run, commands = subprocess.run, []
+
+    def run(command, *args, stdout=None, **kwargs):
+        script = os.path.relpath(str(command[1]), ROOT) if len(command) > 1 else ""
+        if (list(command[:1]) != [sys.executable] or not script.endswith(".py")
+                or script.startswith("..") or not os.path.isfile(os.path.join(ROOT, script))):
+            return real_run(command, *args, stdout=stdout, **kwargs)
+        commands.append(list(command))
+        code, out, err = run_in_process(script, *command[2:])
+        if stdout is not None and stdout != subprocess.PIPE:
+            stdout.write(out + err)
+            stdout.flush()
+        return subprocess.CompletedProcess(command, code, out, err)
+
+    monkeypatch.setattr(subprocess, "run", run)
+    return commands
+
+
 def write_images(folder, count, size=40, seed=0):
     """`count` small RGB PNGs with smooth random colours, in two sub-folders
     (the dataset is recursive)."""
@@ -83,3 +120,34 @@ def tiny_images(tmp_path):
     folder = tmp_path / "images"
     write_images(str(folder), 24)
     return folder
+
+
+@pytest.fixture(scope="session")
+def first_epoch_run(tmp_path_factory):
+    """One finished 1-epoch pre-training (TINY_PRETRAIN, 16 images of write_images), made once for
+    the whole session: the tests that continue, edit or evaluate a finished run take a copy of it
+    (copy_first_epoch) instead of each training its own."""
+    base = tmp_path_factory.mktemp("first_epoch")
+    write_images(str(base / "images"), 16)
+    result = run_in_process("train_simsiam.py", f"--data_dir={base / 'images'}",
+                            f"--output_dir={base / 'out'}", f"--cache_dir={base / 'cache'}",
+                            *TINY_PRETRAIN, "--num_epochs=1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return base
+
+
+def copy_first_epoch(run, target):
+    """A private copy of first_epoch_run's outputs and decode cache in target/out and
+    target/cache; returns the arguments that continue it (with --num_epochs=N added). Its images
+    are the session's: DATA_DIR is part of what a resume checks, so they are not copied; a test
+    that changes them must put them back."""
+    shutil.copytree(run / "out", target / "out")
+    shutil.copytree(run / "cache", target / "cache")
+    return [f"--data_dir={run / 'images'}", f"--output_dir={target / 'out'}",
+            f"--cache_dir={target / 'cache'}", *TINY_PRETRAIN]
+
+
+@pytest.fixture
+def first_epoch(first_epoch_run, tmp_path):
+    """copy_first_epoch into tmp_path: the arguments that continue the session's 1-epoch run."""
+    return copy_first_epoch(first_epoch_run, tmp_path)

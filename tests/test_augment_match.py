@@ -167,14 +167,18 @@ def test_flips_and_quarter_turns_match_torchvision_functional():
         assert torch.equal(out[i], expected), i
 
 
+# the CPU preset's overhead-imagery recipe: vertical flips, quarter turns, weak colour jitter
+OVERHEAD = dict(vflip_p=0.5, rotate90=True, jitter_strength=0.25, jitter_p=0.2, gray_p=0.0,
+                blur_p=0.0, crop_scale_min=0.5)
+
+
 def test_overhead_imagery_views_match_the_reference_pipeline():
     """Both pipelines, with vertical flips, quarter turns and weak colour jitter, move a horizontal
     brightness ramp into every orientation equally often (the reference uses
     T.RandomVerticalFlip and RandomRotate90), and give the same colour statistics."""
     images = _gradient_images(n=16, size=48)
     pil_images = [TF.to_pil_image(img.permute(2, 0, 1)) for img in images]
-    settings = dict(vflip_p=0.5, rotate90=True, jitter_strength=0.25, jitter_p=0.2, gray_p=0.0,
-                    blur_p=0.0, crop_scale_min=0.5)
+    settings = OVERHEAD
     torch.manual_seed(0)
     first, _ = data.simsiam_transform_pair(32, solarize=False, **settings)
     reference = torch.stack([first(img) for img in pil_images for _ in range(48)])
@@ -193,3 +197,35 @@ def test_overhead_imagery_views_match_the_reference_pipeline():
     assert (ref_ramps - fast_ramps).abs().max() < 0.08, (ref_ramps, fast_ramps)
     assert (reference.mean(dim=(0, 2, 3)) - fast.mean(dim=(0, 2, 3))).abs().max() < 0.1
     assert (reference.std(dim=(0, 2, 3)) - fast.std(dim=(0, 2, 3))).abs().max() < 0.08
+
+
+def test_weak_colour_jitter_matches_the_reference_pipeline_in_rate_and_strength():
+    """On images of one flat colour each, crops, flips and turns change nothing, so a view whose
+    mean colour moved was jittered: both pipelines jitter the same share of views (JITTER_P 0.2)
+    by about as much (JITTER_STRENGTH 0.25). The mean and std compared above hardly move at this
+    weak a jitter: a BatchAugment that used the write-up's p 0.8 or strength 1 passed them."""
+    views = 32
+    colours = (30 + torch.rand(16, 3, generator=torch.Generator().manual_seed(4)) * 195)
+    images = colours.to(torch.uint8).view(16, 1, 1, 3).expand(16, 40, 40, 3).contiguous()
+    torch.manual_seed(0)
+    first, _ = data.simsiam_transform_pair(32, solarize=False, **OVERHEAD)
+    reference = torch.stack([first(TF.to_pil_image(img.permute(2, 0, 1)))
+                             for img in images for _ in range(views)])
+    fast, _ = data.batch_augment_pair(32, solarize=False, **OVERHEAD)
+    fast = fast(images.repeat_interleave(views, 0), torch.Generator().manual_seed(2))
+    mean, std = torch.tensor(data.IMAGENET_MEAN), torch.tensor(data.IMAGENET_STD)
+    flat = images[:, 0, 0].float().repeat_interleave(views, 0) / 255
+
+    def moved(views):  # how far each view's mean colour moved, on the 0..1 scale
+        return (views.mean(dim=(2, 3)) * std + mean - flat).abs().max(dim=1).values
+
+    rates, sizes = [], []
+    for change in (moved(reference), moved(fast)):
+        jittered = change > 1.5 / 255  # PIL rounds to whole uint8 levels
+        rates.append(jittered.float().mean().item())
+        sizes.append(change[jittered].mean().item())
+    # 512 views a pipeline: a rate holds to about +-0.05 (3 sigma); p 0.8 gives 0.8
+    assert all(abs(rate - 0.2) < 0.06 for rate in rates), rates
+    assert abs(rates[0] - rates[1]) < 0.07, rates
+    # a jittered view moves ~0.05 at strength 0.25, four times that at the write-up's 1
+    assert 0.75 < sizes[1] / sizes[0] < 1.33, sizes

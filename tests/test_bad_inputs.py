@@ -109,7 +109,7 @@ def test_checkpoint_from_the_wrong_script(corpus, tmp_path):
     result = _linear_eval(corpus, corpus["eurosat"], tmp_path, f"--pretrained_path={metrics}")
     _assert_clear_failure(result, "pretrain_metrics.pth", "simsiam_pretrain_metrics")
     # a pre-training checkpoint is not a classifier
-    result = run_script("classify_image.py", str(corpus["eurosat"] / "Forest" / "Forest_1.jpg"),
+    result = run_in_process("classify_image.py", str(corpus["eurosat"] / "Forest" / "Forest_1.jpg"),
                         f"--model_path={corpus['checkpoint']}")
     _assert_clear_failure(result, "simsiam_resnet18_epoch_1.pth", "not a classifier",
                           "Linear_evaluation.py")
@@ -134,9 +134,9 @@ def test_checkpoint_whose_pickle_would_run_code(corpus, tmp_path):
         # a plain pickle, as an attacker would write
         pickle.dump({"kind": "simsiam_pretrain", "x": Payload()}, f)
     for result in (_linear_eval(corpus, corpus["eurosat"], tmp_path, f"--pretrained_path={evil}"),
-                   run_script("classify_image.py",
-                              str(corpus["eurosat"] / "Forest" / "Forest_1.jpg"),
-                              f"--model_path={evil}")):
+                   run_in_process("classify_image.py",
+                                  str(corpus["eurosat"] / "Forest" / "Forest_1.jpg"),
+                                  f"--model_path={evil}")):
         _assert_clear_failure(result, "evil.pth")
     assert not marker.exists()
     torch.save({"kind": "simsiam_pretrain", "x": Payload()}, evil)  # and inside a torch zip file
@@ -152,14 +152,15 @@ def test_truncated_resume_checkpoint(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "checkpoint_last.pth").write_bytes(b"PK\x03\x04 half a zip")
-    result = run_script("train_simsiam.py", f"--data_dir={images}", f"--output_dir={out}",
-                        f"--cache_dir={tmp_path / 'cache'}", *TINY_PRETRAIN, "--num_epochs=1")
+    result = run_in_process("train_simsiam.py", f"--data_dir={images}", f"--output_dir={out}",
+                            f"--cache_dir={tmp_path / 'cache'}", *TINY_PRETRAIN, "--num_epochs=1")
     _assert_clear_failure(result, "checkpoint_last.pth", "--resume=False")
 
 
 # -------------------------------------------------------------------------------------------------
 # images
 
+@pytest.mark.slow
 def test_bad_and_unusual_images_in_the_pretraining_folder(tmp_path):
     images = tmp_path / "images"
     write_images(str(images), 16)
@@ -170,9 +171,9 @@ def test_bad_and_unusual_images_in_the_pretraining_folder(tmp_path):
     Image.new("L", (40, 40), 100).save(images / "gray.png")
     Image.new("RGBA", (40, 40), (1, 2, 3, 4)).save(images / "rgba.png")
     Image.fromarray(np.full((40, 40), 40000, dtype=np.uint16)).save(images / "sixteen.png")
-    result = run_script("train_simsiam.py", f"--data_dir={images}",
-                        f"--output_dir={tmp_path / 'out'}", f"--cache_dir={tmp_path / 'cache'}",
-                        *TINY_PRETRAIN, "--num_epochs=1")
+    result = run_in_process("train_simsiam.py", f"--data_dir={images}",
+                            f"--output_dir={tmp_path / 'out'}", f"--cache_dir={tmp_path / 'cache'}",
+                            *TINY_PRETRAIN, "--num_epochs=1")
     assert result.returncode == 0, result.stderr[-2000:]
     # zero-byte, truncated, not an image; 16 + 3 converted train
     assert "skipped 3 unreadable" in result.stdout
@@ -197,6 +198,7 @@ def test_batch_larger_than_the_data_set(tmp_path):
     _assert_clear_failure(result, "only 6 usable images", "--batch_size")
 
 
+@pytest.mark.slow
 def test_overrides_unknown_and_wrong_type_for_every_script():
     integer_setting = {"train_simsiam.py": "seed", "make_dataset.py": "num_processes",
                        "Linear_evaluation.py": "seed", "finetune_model.py": "seed",
@@ -214,6 +216,7 @@ def test_overrides_unknown_and_wrong_type_for_every_script():
 # -------------------------------------------------------------------------------------------------
 # Zarr files
 
+@pytest.mark.slow
 def test_bad_zarr_files_are_skipped_by_name(tmp_path):
     folder = tmp_path / "zarr"
     folder.mkdir()
@@ -305,6 +308,7 @@ def test_a_gpu_that_is_not_there_is_a_setting_error(tmp_path):
 
 
 # kind 1: one tuple of image-read errors, the decompression-bomb error included, used everywhere
+@pytest.mark.slow
 def test_an_image_over_the_decompression_bomb_limit(corpus, tmp_path):
     import simsiam_data as data
     from runtime import DataError
@@ -361,6 +365,7 @@ def test_split_rows_naming_missing_or_numeric_files(corpus, tmp_path):
         data.read_eurosat_split(str(eurosat), str(csv), str(eurosat / "label_map.json"))
 
 
+@pytest.mark.slow
 def test_knn_folder_and_file_list_problems_are_named(corpus, tmp_path):
     images = tmp_path / "images"
     write_images(str(images), 16)
@@ -386,6 +391,7 @@ def test_knn_folder_and_file_list_problems_are_named(corpus, tmp_path):
 
 
 # kind 4: output locations, checked at start-up; a failed write leaves nothing behind
+@pytest.mark.slow
 def test_output_locations_are_checked_before_training(tmp_path, monkeypatch):
     images = tmp_path / "images"
     write_images(str(images), 16)
@@ -457,27 +463,19 @@ def test_checkpoints_whose_config_does_not_match_the_weights(corpus, tmp_path):
             classifier_from_checkpoint(str(path))
 
 
-def test_a_resume_checkpoint_missing_keys(tmp_path):
-    images = tmp_path / "images"
-    write_images(str(images), 16)
-    common = [f"--data_dir={images}", f"--output_dir={tmp_path / 'out'}",
-              f"--cache_dir={tmp_path / 'cache'}", *TINY_PRETRAIN]
-    assert run_in_process("train_simsiam.py", *common, "--num_epochs=1")[0] == 0
+@pytest.mark.slow
+def test_a_resume_checkpoint_missing_keys(first_epoch, tmp_path):
     last_path = tmp_path / "out" / "checkpoint_last.pth"
     last = torch.load(last_path, weights_only=True)
     del last["optimizer"], last["global_step"]
     torch.save(last, last_path)
-    import runtime
-    # the first run's lock: in this one process, it is already done
-    for handle in runtime._held_locks:
-        handle.close()
-    runtime._held_locks.clear()
-    code, _, err = run_in_process("train_simsiam.py", *common, "--num_epochs=2")
+    code, _, err = run_in_process("train_simsiam.py", *first_epoch, "--num_epochs=2")
     assert (code == 1 and "checkpoint_last.pth: lacks ['global_step', 'optimizer']" in err
             and "--resume=False" in err)
 
 
 # kind 6: two runs, one folder
+@pytest.mark.slow
 def test_a_second_run_on_a_folder_in_use_is_refused_and_a_killed_run_leaves_no_lock(tmp_path):
     import signal
     import subprocess
@@ -495,10 +493,11 @@ def test_a_second_run_on_a_folder_in_use_is_refused_and_a_killed_run_leaves_no_l
         for line in first.stdout:
             if line.startswith("model:"):
                 break
-        second = run_script("train_simsiam.py", *command[2:], "--num_epochs=1")
+        # (this process is not the first one: its lock refuses this run as another process's)
+        second = run_in_process("train_simsiam.py", *command[2:], "--num_epochs=1")
         _assert_clear_failure(second, "is in use by another train_simsiam run", f"pid {first.pid}")
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    third = run_script("train_simsiam.py", *command[2:], "--num_epochs=1", "--resume=False")
+    third = run_in_process("train_simsiam.py", *command[2:], "--num_epochs=1", "--resume=False")
     assert third.returncode == 0, third.stderr[-2000:]

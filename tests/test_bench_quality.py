@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT, run_script
+from conftest import ROOT, run_in_process, steps_in_process
 from simsiam_model import effective_rank
 from test_evaluation import make_eurosat
 
@@ -23,16 +23,22 @@ def test_effective_rank_counts_the_directions_used():
     assert 2 < effective_rank(three + 1e-4 * torch.randn(4000, 64)) < 3.5
 
 
-def test_bench_quality_quick_run_writes_table(tmp_path):
+@pytest.mark.slow
+def test_bench_quality_quick_run_writes_table(tmp_path, monkeypatch):
+    """Three runs of bench_quality.py, each step of them in this process (steps_in_process)."""
+    steps = steps_in_process(monkeypatch)
     eurosat, out = tmp_path / "EuroSAT", tmp_path / "quality"
     make_eurosat(str(eurosat))
     args = [f"--eurosat_dir={eurosat}", f"--output_dir={out}", f"--cache_dir={tmp_path / 'cache'}",
-            "--pretrain_images=20", "--pretrain_epochs=1", "--skip_finetune=True",
+            "--pretrain_images=20", "--pretrain_epochs=1", "--skip_finetune=True", "--amp=off",
             "--label_fractions=0.25 1",
             "--pretrain_args=--image_size=32 --batch_size=8 --proj_dim=64 --pred_dim=16 "
-            "--small_stem=True"]
-    result = run_script("scripts/bench_quality.py", *args, timeout=600)
+            "--small_stem=True", "--linear_args=--num_epochs=2"]
+    result = run_in_process("scripts/bench_quality.py", *args)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # the project's scripts, run as `python <script> ...` (here: in this process)
+    assert [os.path.basename(c[1]) for c in steps] == ["train_simsiam.py"] + 6 * [
+        "Linear_evaluation.py"]
     subset = pd.read_csv(out / "pretrain_images.csv", index_col=0)
     train = pd.read_csv(eurosat / "train.csv", index_col=0)
     # never validation or test images
@@ -79,7 +85,7 @@ def test_bench_quality_quick_run_writes_table(tmp_path):
 
     # another run reuses those floors when its commands for them are the same
     reuse = [a.replace(str(out), str(tmp_path / "second")) for a in args]
-    second = run_script("scripts/bench_quality.py", *reuse, f"--floors_dir={out}", timeout=600)
+    second = run_in_process("scripts/bench_quality.py", *reuse, f"--floors_dir={out}")
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "[linear_random] reused from" in second.stdout
     assert "[linear_image_stats] reused from" in second.stdout
@@ -88,7 +94,7 @@ def test_bench_quality_quick_run_writes_table(tmp_path):
     assert [row for row in reused if row["init"] != "SimSiam pre-trained"] == floors
 
     # a rerun skips what is done and keeps the pre-training time of the run that did the work
-    rerun = run_script("scripts/bench_quality.py", *args, timeout=600)
+    rerun = run_in_process("scripts/bench_quality.py", *args)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert "already done" in rerun.stdout and "nothing to do" in (out / "pretrain.log").read_text()
     again = json.loads((out / "quality.json").read_text())
@@ -166,7 +172,7 @@ def test_the_study_is_ranked_on_validation_not_on_test(tmp_path):
     write_row("better_on_test", validation=60.0, test=80.0)
     write_row("better_on_validation", validation=70.0, test=65.0)
     write_row("unfinished", validation=99.0, test=99.0, complete=False)
-    result = run_script("scripts/rank_study.py", f"--study_dir={tmp_path}")
+    result = run_in_process("scripts/rank_study.py", f"--study_dir={tmp_path}")
     assert result.returncode == 0, result.stderr
     ranking = (tmp_path / "ranking.md").read_text().splitlines()
     assert ranking[2].startswith("| 1 | better_on_validation |")

@@ -9,7 +9,7 @@ import torchvision
 from PIL import Image
 
 import simsiam_data as data
-from conftest import TINY_PRETRAIN, run_script, write_images
+from conftest import TINY_PRETRAIN, run_in_process, run_script, write_images
 from runtime import CheckpointError, configure, load_checkpoint
 from simsiam_model import (SimSiam, backbone_from_checkpoint, backbone_state_dict, build_backbone,
                            negative_cosine_loss, strip_prefixes)
@@ -209,7 +209,7 @@ def test_overrides_rejected(argv, message, capsys):
 
 
 def test_help_lists_constants_with_comments():
-    result = run_script("train_simsiam.py", "--help")
+    result = run_in_process("train_simsiam.py", "--help")
     assert result.returncode == 0
     assert ("--batch_size" in result.stdout and "= 32" in result.stdout
             and "fits ResNet-50" in result.stdout)
@@ -255,14 +255,15 @@ def test_eurosat_split_errors_name_the_problem(tmp_path, rows, label_map, messag
 
 
 # -------------------------------------------------------------------------------------------------
-# train_simsiam.py end to end
+# train_simsiam.py end to end (in this process: conftest.run_in_process)
 
 def _pretrain(tmp_path, images, *extra):
-    return run_script("train_simsiam.py", f"--data_dir={images}",
+    return run_in_process("train_simsiam.py", f"--data_dir={images}",
                       f"--output_dir={tmp_path / 'out'}", f"--cache_dir={tmp_path / 'cache'}",
                       *TINY_PRETRAIN, *extra)
 
 
+@pytest.mark.slow
 def test_pretraining_writes_checkpoints_and_metrics_then_resumes(tmp_path, tiny_images):
     result = _pretrain(tmp_path, tiny_images, "--num_epochs=2", "--save_every=1")
     assert result.returncode == 0, result.stderr
@@ -295,6 +296,7 @@ def test_pretraining_writes_checkpoints_and_metrics_then_resumes(tmp_path, tiny_
             and "--resume=False" in result.stderr)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pipeline", ["fast", "reference"])
 def test_corrupt_images_are_skipped_and_counted(tmp_path, tiny_images, pipeline):
     (tiny_images / "part0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
@@ -308,6 +310,7 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path, tiny_images, pipeline)
     assert metrics["skipped_images"] == [2]
 
 
+@pytest.mark.slow
 def test_missing_data_and_oversized_batch_are_clear_errors(tmp_path, tiny_images):
     result = _pretrain(tmp_path, tmp_path / "nowhere", "--num_epochs=1")
     assert (result.returncode == 1 and "does not exist" in result.stderr
@@ -320,14 +323,17 @@ def test_missing_data_and_oversized_batch_are_clear_errors(tmp_path, tiny_images
             and "Traceback" not in result.stderr)
 
 
+@pytest.mark.slow
 def test_same_seed_same_loss(tmp_path):
+    """One run as a user starts it, one in this process: two interpreters (with their own hash
+    seeds, so any set order that leaked into the image order would show) give the same loss."""
     images = tmp_path / "images"
     write_images(str(images), 16)
     losses = []
-    for run in ("a", "b"):
-        result = run_script("train_simsiam.py", f"--data_dir={images}",
-                            f"--output_dir={tmp_path / run}", f"--cache_dir={tmp_path / 'cache'}",
-                            *TINY_PRETRAIN, "--num_epochs=1", "--seed=3")
+    for run, runner in (("a", run_script), ("b", run_in_process)):
+        result = runner("train_simsiam.py", f"--data_dir={images}",
+                        f"--output_dir={tmp_path / run}", f"--cache_dir={tmp_path / 'cache'}",
+                        *TINY_PRETRAIN, "--num_epochs=1", "--seed=3")
         assert result.returncode == 0, result.stderr
         losses.append(load_checkpoint(str(tmp_path / run / "pretrain_metrics.pth"))["loss"][0])
     assert losses[0] == losses[1]

@@ -1,5 +1,7 @@
 """Fault injection: SIGKILL a tiny pre-training at random moments, rerun the same command, check
-nothing is lost and that the result is the one an uninterrupted run gives."""
+nothing is lost and that the result is the one an uninterrupted run gives. The runs that are
+killed are processes of their own; the reruns that finish run in this process
+(conftest.run_in_process: the same main, without seconds of start-up)."""
 import glob
 import os
 import random
@@ -8,12 +10,15 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
-from conftest import ROOT, TINY_PRETRAIN, write_images
+from conftest import ROOT, TINY_PRETRAIN, run_in_process, write_images
 from runtime import load_checkpoint
 
-EPOCHS, IMAGES, BATCH = 7, 24, 8
+pytestmark = pytest.mark.slow  # every test here kills processes at random moments
+
+EPOCHS, IMAGES, BATCH = 4, 24, 8
 
 
 def _all_files_load(out):
@@ -30,28 +35,25 @@ def test_pretraining_survives_sigkill_at_random_moments(tmp_path):
     rng = random.Random(0)
     kills = 0
     for attempt in range(3):
-        # kill at a random moment after 1 or 2 more epochs: right after an epoch line the run is
-        # writing its epoch checkpoint, a little later it is inside the next epoch
-        # (each attempt moves at most 2 epochs, so 3 attempts never finish the 7 epochs:
-        # every attempt really is killed)
+        # kill at a random moment up to 0.5 s after the attempt's first epoch line (printed once
+        # that epoch's files are written): in the next epoch's steps or in writing its files.
+        # Each attempt moves one epoch, so 3 attempts never finish the 4 epochs: every attempt
+        # really is killed.
         process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
                                    stderr=subprocess.DEVNULL, text=True,
                                    env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        wanted, seen = rng.randint(1, 2), 0
         for line in process.stdout:
             if line.startswith("epoch ") and " loss " in line:
-                seen += 1
-                if seen == wanted:
-                    time.sleep(rng.uniform(0.0, 0.5))
-                    process.send_signal(signal.SIGKILL)
-                    break
+                time.sleep(rng.uniform(0.0, 0.5))
+                process.send_signal(signal.SIGKILL)
+                break
         process.stdout.close()
         process.wait(timeout=300)
         assert process.returncode == -signal.SIGKILL, (
             f"attempt {attempt} was not killed (exit {process.returncode})")
         kills += 1
         _all_files_load(str(out))
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = _finish(command)
     assert result.returncode == 0, result.stderr[-2000:]
     assert kills == 3 and "resuming from" in result.stdout
     metrics = load_checkpoint(str(out / "pretrain_metrics.pth"))
@@ -65,8 +67,7 @@ def test_pretraining_survives_sigkill_at_random_moments(tmp_path):
     # and the result is the one an uninterrupted run gives:
     # the same loss at every epoch, the same weights
     straight = tmp_path / "straight"
-    result = subprocess.run([*command[:3], f"--output_dir={straight}", *command[4:]], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+    result = _finish([*command[:3], f"--output_dir={straight}", *command[4:]])
     assert result.returncode == 0, result.stderr[-2000:]
     assert load_checkpoint(str(straight / "pretrain_metrics.pth"))["loss"] == metrics["loss"]
     resumed_weights = load_checkpoint(str(out / f"simsiam_resnet18_epoch_{EPOCHS}.pth"))["model"]
@@ -96,6 +97,11 @@ def test_atomic_save_never_leaves_a_half_file(tmp_path):
             assert (saved["w"] == saved["i"]).all()
 
 
+def _finish(command):
+    """Run `command` ([python, script, args...]) to its end, in this process."""
+    return run_in_process(os.path.relpath(command[1], ROOT), *command[2:])
+
+
 def _kill_at_random_moments(command, rng, times, check):
     """Start `command`, SIGKILL it after a random delay, call check(), `times` times;
     then run it to the end."""
@@ -106,7 +112,7 @@ def _kill_at_random_moments(command, rng, times, check):
         process.send_signal(signal.SIGKILL)
         process.wait()
         check()
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return _finish(command)
 
 
 def test_make_dataset_survives_sigkill(tmp_path):
@@ -145,7 +151,7 @@ def test_evaluation_files_are_never_left_unreadable(tmp_path):
     linear = [sys.executable, os.path.join(ROOT, "Linear_evaluation.py"), *common,
               "--feature_cache=False", "--num_epochs=40", "--batch_size=16"]
     finetune = [sys.executable, os.path.join(ROOT, "finetune_model.py"), *common, "--num_epochs=4",
-                "--batch_size=16"]
+                "--batch_size=16", "--amp=off"]
     rng = random.Random(3)
     for command in (linear, finetune):
         result = _kill_at_random_moments(command, rng, 2, lambda: _all_files_load(str(out)))

@@ -3,25 +3,23 @@ on tiny generated data.
 
 A EuroSAT-shaped folder (4 classes, 8 JPEGs per class per split, 32 px, class-dependent colours)
 and a SimSiam pre-training checkpoint (ResNet-18, untrained, saved the way train_simsiam.py saves)
-are written to a temporary folder; the scripts then run as a user runs them (subprocess, CPU). The
-independent runs start together so the whole file takes well under a minute and a half on 2 cores.
+are written to a temporary folder; the scripts then run in this process (conftest.run_in_process:
+the same main and messages as `python script ...`, without seconds of start-up for each of the 13
+runs), on the CPU.
 """
 import csv
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-import simsiam_data as data  # noqa: E402
-from simsiam_model import PRETRAIN_KIND, SimSiam, classifier_from_checkpoint  # noqa: E402
+import simsiam_data as data
+from conftest import run_in_process
+from simsiam_model import PRETRAIN_KIND, SimSiam, classifier_from_checkpoint
 
 CLASSES = ["Forest", "Highway", "River", "SeaLake"]
 COLORS = [(40, 110, 40), (140, 140, 130), (70, 100, 150), (20, 40, 110)]
@@ -78,24 +76,12 @@ class CodeRunner:
 
 
 def start(script, *args):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, os.path.join(REPO, script), *map(str, args)],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-
-
-def finish(processes):
-    results = {}
-    for name, process in processes.items():
-        stdout, stderr = process.communicate(timeout=300)
-        results[name] = subprocess.CompletedProcess(process.args, process.returncode, stdout,
-                                                    stderr)
-    return results
+    return run_in_process(script, *map(str, args))
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Every script run of this file, started together; returns (results by name, paths)."""
+    """Every script run of this file; returns (results by name, paths)."""
     tmp = tmp_path_factory.mktemp("evaluation")
     eurosat = tmp / "EuroSAT"
     make_eurosat(eurosat)
@@ -116,17 +102,19 @@ def runs(tmp_path_factory):
     no_csv.mkdir()
     (no_csv / "label_map.json").write_text((eurosat / "label_map.json").read_text())
 
-    def train_args(name):  # one cache folder per run: the runs below start at the same time
+    def train_args(name):  # one cache folder per run, as when they ran side by side
         return [f"--eurosat_dir={eurosat}", f"--cache_dir={tmp / 'cache' / name}",
                 f"--output_dir={out[name]}", "--batch_size=8"]
 
-    processes = {
+    results = {
         "cached": start("Linear_evaluation.py", *train_args("cached"), f"--num_epochs={EPOCHS}"),
         "on_the_fly": start("Linear_evaluation.py", *train_args("on_the_fly"),
                             f"--num_epochs={EPOCHS}", "--feature_cache=False"),
         "random": start("Linear_evaluation.py", *train_args("random"), "--num_epochs=2",
                         "--pretrained_path=random", "--arch=resnet18", f"--image_size={SIZE}"),
-        "finetune": start("finetune_model.py", *train_args("finetune"), "--num_epochs=2"),
+        # fp32, as predict_files recomputes its predictions
+        "finetune": start("finetune_model.py", *train_args("finetune"), "--num_epochs=2",
+                          "--amp=off"),
         "not_checkpoint": start("classify_image.py", eurosat / "Forest/Forest_1.jpg",
                                 f"--model_path={not_checkpoint}"),
         "pretrain_checkpoint": start("classify_image.py", eurosat / "Forest/Forest_1.jpg",
@@ -135,8 +123,7 @@ def runs(tmp_path_factory):
                                     f"--model_path={tmp / 'nowhere.pth'}"),
         "malicious": start("classify_image.py", eurosat / "Forest/Forest_1.jpg",
                            f"--model_path={malicious}"),
-        # the failing runs use output folders of their own:
-        # a folder in use by another run is refused
+        # the failing runs use output folders of their own, as when they ran side by side
         "missing_data": start("Linear_evaluation.py", f"--eurosat_dir={tmp / 'no_such_folder'}",
                               f"--output_dir={tmp / 'failing_1'}",
                               f"--pretrained_path={pretrain}"),
@@ -149,7 +136,6 @@ def runs(tmp_path_factory):
                              f"--cache_dir={tmp / 'cache' / 'unused'}",
                              f"--pretrained_path={pretrain}"),
     }
-    results = finish(processes)
     # classification needs the trained classifiers:
     # odd image modes in a folder, plus one unreadable file
     images = tmp / "to_classify"
@@ -162,14 +148,14 @@ def runs(tmp_path_factory):
     Image.fromarray(rgb).convert("P").save(images / "palette.png")
     (images / "nested/broken.jpg").write_bytes(b"\xff\xd8 this is not really a JPEG")
     predictions_csv = tmp / "predictions.csv"
-    results.update(finish({
+    results.update({
         "classify_one": start(
             "classify_image.py", eurosat / "SeaLake/SeaLake_3.jpg",
             f"--model_path={out['finetune'] / 'finetuned_eurosat_best_model.pth'}"),
         "classify_folder": start(
             "classify_image.py", images, f"--output_csv={predictions_csv}",
             f"--model_path={out['cached'] / 'linear_eval_eurosat_best_model.pth'}"),
-    }))
+    })
     paths = {"eurosat": eurosat, "out": out, "pretrain": pretrain, "marker": marker,
              "csv": predictions_csv, "images": images}
     return results, paths
@@ -239,6 +225,7 @@ def predict_files(model_path, paths):
 # -------------------------------------------------------------------------------------------------
 # Linear_evaluation.py
 
+@pytest.mark.slow
 def test_linear_eval_metrics_best_model_and_frozen_backbone(runs):
     results, paths = runs
     check_ok(results["cached"])
@@ -269,6 +256,7 @@ def test_linear_eval_metrics_best_model_and_frozen_backbone(runs):
     assert predict_files(best_path, metrics["test_files"]) == metrics["test_predictions"]
 
 
+@pytest.mark.slow
 def test_cached_and_on_the_fly_linear_eval_agree(runs):
     results, paths = runs
     check_ok(results["on_the_fly"])
@@ -282,6 +270,7 @@ def test_cached_and_on_the_fly_linear_eval_agree(runs):
     assert fly["test_predictions"] == cached["test_predictions"] and fly["knn"] == cached["knn"]
 
 
+@pytest.mark.slow
 def test_random_baseline_writes_random_files(runs):
     results, paths = runs
     check_ok(results["random"])
@@ -322,6 +311,7 @@ def test_newest_pretrained_checkpoint_is_the_highest_epoch(tmp_path):
     assert newest_pretrained(str(tmp_path / "missing")) is None
 
 
+@pytest.mark.slow
 def test_missing_or_broken_data_is_a_clear_error(runs):
     results, _ = runs
     check_clean_error(results["missing_data"], "no_such_folder",
@@ -333,6 +323,7 @@ def test_missing_or_broken_data_is_a_clear_error(runs):
 # -------------------------------------------------------------------------------------------------
 # finetune_model.py
 
+@pytest.mark.slow
 def test_finetune_writes_metrics_and_best_model(runs):
     results, paths = runs
     check_ok(results["finetune"])
@@ -352,6 +343,7 @@ def test_finetune_writes_metrics_and_best_model(runs):
 # -------------------------------------------------------------------------------------------------
 # classify_image.py
 
+@pytest.mark.slow
 def test_classify_one_image(runs):
     results, _ = runs
     check_ok(results["classify_one"])
@@ -361,6 +353,7 @@ def test_classify_one_image(runs):
     assert any(line.startswith("top 3: ") for line in lines)
 
 
+@pytest.mark.slow
 def test_classify_folder_writes_csv_and_converts_modes(runs):
     results, paths = runs
     result = results["classify_folder"]
@@ -387,6 +380,7 @@ def test_classify_folder_writes_csv_and_converts_modes(runs):
             and info["model"]["arch"] == "resnet18")
 
 
+@pytest.mark.slow
 def test_classify_rejects_bad_checkpoints_cleanly(runs):
     results, paths = runs
     check_clean_error(results["not_checkpoint"], "notes.pth", "not a readable PyTorch checkpoint")

@@ -226,6 +226,7 @@ def test_the_label_fractions_are_passed_to_the_quality_run(tmp_path):
 # -------------------------------------------------------------------------------------------------
 # the whole quality part, and the other parts, on the CPU
 
+@pytest.mark.slow
 def test_gpu_check_rehearsal_on_the_cpu(tmp_path):
     """scripts/gpu_check.sh at tiny size: the data checked, the budget printed, the two proven
     paths (here one fails, one passes), two timings (here the second fails), the planned quality

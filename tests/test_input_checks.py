@@ -119,6 +119,7 @@ def test_earth_observation_rasters_are_read_as_what_they_are(tmp_path):
 # -------------------------------------------------------------------------------------------------
 # FIFOs, symlinked folders, names that are not UTF-8: from train_simsiam.py to plot_results.py
 
+@pytest.mark.slow
 def test_no_reader_opens_a_fifo_and_unusable_names_are_skipped_by_name(corpus, tmp_path):
     images = tmp_path / "images"
     write_images(str(images), 16)
@@ -253,6 +254,7 @@ def test_a_class_folder_with_no_usable_image_is_refused(tmp_path):
     assert not (root / "train.csv").exists() and not (root / "label_map.json").exists()
 
 
+@pytest.mark.slow
 def test_a_reference_batch_with_one_readable_image_is_skipped(tmp_path):
     images = tmp_path / "images"
     write_images(str(images), 3)

@@ -8,6 +8,7 @@ import os
 import time
 
 import numpy as np
+import pytest
 import torch
 
 import runtime
@@ -80,6 +81,7 @@ def _slow_augment_pair(seconds):
     return pair
 
 
+@pytest.mark.slow
 def test_bench_reference_rows_time_whole_waves_and_default_rows_all_data_work(tmp_path,
                                                                               monkeypatch):
     import simsiam_model
@@ -89,7 +91,7 @@ def test_bench_reference_rows_time_whole_waves_and_default_rows_all_data_work(tm
     workers, batch = 2, 4
     result = run_in_process("scripts/bench_pretrain.py", "--arch=resnet18", "--image_size=32",
                             f"--batch_size={batch}", "--steps=2", "--warmup_steps=1",
-                            "--num_images=8", f"--num_workers={workers}",
+                            "--num_images=8", f"--num_workers={workers}", "--amp=off",
                             f"--cache_dir={tmp_path / 'cache'}",
                             f"--generated_dir={tmp_path / 'images'}",
                             f"--output_json={tmp_path / 'bench.json'}")
@@ -117,6 +119,51 @@ def test_the_reference_precision_on_cuda_is_named_tf32():
         assert bench_pretrain.precision_label(CUDA, None) == "fp32"
     finally:
         torch.backends.cudnn.allow_tf32 = flag
+
+
+@pytest.mark.slow
+def test_bench_variants_time_the_other_memory_format_and_torch_compile(tmp_path, monkeypatch):
+    """--variants=True: ceiling and default again in the other memory format (a fresh model in
+    it), then compiled in theirs, with each ratio printed; a compiler that fails says so and
+    keeps the rows measured."""
+    import simsiam_model
+    formats, compiled = [], []
+
+    class Recorded(TinySimSiam):
+        def to(self, *args, memory_format=torch.preserve_format, **kwargs):
+            formats.append(memory_format)
+            return super().to(*args, **kwargs)
+
+    def fake_compile(model, **kwargs):
+        compiled.append(kwargs)
+        if len(compiled) == 2:  # the second compiled row: a machine without a C++ compiler
+            def broken(*args):
+                raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+            return broken
+        return model
+
+    monkeypatch.setattr(simsiam_model, "SimSiam", Recorded)
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    result = run_in_process("scripts/bench_pretrain.py", "--image_size=16", "--batch_size=4",
+                            "--steps=1", "--warmup_steps=1", "--num_images=8", "--rows=default",
+                            "--amp=off", "--variants=True", f"--cache_dir={tmp_path / 'cache'}",
+                            f"--generated_dir={tmp_path / 'images'}",
+                            f"--output_json={tmp_path / 'bench.json'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.load(open(tmp_path / "bench.json"))
+    assert list(summary["results"]) == ["ceiling", "default", "default_data_only",
+                                        "ceiling_channels_last", "default_channels_last",
+                                        "ceiling_compile"]
+    assert {row.get("precision", "fp32") for row in summary["results"].values()} == {"fp32"}
+    # the CPU's fp32 default is NCHW; the variants flip it, the compiled rows keep it
+    nchw, cl = torch.preserve_format, torch.channels_last
+    assert formats == [nchw, nchw, cl, cl, nchw, nchw] and compiled == [{}, {}]
+    for ratio in ("ceiling_channels_last / ceiling", "default_channels_last / default",
+                  "ceiling_compile / ceiling"):
+        assert ratio + " = " in result.stdout
+    assert "ceiling_compile_over_ceiling" in summary
+    assert "torch.compile failed here (RuntimeError: InvalidCxxCompiler" in result.stdout
+    assert "default_compile not measured" in result.stdout
 
 
 # -------------------------------------------------------------------------------------------------
@@ -230,21 +277,31 @@ def test_side_stream_makes_each_batch_one_step_ahead_with_the_same_views(monkeyp
             streams.log.append(("read batch", streams.current))
             yield rows, batch
     monkeypatch.setattr(data, "iterate_batches", cpu_batches)
+
+    def logged(augment):
+        def call(*args):
+            streams.log.append(("augment", streams.current))
+            return augment(*args)
+        return call
     handed = []
-    for x1, x2 in data.augmented_pairs(images, order, 8, CUDA, pair,
+    for x1, x2 in data.augmented_pairs(images, order, 8, CUDA, tuple(map(logged, pair)),
                                        torch.Generator().manual_seed(3)):
         streams.log.append(("step", len(handed)))
         handed.append((x1, x2))
     assert all(torch.equal(a, b) for ours, theirs in zip(handed, in_turn)
                for a, b in zip(ours, theirs))
-    # batch n + 1 is read and augmented on the side stream before step n; step n waits (on the
-    # device) for batch n's event alone; its views are kept until the current stream is done
+    # batch n + 1 is read and augmented on the side stream before step n, and its event recorded
+    # after both views (an event recorded earlier would let the step read half-made views); step
+    # n waits (on the device) for batch n's event alone, before it gets the views (the views
+    # above are equal either way: only this order shows the wait); its views are kept until the
+    # current stream is done
+    made = [("read batch", "side"), ("augment", "side"), ("augment", "side"),
+            ("record event", "side")]
     assert streams.log == [
-        ("read batch", "side"), ("record event", "side"),
-        ("read batch", "side"), ("record event", "side"),
+        *made, *made,
         ("wait for event", "current", 1), ("keep for", "current"), ("keep for", "current"),
         ("step", 0),
-        ("read batch", "side"), ("record event", "side"),
+        *made,
         ("wait for event", "current", 2), ("keep for", "current"), ("keep for", "current"),
         ("step", 1),
         ("wait for event", "current", 3), ("keep for", "current"), ("keep for", "current"),
@@ -268,6 +325,7 @@ def test_cuda_graphs_compile_the_step_on_cuda_and_fall_back_elsewhere(monkeypatc
     assert compiled == [{"mode": "reduce-overhead"}] and "CUDA_GRAPHS" in notes[0]
 
 
+@pytest.mark.slow
 def test_the_gpu_paths_fall_back_to_the_same_training_on_the_cpu(tmp_path, tiny_images):
     weights = []
     for name, flags in (("plain", []), ("gpu_paths", ["--cuda_graphs=True",

@@ -1,5 +1,6 @@
 """plot_results.py on the metrics of a tiny run: every figure is a PNG of the expected size, and a
-missing, empty or wrong-kind metrics file skips only its own figures (CPU, about 30 s)."""
+missing, empty or wrong-kind metrics file skips only its own figures (CPU, seconds; the scripts
+run in this process: conftest.run_in_process)."""
 import json
 import os
 import shutil
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 
 import plot_results
-from conftest import TINY_PRETRAIN, run_script, write_images
+from conftest import copy_first_epoch, run_in_process
 from simsiam_data import IMAGENET_MEAN, IMAGENET_STD
 from simsiam_model import Classifier, build_backbone, classifier_checkpoint
 
@@ -68,14 +69,13 @@ def eval_metrics(kind, eurosat, labels, model_path, pretrained_path, wrong):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A 2-epoch pre-training run on 16 generated images, a random resnet18 classifier
-    and the four eval metrics."""
+def tiny_run(tmp_path_factory, first_epoch_run):
+    """A 2-epoch pre-training run on 16 generated images (the session's first epoch, continued),
+    a random resnet18 classifier and the four eval metrics."""
     base = tmp_path_factory.mktemp("plots")
-    write_images(str(base / "images"), 16)
-    out = base / "outputs"
-    result = run_script("train_simsiam.py", f"--data_dir={base / 'images'}", f"--output_dir={out}",
-                        f"--cache_dir={base / 'cache'}", "--num_epochs=2", *TINY_PRETRAIN)
+    out = base / "out"
+    result = run_in_process("train_simsiam.py", *copy_first_epoch(first_epoch_run, base),
+                            "--num_epochs=2")
     assert result.returncode == 0, result.stderr[-2000:]
     eurosat = base / "EuroSAT"
     labels = make_eurosat(eurosat)
@@ -102,8 +102,8 @@ def tiny_run(tmp_path_factory):
 
 
 def plot(output_dir, figures_dir, *args):
-    result = run_script("plot_results.py", f"--output_dir={output_dir}",
-                        f"--figures_dir={figures_dir}", *args, timeout=120)
+    result = run_in_process("plot_results.py", f"--output_dir={output_dir}",
+                            f"--figures_dir={figures_dir}", *args)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
     return result.stdout
@@ -127,6 +127,7 @@ def check_figures(figures_dir, names, grid_images=0):
             assert image.info["dpi"][0] == pytest.approx(plot_results.DPI, abs=1)
 
 
+@pytest.mark.slow
 def test_every_figure_is_written(tiny_run):
     figures = tiny_run["base"] / "figures_all"
     stdout = plot(tiny_run["out"], figures)
@@ -137,6 +138,7 @@ def test_every_figure_is_written(tiny_run):
     check_figures(figures, ALL_FIGURES, grid_images=len(tiny_run["labels"]))
 
 
+@pytest.mark.slow
 def test_missing_empty_and_wrong_kind_files_skip_only_their_figures(tiny_run):
     """No pre-training metrics, a linear file that is really a fine-tune file, an empty random-init
     file and test images that are gone: each skips only its own figures, with one line, and the run
@@ -163,6 +165,7 @@ def test_missing_empty_and_wrong_kind_files_skip_only_their_figures(tiny_run):
     check_figures(figures, ["finetune_curves", "confusion_finetune", "comparison"])
 
 
+@pytest.mark.slow
 def test_grid_runs_the_best_model_when_no_predictions_are_recorded(tiny_run):
     """Without test_predictions the grid classifies test images with the checkpoint
     named by best_model_path."""
@@ -177,6 +180,7 @@ def test_grid_runs_the_best_model_when_no_predictions_are_recorded(tiny_run):
             == tuple(fig.get_size_inches()))
 
 
+@pytest.mark.slow
 def test_grid_matches_recorded_predictions_by_file_name(tiny_run):
     """After a re-split (here: test.csv in reverse order, under another folder name) the grid still
     shows each image with its own recorded prediction: the two mislabelled AnnualCrop images are
@@ -197,6 +201,7 @@ def test_grid_matches_recorded_predictions_by_file_name(tiny_run):
     assert sum("pred: Forest" in t and "true: AnnualCrop" in t for t in titles) == 2
 
 
+@pytest.mark.slow
 def test_floors_are_drawn_beside_simsiam(tiny_run):
     """comparison.png has the image-statistics bars beside random init; the kNN monitor panel
     draws both floors as lines; runs of different networks are said to differ."""

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import simsiam_data as data
-from conftest import TINY_PRETRAIN, run_in_process, write_images
+from conftest import run_in_process
 from runtime import CheckpointError
 from test_evaluation import make_eurosat, make_pretrain_checkpoint
 
@@ -58,6 +58,7 @@ def _metrics(path):
     return torch.load(path, weights_only=False)
 
 
+@pytest.mark.slow
 def test_the_probe_never_reads_test_labels_before_its_choice(eurosat, tmp_path, monkeypatch):
     """Test labels are first read after the last epoch's choice is on disk; and permuting them
     changes nothing of the choice (weight decay, epoch, validation accuracy, the saved head)."""
@@ -109,6 +110,7 @@ def test_the_probe_never_reads_test_labels_before_its_choice(eurosat, tmp_path, 
     assert "weight decay 0.1: best val" in first.stdout and "<- chosen" in first.stdout
 
 
+@pytest.mark.slow
 def test_image_statistics_floor_runs_the_same_protocols(eurosat, tmp_path):
     result = _evaluate(eurosat, tmp_path, "--pretrained_path=image_stats")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -130,6 +132,7 @@ def test_image_statistics_floor_runs_the_same_protocols(eurosat, tmp_path):
         assert not (tmp_path / "refused").exists()
 
 
+@pytest.mark.slow
 def test_results_of_another_checkpoint_are_not_replaced(eurosat, tmp_path):
     for epoch in (1, 2):
         make_pretrain_checkpoint(tmp_path / f"simsiam_resnet18_epoch_{epoch}.pth")
@@ -155,25 +158,24 @@ def test_results_of_another_checkpoint_are_not_replaced(eurosat, tmp_path):
     assert "epoch_2.pth" in _metrics(tmp_path / "linear_eval_metrics.pth")["pretrained_identity"]
     refused = run_in_process("finetune_model.py", f"--eurosat_dir={eurosat}",
                              f"--output_dir={tmp_path}", f"--cache_dir={tmp_path / 'cache'}",
-                             "--num_epochs=1", "--batch_size=8")
+                             "--num_epochs=1", "--batch_size=8", "--amp=off")
     assert refused.returncode == 0  # no fine-tuning results there yet
     refused = run_in_process("finetune_model.py", f"--eurosat_dir={eurosat}",
                              f"--output_dir={tmp_path}", f"--cache_dir={tmp_path / 'cache'}",
-                             "--num_epochs=1", "--batch_size=8",
+                             "--num_epochs=1", "--batch_size=8", "--amp=off",
                              f"--pretrained_path={first_path}")
     assert refused.returncode == 1 and "finetune_metrics.pth holds the results of" in \
         refused.stderr
 
 
-def test_evaluations_take_the_current_runs_checkpoint_not_an_older_runs(tmp_path):
+@pytest.mark.slow
+def test_evaluations_take_the_current_runs_checkpoint_not_an_older_runs(first_epoch, tmp_path):
     """A folder holding an older run's epoch 2 and a new run (--resume=False) of 1 epoch: the
     default is the new run's epoch 1. While a new run has written no epoch file yet, the default
     refuses and lists the older files."""
     from simsiam_model import newest_pretrained
-    images, out = tmp_path / "images", tmp_path / "out"
-    write_images(str(images), 16)
-    common = [f"--data_dir={images}", f"--output_dir={out}", f"--cache_dir={tmp_path / 'cache'}",
-              "--save_every=1", *TINY_PRETRAIN]
+    out, common = tmp_path / "out", [*first_epoch, "--save_every=1"]
+    # the older run: the session's first epoch, continued to 2
     assert run_in_process("train_simsiam.py", *common, "--num_epochs=2").returncode == 0
     assert newest_pretrained(str(out)) == str(out / "simsiam_resnet18_epoch_2.pth")
     again = run_in_process("train_simsiam.py", *common, "--num_epochs=1", "--resume=False")

@@ -1,24 +1,15 @@
 """Resuming pre-training: checked at start-up, before any image is decoded; refused by name when
-the resumed run would not be the run it continues; what may change is applied and recorded."""
+the resumed run would not be the run it continues; what may change is applied and recorded. Each
+test continues its own copy of the session's 1-epoch run (conftest.first_epoch)."""
 import os
 import shutil
 
+import pytest
 import torch
 
 from conftest import TINY_PRETRAIN, run_in_process, write_images
 from runtime import load_checkpoint
 from test_evaluation import make_eurosat
-
-
-def _first_epoch(tmp_path):
-    """A finished one-epoch run on 16 images; returns the arguments that continue it."""
-    images = tmp_path / "images"
-    write_images(str(images), 16)
-    common = [f"--data_dir={images}", f"--output_dir={tmp_path / 'out'}",
-              f"--cache_dir={tmp_path / 'cache'}", *TINY_PRETRAIN]
-    result = run_in_process("train_simsiam.py", *common, "--num_epochs=1")
-    assert result.returncode == 0, result.stderr[-2000:]
-    return common
 
 
 def _decoded(tmp_path):
@@ -34,11 +25,13 @@ def _edit_last(tmp_path, edit):
     torch.save(last, path)
 
 
-def test_resuming_with_settings_that_define_the_run_is_refused_by_name(tmp_path, monkeypatch):
-    common = _first_epoch(tmp_path)
+@pytest.mark.slow
+def test_resuming_with_settings_that_define_the_run_is_refused_by_name(first_epoch, first_epoch_run,
+                                                                      tmp_path, monkeypatch):
+    common, images = first_epoch, first_epoch_run / "images"
     decoded = _decoded(tmp_path)
     moved = tmp_path / "moved"
-    shutil.copytree(tmp_path / "images", moved)
+    shutil.copytree(images, moved)
     for change, needles in (
             (["--batch_size=4"], ["BATCH_SIZE=8 (now 4)", "--batch_size=8"]),
             (["--base_lr=0.1", "--gray_p=0.1"], ["BASE_LR=0.05 (now 0.1)", "GRAY_P=0.2 (now 0.1)",
@@ -46,16 +39,19 @@ def test_resuming_with_settings_that_define_the_run_is_refused_by_name(tmp_path,
             (["--seed=1"], ["SEED=0 (now 1)", "--seed=0"]),
             (["--pipeline=reference"], ["PIPELINE='fast' (now 'reference')", "--pipeline=fast"]),
             (["--weight_decay=0.001"], ["WEIGHT_DECAY=0.0001 (now 0.001)"]),
-            ([f"--data_dir={moved}"], ["DATA_DIR=", f"--data_dir={tmp_path / 'images'}"])):
+            ([f"--data_dir={moved}"], ["DATA_DIR=", f"--data_dir={images}"])):
         code, _, err = run_in_process("train_simsiam.py", *common, "--num_epochs=2", *change)
         assert code == 1 and "checkpoint_last.pth" in err and "--resume=False" in err, err
         for needle in needles:
             assert needle in err, (needle, err)
-    # the same folder with one more image: other data under the same DATA_DIR
-    write_images(str(tmp_path / "images" / "more"), 1, seed=5)
-    code, _, err = run_in_process("train_simsiam.py", *common, "--num_epochs=2")
+    # the same folder with one more image: other data under the same DATA_DIR (the session's
+    # images: put back as they were)
+    try:
+        write_images(str(images / "more"), 1, seed=5)
+        code, _, err = run_in_process("train_simsiam.py", *common, "--num_epochs=2")
+    finally:
+        shutil.rmtree(images / "more")
     assert code == 1 and "16 listed then, 17 now" in err and "--resume=False" in err, err
-    shutil.rmtree(tmp_path / "images" / "more")
     # two processes resuming what one process wrote: the global batch and the lr would change
     # (all five torchrun variables: a partial set is refused earlier, as left over from elsewhere;
     # the refusal comes before any process group would wait for the missing peer)
@@ -67,8 +63,10 @@ def test_resuming_with_settings_that_define_the_run_is_refused_by_name(tmp_path,
     assert _decoded(tmp_path) == decoded  # all refused before any image was decoded
 
 
-def test_resuming_records_what_may_change_and_knows_checkpoints_older_than_a_setting(tmp_path):
-    common = _first_epoch(tmp_path)
+@pytest.mark.slow
+def test_resuming_records_what_may_change_and_knows_checkpoints_older_than_a_setting(
+        first_epoch, first_epoch_run, tmp_path):
+    common = first_epoch
     # a checkpoint_last.pth written before GRAY_P and STEM_STRIDE existed: they were 0.2 and 1
     _edit_last(tmp_path, lambda last: [last["config"].pop(k) for k in ("GRAY_P", "STEM_STRIDE")])
     code, out, err = run_in_process("train_simsiam.py", *common, "--num_epochs=2",
@@ -76,8 +74,10 @@ def test_resuming_records_what_may_change_and_knows_checkpoints_older_than_a_set
     assert code == 0 and "resuming from" in out, err
     metrics = load_checkpoint(str(tmp_path / "out" / "pretrain_metrics.pth"))
     assert metrics["epochs"] == [1, 2] and metrics["config"]["NUM_EPOCHS"] == 2
-    changed = {"NUM_EPOCHS": [1, 2], "KNN_EVERY": [5, 3], "SAMPLE_EVERY": [20, 5],
-               "SAVE_EVERY": [10, 2]}
+    changed = {"NUM_EPOCHS": [1, 2], "OUTPUT_DIR": [str(first_epoch_run / "out"),
+                                                    str(tmp_path / "out")],
+               "CACHE_DIR": [str(first_epoch_run / "cache"), str(tmp_path / "cache")],
+               "KNN_EVERY": [5, 3], "SAMPLE_EVERY": [20, 5], "SAVE_EVERY": [10, 2]}
     assert metrics["resumed_with"] == [{"epoch": 1, "changed": changed}]
     # a setting the checkpoint does not know, and whose value before it existed is not known
     _edit_last(tmp_path, lambda last: last["config"].pop("CROP_SCALE_MIN"))
@@ -85,8 +85,9 @@ def test_resuming_records_what_may_change_and_knows_checkpoints_older_than_a_set
     assert code == 1 and "CROP_SCALE_MIN" in err and "predates" in err and "--resume=False" in err
 
 
-def test_a_resumed_optimizer_uses_this_runs_settings(tmp_path):
-    common = _first_epoch(tmp_path)
+@pytest.mark.slow
+def test_a_resumed_optimizer_uses_this_runs_settings(first_epoch, tmp_path):
+    common = first_epoch
 
     def other_hyperparameters(last):
         for group in last["optimizer"]["param_groups"]:
