@@ -49,6 +49,7 @@ import shutil
 import sys
 import tempfile
 import time
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -247,7 +248,22 @@ def fresh_step(device, use_channels_last, precision, graphs=False, compiled=Fals
     return training_step(model, optimizer, scaler, device, precision, use_channels_last, graphs)
 
 
-def reference_rows(paths, warm_batch, views, device, amp_dtype, channels_last, results, summary):
+class Bench(NamedTuple):
+    """What every row needs: where and how its steps run, and the table it adds to."""
+    device: torch.device
+    amp_dtype: object  # the autocast dtype of every row but the reference, or None (fp32)
+    channels_last: bool  # the memory format of those rows
+    views: dict  # the augmentation settings (train_simsiam.py's, by name)
+    summary: dict  # what OUTPUT_JSON holds; its "results" are the rows
+
+    def record(self, name, row):
+        """Add a row to the table and rewrite OUTPUT_JSON: a later failure keeps it."""
+        self.summary["results"][name] = row
+        write_json(self.summary)
+        return row
+
+
+def reference_rows(paths, warm_batch, bench):
     """reference (the write-up's pipeline as written) and reference_amp (with the default's
     precision and memory format).
 
@@ -256,26 +272,27 @@ def reference_rows(paths, warm_batch, views, device, amp_dtype, channels_last, r
     timed steps served from that queue measure the GPU, not the pipeline. So the model warms up on
     device tensors first, the workers start only then, their first wave is skipped, and whole
     waves are timed from one wave's landing to another's (time_window)."""
-    dataset = data.PretrainImageDataset(paths, *data.simsiam_transform_pair(IMAGE_SIZE, **views))
+    dataset = data.PretrainImageDataset(paths,
+                                        *data.simsiam_transform_pair(IMAGE_SIZE, **bench.views))
     workers, waves = loader_waves()
 
     def batches():
         yield from (warm_batch for _ in range(WARMUP_STEPS))
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=BATCH_SIZE, shuffle=True, drop_last=True,
-            num_workers=NUM_WORKERS, pin_memory=device.type == "cuda",
+            num_workers=NUM_WORKERS, pin_memory=bench.device.type == "cuda",
             collate_fn=data.collate_skipping, persistent_workers=False)
         yield from ((x1, x2) for x1, x2, _ in loader)
 
     for name, precision, memory_format in (("reference", None, False),
-                                           ("reference_amp", amp_dtype, channels_last)):
-        results[name] = timed(name, batches(), fresh_step(device, memory_format, precision),
-                              device, precision, skip=WARMUP_STEPS + workers,
-                              count=waves * workers)
-        write_json(summary)
+                                           ("reference_amp", bench.amp_dtype, bench.channels_last)):
+        bench.record(name, timed(name, batches(), fresh_step(bench.device, memory_format,
+                                                             precision),
+                                 bench.device, precision, skip=WARMUP_STEPS + workers,
+                                 count=waves * workers))
 
 
-def default_rows(paths, workdir, views, device, amp_dtype, channels_last, results, summary):
+def default_rows(paths, workdir, bench):
     """default (as train_simsiam.py runs it), default_serial on CUDA with OVERLAP_DATA (its data
     work on the model's stream), default_data_only; returns the default's batches,
     pairs(side_stream)."""
@@ -286,49 +303,45 @@ def default_rows(paths, workdir, views, device, amp_dtype, channels_last, result
     position = {p: i for i, p in enumerate(kept)}
     index = [position[p] for p in paths]  # the same (possibly repeated) file list as the reference
     order = np.random.default_rng(0).permutation(index)
-    pair = data.batch_augment_pair(IMAGE_SIZE, **views)
+    pair = data.batch_augment_pair(IMAGE_SIZE, **bench.views)
+    device, amp_dtype = bench.device, bench.amp_dtype
 
     def pairs(side_stream):
         return data.augmented_pairs(array, order, BATCH_SIZE, device, pair,
                                     torch.Generator().manual_seed(0), side_stream)
 
-    results["default"] = timed("default", pairs(OVERLAP_DATA),
-                               fresh_step(device, channels_last, amp_dtype), device, amp_dtype)
-    results["default"]["one_time_decode_s"] = decode_s
-    write_json(summary)
+    row = timed("default", pairs(OVERLAP_DATA), fresh_step(device, bench.channels_last, amp_dtype),
+                device, amp_dtype)
+    bench.record("default", dict(row, one_time_decode_s=decode_s))
     if device.type == "cuda" and OVERLAP_DATA:
-        results["default_serial"] = timed("default_serial", pairs(False),
-                                          fresh_step(device, channels_last, amp_dtype), device,
-                                          amp_dtype)
-        write_json(summary)
+        bench.record("default_serial", timed("default_serial", pairs(False),
+                                             fresh_step(device, bench.channels_last, amp_dtype),
+                                             device, amp_dtype))
     _, elapsed = time_window("default_data_only", pairs(False), lambda views: None, WARMUP_STEPS,
                              STEPS, device)
-    results["default_data_only"] = {"ms_per_step": elapsed / STEPS * 1000}
-    print(f"default data work alone: {results['default_data_only']['ms_per_step']:.0f} ms/step")
-    write_json(summary)
+    bench.record("default_data_only", {"ms_per_step": elapsed / STEPS * 1000})
+    print(f"default data work alone: {elapsed / STEPS * 1000:.0f} ms/step")
     return pairs
 
 
-def graphs_rows(fixed, pairs, device, amp_dtype, channels_last, results, summary):
+def graphs_rows(fixed, pairs, bench):
     """ceiling_graphs and default_graphs: one model compiled into CUDA graphs, its compilation in
     the warm-up steps (warmup_s)."""
-    if device.type != "cuda":
+    if bench.device.type != "cuda":
         print("note: GRAPHS needs a CUDA GPU; ceiling_graphs and default_graphs not measured")
         return
-    step = fresh_step(device, channels_last, amp_dtype, graphs=True)
-    results["ceiling_graphs"] = timed("ceiling_graphs", iter(lambda: fixed, None), step, device,
-                                      amp_dtype)
-    write_json(summary)
-    results["default_graphs"] = timed("default_graphs", pairs(OVERLAP_DATA), step, device,
-                                      amp_dtype)
-    write_json(summary)
+    step = fresh_step(bench.device, bench.channels_last, bench.amp_dtype, graphs=True)
+    for name, batches in (("ceiling_graphs", iter(lambda: fixed, None)),
+                          ("default_graphs", pairs(OVERLAP_DATA))):
+        bench.record(name, timed(name, batches, step, bench.device, bench.amp_dtype))
 
 
-def variant_rows(fixed, pairs, device, amp_dtype, channels_last, results, summary):
+def variant_rows(fixed, pairs, bench):
     """ceiling and default in the other memory format, then with torch.compile in theirs: one
     fresh model each, so each row is the step train_simsiam.py would take with that setting. A
     machine where torch.compile cannot build (no C++ compiler for the CPU) gets a note, not a
     traceback, and keeps the rows measured."""
+    device, amp_dtype, channels_last = bench.device, bench.amp_dtype, bench.channels_last
     other = "nchw" if channels_last else "channels_last"
     for suffix, memory_format, compiled in ((other, not channels_last, False),
                                             ("compile", channels_last, True)):
@@ -336,15 +349,14 @@ def variant_rows(fixed, pairs, device, amp_dtype, channels_last, results, summar
                               ("default", lambda: pairs(True))):
             step = fresh_step(device, memory_format, amp_dtype, compiled=compiled)
             try:
-                results[f"{name}_{suffix}"] = timed(f"{name}_{suffix}", batches(), step, device,
-                                                    amp_dtype)
+                row = timed(f"{name}_{suffix}", batches(), step, device, amp_dtype)
             except Exception as error:  # torch.compile's many error types, raised at first call
                 if not compiled:
                     raise
                 print(f"note: torch.compile failed here ({type(error).__name__}: "
                       f"{str(error).splitlines()[0][:200]}); {name}_{suffix} not measured")
                 continue
-            write_json(summary)
+            bench.record(f"{name}_{suffix}", row)
 
 
 def print_table(results, summary, decoded):
@@ -399,26 +411,24 @@ def main():
           f"pairs, {STEPS} timed steps after {WARMUP_STEPS} warm-up; "
           f"precision {precision_name(amp_dtype)} ({precision_reason}; reference: "
           f"{precision_label(device, None)}){'; ' + tuned if tuned else ''}")
-    results = {}
     summary = {"config": config, "device": describe_device(device), "versions": library_versions(),
                "precision": precision_name(amp_dtype), "precision_reason": precision_reason,
-               "results": results}
+               "results": {}}
+    bench = Bench(device, amp_dtype, channels_last, views, summary)
 
     # ---- ceiling: the model step on tensors already on the device ----
     fixed = [torch.randn(BATCH_SIZE, 3, IMAGE_SIZE, IMAGE_SIZE, device=device) for _ in range(2)]
-    results["ceiling"] = timed("ceiling", iter(lambda: fixed, None),
-                               fresh_step(device, channels_last, amp_dtype), device, amp_dtype)
-    write_json(summary)
+    bench.record("ceiling", timed("ceiling", iter(lambda: fixed, None),
+                                  fresh_step(device, channels_last, amp_dtype), device, amp_dtype))
     # ---- the write-up's pipeline, the default, and the default with CUDA graphs ----
     if ROWS == "all":
-        reference_rows(paths, fixed, views, device, amp_dtype, channels_last, results, summary)
-    pairs = default_rows(paths, workdir, views, device, amp_dtype, channels_last, results,
-                         summary)
+        reference_rows(paths, fixed, bench)
+    pairs = default_rows(paths, workdir, bench)
     if GRAPHS:
-        graphs_rows(fixed, pairs, device, amp_dtype, channels_last, results, summary)
+        graphs_rows(fixed, pairs, bench)
     if VARIANTS:
-        variant_rows(fixed, pairs, device, amp_dtype, channels_last, results, summary)
-    print_table(results, summary, len(set(paths)))
+        variant_rows(fixed, pairs, bench)
+    print_table(summary["results"], summary, len(set(paths)))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import re
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
 import pandas as pd
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -257,7 +258,8 @@ def main():
     pretrained_config = pretrain_metrics["config"]
     checkpoint = os.path.join(out, f"simsiam_{pretrained_config['ARCH']}_epoch_"
                                    f"{pretrain_metrics['epochs'][-1]}.pth")
-    write_report(out, config, pretrain_metrics, {}, times, commands, final=False)
+    report = Report(out, config, pretrain_metrics, times, commands)
+    write_report(report, {}, final=False)
 
     # ---- evaluations: pre-trained, random initialisation of the same network and input size,
     # and image statistics; at each label fraction ----
@@ -278,8 +280,7 @@ def main():
         # the script's own timing: the same on a rerun that skips it
         times[name] = results[name]["wall_time_s"]
         # the table so far: a step that fails or is stopped later keeps these rows
-        table = write_report(out, config, pretrain_metrics, results, times, commands,
-                             final=name == steps[-1][0])
+        table = write_report(report, results, final=name == steps[-1][0])
     print(table)
     print(f"\nwrote {out}/quality.json and {out}/quality.md")
 
@@ -345,9 +346,19 @@ def fraction_table(rows, split):
     return lines
 
 
-def write_report(out, config, pretrain_metrics, results, times, commands, final):
-    """Write out/quality.json and out/quality.md from the steps finished so far; return the
-    table."""
+class Report(NamedTuple):
+    """What every version of the report is written from, besides the evaluations done so far."""
+    out: str  # OUTPUT_DIR: quality.json and quality.md go here
+    config: dict  # this script's settings
+    pretrain_metrics: dict  # train_simsiam.py's pretrain_metrics.pth
+    times: dict  # wall seconds per step
+    commands: dict  # the command of each step
+
+
+def write_report(report, results, final):
+    """Write out/quality.json and out/quality.md from the steps finished so far (`results`: their
+    metrics by step name); return the table."""
+    out, config, pretrain_metrics, times, commands = report
     pretrained_config = pretrain_metrics["config"]
     size = pretrained_config["IMAGE_SIZE"]
     network = pretrained_config["ARCH"] + stem_label(pretrained_config["SMALL_STEM"],

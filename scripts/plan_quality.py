@@ -226,9 +226,11 @@ def timing_args(state, stride, batch, graphs):
                   f"--output_json={work_file(name)}", *shlex.split(TIMING_ARGS)]
 
 
-def fit(stride, batch, graphs, step_s, compile_s, eager_step_s, share, train_images):
-    """A candidate plan: the epochs at this stride, batch and step time that fit `share` seconds
-    of pre-training (start-up, kNN monitor and compilation taken off first)."""
+def fit(timed, share, train_images):
+    """A candidate plan: the epochs at a timing's stride, batch and step time that fit `share`
+    seconds of pre-training (start-up, kNN monitor and compilation taken off first). `timed`:
+    (stride, batch, graphs, step seconds, compilation seconds, the eager step's seconds)."""
+    stride, batch, graphs, step_s, compile_s, eager_step_s = timed
     per_epoch = train_images // batch
     epoch_s = per_epoch * step_s * STEP_MARGIN + EPOCH_OVERHEAD_S
     usable = share - PRETRAIN_START_S - KNN_MONITORS * KNN_MONITOR_S - compile_s
@@ -256,11 +258,11 @@ def candidates(state, share):
             continue
         eager = rows["default"]["ms_per_step"] / 1000
         common = (timing["stride"], timing["batch"])
-        found.append(fit(*common, False, eager, 0.0, eager, share, state["images"]["train"]))
+        found.append(fit((*common, False, eager, 0.0, eager), share, state["images"]["train"]))
         if GRAPHS_OK and "default_graphs" in rows and "ceiling_graphs" in rows:
             # the compilation happens in the graph ceiling's warm-up
-            found.append(fit(*common, True, rows["default_graphs"]["ms_per_step"] / 1000,
-                             rows["ceiling_graphs"]["warmup_s"], eager, share,
+            found.append(fit((*common, True, rows["default_graphs"]["ms_per_step"] / 1000,
+                              rows["ceiling_graphs"]["warmup_s"], eager), share,
                              state["images"]["train"]))
     return found
 
@@ -303,7 +305,7 @@ def next_timing(state):
         # where even that fits MIN_STEPS
         for batch in sorted(batches(), reverse=True):
             step_s = best["step_ms"] / 1000 * batch / best["batch"]
-            guess = fit(1, batch, best["graphs"], step_s, best["compile_s"], step_s, share,
+            guess = fit((1, batch, best["graphs"], step_s, best["compile_s"], step_s), share,
                         state["images"]["train"])
             if (batch > best["batch"] and batch <= state["images"]["train"]
                     and guess["steps"] >= MIN_STEPS and (1, batch) not in timed):
@@ -371,7 +373,7 @@ def plan_step():
     chosen, why = choose(found)
     if chosen is None:
         # a guess at a slow step, so that the run still ends inside the command
-        chosen = fit(1, batches()[0], False, UNTIMED_STEP_S, 0.0, UNTIMED_STEP_S, share,
+        chosen = fit((1, batches()[0], False, UNTIMED_STEP_S, 0.0, UNTIMED_STEP_S), share,
                      state["images"]["train"])
         why += f": UNTIMED_STEP_S = {UNTIMED_STEP_S} s assumed"
     limit = max(1, COMMAND_S - SECONDS_USED - SAVE_S)  # (timeout 0 would mean no limit)
