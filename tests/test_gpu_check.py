@@ -237,7 +237,7 @@ def test_gpu_check_rehearsal_on_the_cpu(tmp_path):
         tmp_path, GPU_CHECK_EUROSAT=str(tmp_path / "EuroSAT"),
         # 20 minutes: room for a CPU that others share
         GPU_CHECK_PLAN_ARGS="--batches=4 --max_epochs=1 --min_steps=1000000 --timed_steps=1 "
-                            "--command_s=1200",
+                            "--command_s=1200 --label_fractions=1",
         # the standard stem: stride 1 times, stride 2 (small stem only) fails at its settings
         GPU_CHECK_TIMING_ARGS="--image_size=16 --num_images=8 --warmup_steps=1 --small_stem=False",
         GPU_CHECK_PRETRAIN_ARGS="--image_size=16 --proj_dim=16 --pred_dim=8",
