@@ -32,6 +32,7 @@ fraction of a second.
 """
 import ast
 import contextlib
+import errno
 import math
 import os
 import platform
@@ -443,6 +444,8 @@ def describe_device(device):
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>\d+)(?:\.(?P<host>[A-Za-z0-9_-]+))?$")
 # open lock files: kept for the life of the process, released by the kernel when it ends
 _held_locks = []
+# what a write fails with for want of room: a full disk, a file-size limit (ulimit -f), a quota
+_NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
 def _host():
@@ -481,12 +484,35 @@ def remove_stale_temp_files(folder):
     return removed
 
 
+def _lack_of_space(error):
+    """The OSError of a full disk, a file-size limit (ulimit -f) or a quota that `error` is, or
+    was raised while handling; None if there is none."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno in _NO_SPACE:
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def write_error(path, error):
+    """The WriteError that names `path` for an OSError, or for any error raised because of a lack
+    of space; None for every other error. Writers do not always raise the OSError themselves:
+    torch.save's zip writer meets it, then raises a RuntimeError of its own ("unexpected pos")."""
+    cause = error if isinstance(error, OSError) else _lack_of_space(error)
+    if cause is None or isinstance(error, UserError):
+        return None
+    return WriteError(f"cannot write {path} (disk full or not writable?): "
+                      f"{cause.strerror or cause}")
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode="wb", durable=True):
     """Open a temporary file beside `path`; when the block ends, flush it (to disk when `durable`)
     and rename it over `path`, so readers see the old file or the new one, never half of one. On
-    any failure the temporary file is removed; an OSError becomes a WriteError that names the
-    file."""
+    any failure the temporary file is removed; an OSError, or whatever a writer raised because of
+    a full disk or a file-size limit, becomes a WriteError that names the file."""
     path = str(path)
     tmp = temp_path_for(path)
     text = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}
@@ -501,9 +527,9 @@ def atomic_write(path, mode="wb", durable=True):
     except BaseException as error:
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        if isinstance(error, OSError) and not isinstance(error, UserError):
-            raise WriteError(f"cannot write {path} (disk full or not writable?): "
-                             f"{error.strerror or error}") from None
+        named = write_error(path, error)
+        if named is not None:
+            raise named from None
         raise
 
 

@@ -19,6 +19,7 @@ Problems with the user's files are raised as runtime.DataError, whose message na
 the fix.
 """
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -41,7 +42,8 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from runtime import (DataError, NotRegularFile, atomic_write, die_with_parent, open_regular,
-                     remove_stale_temp_files, report_skipped, temp_path_for, walk_data)
+                     remove_stale_temp_files, report_skipped, temp_path_for, walk_data,
+                     write_error)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -382,8 +384,7 @@ def _build(paths, stem, size, workers, desc, log):
     tmp = temp_path_for(stem + ".npy")
     pool = None
     try:
-        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                  shape=(len(paths), size, size, 3)).flush()
+        _reserve_cache(tmp, (len(paths), size, size, 3), stem + ".npy")
         chunk = 256
         tasks = [(tmp, start, paths[start:start + chunk], size)
                  for start in range(0, len(paths), chunk)]
@@ -414,6 +415,21 @@ def _build(paths, stem, size, workers, desc, log):
     with atomic_write(stem + ".json", "w") as f:
         json.dump({"kept": kept, "bad": [message for _, message in sorted(bad)],
                    "bad_rows": bad_rows, "size": size}, f)
+
+
+def _reserve_cache(tmp, shape, path):
+    """Create the cache's .npy at `tmp` with all of its disk blocks: the workers write into a memory
+    map of it, where a full disk would be a crash (SIGBUS), not an error. A full disk or a
+    file-size limit met here is a WriteError that names `path`."""
+    try:
+        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape).flush()
+        if hasattr(os, "posix_fallocate"):  # not on macOS
+            with open(tmp, "r+b") as f:
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+    except OSError as error:
+        if error.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system that cannot reserve
+            return
+        raise write_error(path, error) from None
 
 
 def batch_rows(order, batch_size, drop_last=True):
