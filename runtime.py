@@ -16,15 +16,17 @@
   its process).
 - `pick_device()`, `amp_dtype_for(device)`, `autocast_for(device)`: the one device/precision block.
 - `atomic_write(path)` / `atomic_save(obj, path)`: write a hidden temporary file, then rename, so a
-  kill never leaves a half file; `load_checkpoint(path)`: torch.load with weights_only=True and
-  errors that name the file.
+  kill never leaves a half file; a full disk or a file-size limit is a WriteError naming the file,
+  whatever the writer raised (`write_error`); `load_checkpoint(path)`: torch.load with
+  weights_only=True and errors that name the file.
 - `epoch_generator(seed, epoch)` and `warmup_cosine(...)`: the one per-epoch seeding and the one lr
   schedule.
 - `walk_data(root, wanted, skipped)` and `open_regular(path)`: how data folders are listed and data
   files opened: symlinked folders followed (loops named), FIFOs, sockets and devices never opened,
   names that are not UTF-8 left out by name.
 - `device_memory(device)` and `check_fits(needs, device)`: a size that cannot fit is refused at
-  start-up, naming the settings.
+  start-up, naming the settings; `free_memory()`: what this process may still take (the machine's
+  available memory, ulimit -v, its cgroup's limit).
 
 Importing this module runs nothing and loads no heavy library: torch is imported inside the
 functions that use it, so that data-preparation scripts (and their worker processes) start in a
@@ -407,6 +409,43 @@ def device_memory(device):
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[1]
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+# where the memory limit of this process's cgroup is, what the cgroup uses, and the entry of its
+# memory.stat that counts the page cache (reclaimable), for cgroup v2 and v1
+_CGROUPS = (("/sys/fs/cgroup", "memory.max", "memory.current", "file"),
+            ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes",
+             "total_cache"))
+
+
+def _numbers(path, separator=None):
+    """{name: int} of a /proc or /sys file of "name value" lines, or {"": int} of a file that holds
+    one number; {} where it cannot be read."""
+    try:
+        with open(path) as f:
+            lines = [line.split(separator, 1) for line in f if line.strip()]
+    except OSError:
+        return {}
+    pairs = [(["", *line] if len(line) == 1 else line) for line in lines]
+    return {name.strip(): int(value.split()[0]) for name, value in pairs
+            if value.split() and value.split()[0].isdigit()}
+
+
+def free_memory():
+    """The memory this process may still take, in bytes: the least of what the machine has
+    available (MemAvailable), what its address-space limit (ulimit -v) leaves, and what the limit
+    of its cgroup (a container's or a job's memory) leaves; math.inf where none can be read."""
+    import resource
+    room = [1024 * _numbers("/proc/meminfo", ":").get("MemAvailable", math.inf)]
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit != resource.RLIM_INFINITY:
+        room.append(limit - 1024 * _numbers("/proc/self/status", ":").get("VmSize", 0))
+    for folder, limit_file, usage_file, cache in _CGROUPS:
+        limit = _numbers(os.path.join(folder, limit_file)).get("")  # "max" where there is none
+        usage = _numbers(os.path.join(folder, usage_file)).get("")
+        if limit is not None and usage is not None and limit < 2**60:
+            room.append(limit - usage + _numbers(os.path.join(folder, "memory.stat")).get(cache, 0))
+    return max(0, min(room))
 
 
 def check_fits(needs, device):

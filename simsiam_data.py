@@ -9,7 +9,8 @@ Two pre-training pipelines give the same augmentation distribution:
   parameters.
 
 Images: `list_images` and `open_rgb` read a folder as what it holds (16-bit and float rasters as
-reflectance; FIFOs, names that are not UTF-8 and bands that would be dropped refused by name).
+reflectance, in a few times their size in memory; FIFOs, names that are not UTF-8, bands that would
+be dropped and images too large for the memory left refused by name).
 
 EuroSAT: `read_eurosat_split` reads train.csv / validation.csv / test.csv through label_map.json
 and checks them, `read_eurosat_splits` also that no image is in two of them; `load_eurosat_cached`
@@ -42,8 +43,8 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from runtime import (DataError, NotRegularFile, atomic_write, die_with_parent, open_regular,
-                     remove_stale_temp_files, report_skipped, temp_path_for, walk_data,
-                     write_error)
+                     free_memory, remove_stale_temp_files, report_skipped, temp_path_for,
+                     walk_data, write_error)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -63,6 +64,13 @@ REFLECTANCE_DN = 10000  # the digital number of reflectance 1.0 (Sentinel-2 L1C 
 MAX_REFLECTANCE = 0.3  # reflectance shown as 255 (make_dataset.py's default)
 MAX_FLOAT_REFLECTANCE = 6.5535  # a float image above this is no reflectance (65535 / 10000)
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # PIL's modes of grey images wider than 8 bits
+# Reading an image takes at most this many bytes per pixel at its peak (8-bit: PIL's decoded copy
+# and the RGB one; wide: the decoded values, the RGB array and PIL's copy of it); an image that
+# needs more than the memory the process may take is refused from its header. Checked from
+# MEMORY_CHECK_FROM bytes on; wide images are converted CONVERT_PIXELS at a time.
+READ_BYTES_PER_PIXEL = {"8-bit": 10, "wide": 20}
+MEMORY_CHECK_FROM = 2**28
+CONVERT_PIXELS = 2**18
 SPLITS = ("train", "validation", "test")  # the EuroSAT split files, <split>.csv
 
 
@@ -95,7 +103,9 @@ def open_rgb(path):
       shown as make_dataset.py shows it (see REFLECTANCE_DN); NaN and inf are no-data, black.
     Refused with UnsupportedImage, which the pipelines count with the unreadable images: a band
     count PIL would cut silently (a 4-band multispectral TIFF), an image with no finite pixel,
-    floats above MAX_FLOAT_REFLECTANCE; with runtime.NotRegularFile: a FIFO, socket or device.
+    floats above MAX_FLOAT_REFLECTANCE, an image too large for the memory this process may still
+    take (from its header, before it is decoded); with runtime.NotRegularFile: a FIFO, socket or
+    device.
     """
     with open_regular(path) as f, Image.open(f) as image:
         # a TIFF says how many bands it stores; PIL keeps only those its mode has
@@ -105,11 +115,28 @@ def open_rgb(path):
                 f"{stored} bands, of which PIL would keep {len(image.getbands())} ({image.mode}) "
                 "and drop the rest: only grey, RGB and their alpha versions are read. Save the "
                 "red, green and blue bands in a file of their own.")
-        if image.mode not in WIDE_MODES and ";16" not in _raw_mode(image):
+        wide = image.mode in WIDE_MODES or ";16" in _raw_mode(image)
+        _check_memory(image, READ_BYTES_PER_PIXEL["wide" if wide else "8-bit"])
+        if not wide:
             image.load()
             return image.convert("RGB")
         values = _wide_values(image, f)
     return _true_colour(values, is_float=image.mode == "F")
+
+
+def _check_memory(image, bytes_per_pixel):
+    """Refuse an image whose reading needs more than the memory this process may still take
+    (runtime.free_memory), from its header alone: a Sentinel-2 scene on a small machine is then
+    one unreadable image, named, not a MemoryError traceback or the kernel's out-of-memory kill."""
+    need = image.width * image.height * bytes_per_pixel
+    if need < MEMORY_CHECK_FROM:  # the usual image: not worth reading /proc for
+        return
+    free = free_memory()
+    if need > free:
+        raise UnsupportedImage(
+            f"{image.width} x {image.height} px ({image.mode}) needs about {need / 2**30:.1f} GiB "
+            f"to read, and this process may take {free / 2**30:.1f} GiB more: cut it into tiles "
+            "(or downsample it) first, or free memory.")
 
 
 def _raw_mode(image):
@@ -120,19 +147,25 @@ def _raw_mode(image):
 
 def _wide_values(image, f):
     """The pixels of a grey image wider than 8 bits, or of 16-bit RGB at full precision, as an
-    (H, W) or (H, W, bands) array. PIL reads 16-bit RGB as its high bytes only, so it is decoded a
-    second time with the byte order swapped, which gives the low bytes."""
+    (H, W) or (H, W, bands) array of their own type (16-bit RGB as uint16). PIL reads 16-bit RGB
+    as its high bytes only, so it is decoded a second time with the byte order swapped, which gives
+    the low bytes. Each decoded copy is let go as soon as its values are taken."""
     image.load()
     high = np.asarray(image)
     if image.mode in WIDE_MODES:
         return high
+    Image.Image.close(image)  # its pixels are in `high`; ImageFile.close would close `f` too
     f.seek(0)
     swap = {"B": "L", "L": "B", "N": "B" if sys.byteorder == "little" else "L"}
     with Image.open(f) as again:
         again.tile = [_swapped(tile, swap) for tile in again.tile]
         again.load()
         low = np.asarray(again)
-    return high.astype(np.uint32) * 256 + low
+    values = high.astype(np.uint16)
+    del high
+    values <<= 8
+    values |= low
+    return values
 
 
 def _swapped(tile, swap):
@@ -147,22 +180,52 @@ def _swapped(tile, swap):
 
 def _true_colour(values, is_float):
     """Wide pixel values -> 8-bit RGB: reflectance 0..MAX_REFLECTANCE -> 0..255, rounded as
-    make_dataset.py rounds; no-data (NaN, inf) black; alpha dropped, grey copied to 3 bands."""
-    values = np.asarray(values, dtype=np.float64)
-    values = (np.repeat(values[..., None], 3, axis=2) if values.ndim == 2
-              else values[..., :1].repeat(3, axis=2) if values.shape[2] == 2
-              else values[..., :3])
-    finite = np.isfinite(values).all(axis=2)
-    if not finite.any():
+    make_dataset.py rounds; no-data (NaN, inf) black; alpha dropped, grey copied to 3 bands.
+    Converted CONVERT_PIXELS at a time, so that the float64 arithmetic needs a few megabytes
+    whatever the size of the image."""
+    bands = (values if values.ndim == 2 else values[..., 0] if values.shape[2] == 2
+             else values[..., :3])
+    if is_float:
+        _check_reflectance(bands)
+    elif bands.size == 0:
+        raise UnsupportedImage("no data: the image has no pixel")
+    rgb = np.empty(bands.shape[:2] + (3,), np.uint8)
+    rows = max(1, CONVERT_PIXELS // max(1, bands.shape[1]))
+    for start in range(0, len(bands), rows):
+        part = _to_8_bits(bands[start:start + rows], is_float)
+        rgb[start:start + rows] = part if part.ndim == 3 else part[..., None]
+    return Image.fromarray(rgb)
+
+
+def _check_reflectance(values):
+    """Refuse float pixels with no finite value, or above MAX_FLOAT_REFLECTANCE (no
+    reflectance)."""
+    top = -math.inf
+    for part in np.array_split(values, max(1, values.size // CONVERT_PIXELS)):
+        finite = part[np.isfinite(part)]
+        top = max(top, float(finite.max())) if finite.size else top
+    if top == -math.inf:
         raise UnsupportedImage("no data: every pixel is NaN or inf")
-    reflectance = values if is_float else values / REFLECTANCE_DN
-    top = reflectance[finite].max()
-    if is_float and top > MAX_FLOAT_REFLECTANCE:
+    if top > MAX_FLOAT_REFLECTANCE:
         raise UnsupportedImage(f"values up to {top:g}, which are not reflectance (0 to about 1): "
                                "float images are read as reflectance. Save digital numbers as "
                                "16-bit integers.")
-    scaled = np.where(finite[..., None], reflectance, 0.0) * 255.0 / MAX_REFLECTANCE
-    return Image.fromarray(np.floor(np.clip(scaled, 0.0, 255.0) + 0.5).astype(np.uint8))
+
+
+def _to_8_bits(values, is_float):
+    """Some rows of wide values -> uint8, in float64 as make_dataset.py computes: reflectance
+    (DN / REFLECTANCE_DN, or the floats themselves) x 255 / MAX_REFLECTANCE, clipped to 0..255,
+    rounded half up; a pixel with a band that is NaN or inf is 0. In place, on one float64 copy."""
+    x = values.astype(np.float64)
+    if not is_float:
+        x /= REFLECTANCE_DN
+    finite = np.isfinite(x) if x.ndim == 2 else np.isfinite(x).all(axis=2)
+    x[~finite] = 0.0
+    x *= 255.0
+    x /= MAX_REFLECTANCE
+    np.clip(x, 0.0, 255.0, out=x)
+    x += 0.5
+    return np.floor(x, out=x).astype(np.uint8)
 
 
 def gaussian_kernel_size(image_size):
