@@ -1042,10 +1042,51 @@ def read_eurosat_splits(eurosat_dir, splits=SPLITS):
     return files
 
 
+def check_classes(labels_by_split, class_names, source, log=print):
+    """Stop when a class has images in an evaluated split but none among the training labels: a
+    classifier trained on them can never predict it, and the evaluation would score all of its
+    images wrong without a word (SeaLake left out of train.csv: test accuracy capped at 90 %).
+    Warn, naming it, when a class of the training labels has no image in an evaluated split.
+
+    labels_by_split: {split: integer labels}, the training labels under "train" (all of
+    train.csv, or the labelled subset of a label fraction), every other split one that is scored
+    (the message names it as <split>.csv); class_names: the names of the labels, in label order;
+    source: where the training labels come from, as a message names them (e.g. the path of
+    train.csv)."""
+    counts = {split: np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(class_names))
+              for split, labels in labels_by_split.items()}
+    trained = counts["train"] > 0
+    scored = {split: count for split, count in counts.items() if split != "train"}
+    unseen = [k for k in range(len(class_names)) if not trained[k]
+              and any(count[k] for count in scored.values())]
+    if unseen:
+        it, its = ("it", "its") if len(unseen) == 1 else ("them", "their")
+        where = "; ".join(f"{class_names[k]!r} (" + ", ".join(
+            f"{split}.csv {count[k]}" for split, count in scored.items() if count[k]) + ")"
+            for k in unseen)
+        files = " and ".join(f"{split}.csv" for split, count in scored.items()
+                             if any(count[k] for k in unseen))
+        raise DataError(
+            f"{'class' if it == 'it' else 'classes'} {where} {'has' if it == 'it' else 'have'} "
+            f"images to score but none among the training labels ({source}): a classifier "
+            f"trained on these can never predict {it}, so each of {its} images would be scored "
+            f"wrong. Give the training labels images of {it}, or take {its} rows out of {files} "
+            "(`python make_dataset.py --mode=eurosat_splits` writes all three split files "
+            "afresh, stratified per class, when they are deleted).")
+    for split, count in scored.items():
+        missing = [class_names[k] for k in range(len(class_names)) if trained[k] and not count[k]]
+        if missing:
+            log(f"warning: {split}.csv has no image of {', '.join(missing)}: the {split} accuracy "
+                f"says nothing about {'that class' if len(missing) == 1 else 'those classes'}.")
+
+
 def load_eurosat_splits(eurosat_dir, cache_dir, device, splits=SPLITS):
     """({split: EuroSATSplit}, {split: labels as a tensor on device}) of the three splits, checked
-    by read_eurosat_splits before any image is decoded."""
+    by read_eurosat_splits and check_classes before any image is decoded."""
     files = read_eurosat_splits(eurosat_dir, splits)
+    if "train" in files:
+        check_classes({split: found.labels for split, found in files.items()},
+                      files["train"].class_names, os.path.join(eurosat_dir, "train.csv"))
     loaded = {split: _decoded(files[split], split, cache_dir) for split in splits}
     return loaded, {split: torch.tensor(loaded[split].labels, device=device) for split in splits}
 

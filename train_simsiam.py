@@ -358,12 +358,16 @@ def epoch_batches(epoch, images, paths, steps, rank, world_size, device, augment
 
 def knn_splits():
     """{split: SplitFiles} of KNN_DATA_DIR's train.csv (the bank) and validation.csv (the
-    queries), read and checked at start-up: a broken kNN folder stops the run before any image
-    is decoded."""
-    return {split: data.read_eurosat_split(KNN_DATA_DIR,
-                                           os.path.join(KNN_DATA_DIR, f"{split}.csv"),
-                                           os.path.join(KNN_DATA_DIR, "label_map.json"))
-            for split in ("train", "validation")}
+    queries), read and checked at start-up (a class of validation with no image in the bank
+    included): a broken kNN folder stops the run before any image is decoded."""
+    splits = {split: data.read_eurosat_split(KNN_DATA_DIR,
+                                             os.path.join(KNN_DATA_DIR, f"{split}.csv"),
+                                             os.path.join(KNN_DATA_DIR, "label_map.json"))
+              for split in ("train", "validation")}
+    data.check_classes({split: files.labels for split, files in splits.items()},
+                       splits["train"].class_names, os.path.join(KNN_DATA_DIR, "train.csv"),
+                       log=print if process_layout()[0] == 0 else (lambda *args: None))
+    return splits
 
 
 def decode_knn(splits, main_process, log):
