@@ -198,9 +198,9 @@ def join_process_group(rank, world_size, backend):
                               timeout=datetime.timedelta(seconds=PEER_TIMEOUT),
                               wait_for_workers=False)
     except RuntimeError as error:  # torch's DistNetworkError and DistStoreError
-        fail(f"rank {rank}: cannot reach the store of torchrun at {address} "
+        fail(f"rank {rank}: cannot open the store of the process group at {address} "
              f"({str(error).splitlines()[0][:200]}) within PEER_TIMEOUT = {PEER_TIMEOUT} s. Check "
-             "that the agent of node 0 runs and that MASTER_ADDR / --master_addr names it.")
+             "that torchrun's --master_addr / --master_port name node 0, and that it runs.")
     start = agree_on_start(store, rank, world_size, f"at {address}")
     dist.init_process_group(backend, store=dist.PrefixStore(f"simsiam/{start}/", store),
                             rank=rank, world_size=world_size)
