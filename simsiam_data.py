@@ -65,9 +65,10 @@ MAX_REFLECTANCE = 0.3  # reflectance shown as 255 (make_dataset.py's default)
 MAX_FLOAT_REFLECTANCE = 6.5535  # a float image above this is no reflectance (65535 / 10000)
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # PIL's modes of grey images wider than 8 bits
 # Reading an image takes at most this many bytes per pixel at its peak (8-bit: PIL's decoded copy
-# and the RGB one; wide: the decoded values, the RGB array and PIL's copy of it); an image that
-# needs more than the memory the process may take is refused from its header. Checked from
-# MEMORY_CHECK_FROM bytes on; wide images are converted CONVERT_PIXELS at a time.
+# and the RGB one, 8 measured; wide: the decoded values, the RGB array and PIL's copy of it, 11
+# for 16-bit grey, 15 for floats, 16-19 for 16-bit RGB); an image that needs more than the memory
+# the process may take is refused from its header. Checked from MEMORY_CHECK_FROM bytes on; wide
+# images are converted CONVERT_PIXELS at a time.
 READ_BYTES_PER_PIXEL = {"8-bit": 10, "wide": 20}
 MEMORY_CHECK_FROM = 2**28
 CONVERT_PIXELS = 2**18
