@@ -174,6 +174,8 @@ def main():
         return
     try:
         image, mode = read_image(target)
+    except data.UnsupportedImage as error:  # its message says what is wrong and what to do
+        fail(f"cannot read image {target}: {error}")
     except data.IMAGE_READ_ERRORS as error:
         fail(f"cannot read image {target} ({type(error).__name__}: {error}). "
              "Is it an image file PIL can open?")

@@ -17,15 +17,17 @@
 - `pick_device()`, `amp_dtype_for(device)`, `autocast_for(device)`: the one device/precision block;
   `speed_up_cuda(device, tf32)` the one switch of CUDA's math settings (each script calls it).
 - `atomic_write(path)` / `atomic_save(obj, path)`: write a hidden temporary file, then rename, so a
-  kill never leaves a half file; `load_checkpoint(path)`: torch.load with weights_only=True and
-  errors that name the file.
+  kill never leaves a half file; a full disk or a file-size limit is a WriteError naming the file,
+  whatever the writer raised (`write_error`); `load_checkpoint(path)`: torch.load with
+  weights_only=True and errors that name the file.
 - `epoch_generator(seed, epoch)` and `warmup_cosine(...)`: the one per-epoch seeding and the one lr
   schedule.
 - `walk_data(root, wanted, skipped)` and `open_regular(path)`: how data folders are listed and data
   files opened: symlinked folders followed (loops named), FIFOs, sockets and devices never opened,
   names that are not UTF-8 left out by name.
 - `device_memory(device)` and `check_fits(needs, device)`: a size that cannot fit is refused at
-  start-up, naming the settings.
+  start-up, naming the settings; `free_memory()`: what this process may still take (the machine's
+  available memory, ulimit -v, its cgroup's limit).
 
 Importing this module runs nothing and loads no heavy library: torch is imported inside the
 functions that use it, so that data-preparation scripts (and their worker processes) start in a
@@ -33,6 +35,7 @@ fraction of a second.
 """
 import ast
 import contextlib
+import errno
 import math
 import os
 import platform
@@ -427,6 +430,43 @@ def device_memory(device):
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+# where the memory limit of this process's cgroup is, what the cgroup uses, and the entry of its
+# memory.stat that counts the page cache (reclaimable), for cgroup v2 and v1
+_CGROUPS = (("/sys/fs/cgroup", "memory.max", "memory.current", "file"),
+            ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes",
+             "total_cache"))
+
+
+def _numbers(path, separator=None):
+    """{name: int} of a /proc or /sys file of "name value" lines, or {"": int} of a file that holds
+    one number; {} where it cannot be read."""
+    try:
+        with open(path) as f:
+            lines = [line.split(separator, 1) for line in f if line.strip()]
+    except OSError:
+        return {}
+    pairs = [(["", *line] if len(line) == 1 else line) for line in lines]
+    return {name.strip(): int(value.split()[0]) for name, value in pairs
+            if value.split() and value.split()[0].isdigit()}
+
+
+def free_memory():
+    """The memory this process may still take, in bytes: the least of what the machine has
+    available (MemAvailable), what its address-space limit (ulimit -v) leaves, and what the limit
+    of its cgroup (a container's or a job's memory) leaves; math.inf where none can be read."""
+    import resource
+    room = [1024 * _numbers("/proc/meminfo", ":").get("MemAvailable", math.inf)]
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit != resource.RLIM_INFINITY:
+        room.append(limit - 1024 * _numbers("/proc/self/status", ":").get("VmSize", 0))
+    for folder, limit_file, usage_file, cache in _CGROUPS:
+        limit = _numbers(os.path.join(folder, limit_file)).get("")  # "max" where there is none
+        usage = _numbers(os.path.join(folder, usage_file)).get("")
+        if limit is not None and usage is not None and limit < 2**60:
+            room.append(limit - usage + _numbers(os.path.join(folder, "memory.stat")).get(cache, 0))
+    return max(0, min(room))
+
+
 def check_fits(needs, device):
     """Stop at start-up (exit status 2) when what one step needs at the least exceeds the memory of
     `device`: a size typo such as --proj_dim=204800 would otherwise end in an allocation traceback
@@ -462,6 +502,8 @@ def describe_device(device):
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>\d+)(?:\.(?P<host>[A-Za-z0-9_-]+))?$")
 # open lock files: kept for the life of the process, released by the kernel when it ends
 _held_locks = []
+# what a write fails with for want of room: a full disk, a file-size limit (ulimit -f), a quota
+_NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
 def _host():
@@ -500,12 +542,35 @@ def remove_stale_temp_files(folder):
     return removed
 
 
+def _lack_of_space(error):
+    """The OSError of a full disk, a file-size limit (ulimit -f) or a quota that `error` is, or
+    was raised while handling; None if there is none."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno in _NO_SPACE:
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def write_error(path, error):
+    """The WriteError that names `path` for an OSError, or for any error raised because of a lack
+    of space; None for every other error. Writers do not always raise the OSError themselves:
+    torch.save's zip writer meets it, then raises a RuntimeError of its own ("unexpected pos")."""
+    cause = error if isinstance(error, OSError) else _lack_of_space(error)
+    if cause is None or isinstance(error, UserError):
+        return None
+    return WriteError(f"cannot write {path} (disk full or not writable?): "
+                      f"{cause.strerror or cause}")
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode="wb", durable=True):
     """Open a temporary file beside `path`; when the block ends, flush it (to disk when `durable`)
     and rename it over `path`, so readers see the old file or the new one, never half of one. On
-    any failure the temporary file is removed; an OSError becomes a WriteError that names the
-    file."""
+    any failure the temporary file is removed; an OSError, or whatever a writer raised because of
+    a full disk or a file-size limit, becomes a WriteError that names the file."""
     path = str(path)
     tmp = temp_path_for(path)
     text = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}
@@ -520,9 +585,9 @@ def atomic_write(path, mode="wb", durable=True):
     except BaseException as error:
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        if isinstance(error, OSError) and not isinstance(error, UserError):
-            raise WriteError(f"cannot write {path} (disk full or not writable?): "
-                             f"{error.strerror or error}") from None
+        named = write_error(path, error)
+        if named is not None:
+            raise named from None
         raise
 
 

@@ -9,7 +9,8 @@ Two pre-training pipelines give the same augmentation distribution:
   parameters.
 
 Images: `list_images` and `open_rgb` read a folder as what it holds (16-bit and float rasters as
-reflectance; FIFOs, names that are not UTF-8 and bands that would be dropped refused by name).
+reflectance, in a few times their size in memory; FIFOs, names that are not UTF-8, bands that would
+be dropped and images too large for the memory left refused by name).
 
 EuroSAT: `read_eurosat_split` reads train.csv / validation.csv / test.csv through label_map.json
 and checks them, `read_eurosat_splits` also that no image is in two of them; `load_eurosat_cached`
@@ -19,6 +20,7 @@ Problems with the user's files are raised as runtime.DataError, whose message na
 the fix.
 """
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -41,7 +43,8 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from runtime import (DataError, NotRegularFile, atomic_write, die_with_parent, open_regular,
-                     remove_stale_temp_files, report_skipped, temp_path_for, walk_data)
+                     free_memory, remove_stale_temp_files, report_skipped, temp_path_for,
+                     walk_data, write_error)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -61,6 +64,14 @@ REFLECTANCE_DN = 10000  # the digital number of reflectance 1.0 (Sentinel-2 L1C 
 MAX_REFLECTANCE = 0.3  # reflectance shown as 255 (make_dataset.py's default)
 MAX_FLOAT_REFLECTANCE = 6.5535  # a float image above this is no reflectance (65535 / 10000)
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # PIL's modes of grey images wider than 8 bits
+# Reading an image takes at most this many bytes per pixel at its peak (8-bit: PIL's decoded copy
+# and the RGB one, 8 measured; wide: the decoded values, the RGB array and PIL's copy of it, 11
+# for 16-bit grey, 15 for floats, 16-19 for 16-bit RGB); an image that needs more than the memory
+# the process may take is refused from its header. Checked from MEMORY_CHECK_FROM bytes on; wide
+# images are converted CONVERT_PIXELS at a time.
+READ_BYTES_PER_PIXEL = {"8-bit": 10, "wide": 20}
+MEMORY_CHECK_FROM = 2**28
+CONVERT_PIXELS = 2**18
 SPLITS = ("train", "validation", "test")  # the EuroSAT split files, <split>.csv
 LABEL_SUBSET_SEED = 0  # the labelled subset of a label fraction: the same for every evaluation
 
@@ -94,7 +105,9 @@ def open_rgb(path):
       shown as make_dataset.py shows it (see REFLECTANCE_DN); NaN and inf are no-data, black.
     Refused with UnsupportedImage, which the pipelines count with the unreadable images: a band
     count PIL would cut silently (a 4-band multispectral TIFF), an image with no finite pixel,
-    floats above MAX_FLOAT_REFLECTANCE; with runtime.NotRegularFile: a FIFO, socket or device.
+    floats above MAX_FLOAT_REFLECTANCE, an image too large for the memory this process may still
+    take (from its header, before it is decoded); with runtime.NotRegularFile: a FIFO, socket or
+    device.
     """
     with open_regular(path) as f, Image.open(f) as image:
         # a TIFF says how many bands it stores; PIL keeps only those its mode has
@@ -104,11 +117,28 @@ def open_rgb(path):
                 f"{stored} bands, of which PIL would keep {len(image.getbands())} ({image.mode}) "
                 "and drop the rest: only grey, RGB and their alpha versions are read. Save the "
                 "red, green and blue bands in a file of their own.")
-        if image.mode not in WIDE_MODES and ";16" not in _raw_mode(image):
+        wide = image.mode in WIDE_MODES or ";16" in _raw_mode(image)
+        _check_memory(image, READ_BYTES_PER_PIXEL["wide" if wide else "8-bit"])
+        if not wide:
             image.load()
             return image.convert("RGB")
         values = _wide_values(image, f)
     return _true_colour(values, is_float=image.mode == "F")
+
+
+def _check_memory(image, bytes_per_pixel):
+    """Refuse an image whose reading needs more than the memory this process may still take
+    (runtime.free_memory), from its header alone: a Sentinel-2 scene on a small machine is then
+    one unreadable image, named, not a MemoryError traceback or the kernel's out-of-memory kill."""
+    need = image.width * image.height * bytes_per_pixel
+    if need < MEMORY_CHECK_FROM:  # the usual image: not worth reading /proc for
+        return
+    free = free_memory()
+    if need > free:
+        raise UnsupportedImage(
+            f"{image.width} x {image.height} px ({image.mode}) needs about {need / 2**30:.1f} GiB "
+            f"to read, and this process may take {free / 2**30:.1f} GiB more: cut it into tiles "
+            "(or downsample it) first, or free memory.")
 
 
 def _raw_mode(image):
@@ -119,19 +149,25 @@ def _raw_mode(image):
 
 def _wide_values(image, f):
     """The pixels of a grey image wider than 8 bits, or of 16-bit RGB at full precision, as an
-    (H, W) or (H, W, bands) array. PIL reads 16-bit RGB as its high bytes only, so it is decoded a
-    second time with the byte order swapped, which gives the low bytes."""
+    (H, W) or (H, W, bands) array of their own type (16-bit RGB as uint16). PIL reads 16-bit RGB
+    as its high bytes only, so it is decoded a second time with the byte order swapped, which gives
+    the low bytes. Each decoded copy is let go as soon as its values are taken."""
     image.load()
     high = np.asarray(image)
     if image.mode in WIDE_MODES:
         return high
+    Image.Image.close(image)  # its pixels are in `high`; ImageFile.close would close `f` too
     f.seek(0)
     swap = {"B": "L", "L": "B", "N": "B" if sys.byteorder == "little" else "L"}
     with Image.open(f) as again:
         again.tile = [_swapped(tile, swap) for tile in again.tile]
         again.load()
         low = np.asarray(again)
-    return high.astype(np.uint32) * 256 + low
+    values = high.astype(np.uint16)
+    del high
+    values <<= 8
+    values |= low
+    return values
 
 
 def _swapped(tile, swap):
@@ -146,22 +182,52 @@ def _swapped(tile, swap):
 
 def _true_colour(values, is_float):
     """Wide pixel values -> 8-bit RGB: reflectance 0..MAX_REFLECTANCE -> 0..255, rounded as
-    make_dataset.py rounds; no-data (NaN, inf) black; alpha dropped, grey copied to 3 bands."""
-    values = np.asarray(values, dtype=np.float64)
-    values = (np.repeat(values[..., None], 3, axis=2) if values.ndim == 2
-              else values[..., :1].repeat(3, axis=2) if values.shape[2] == 2
-              else values[..., :3])
-    finite = np.isfinite(values).all(axis=2)
-    if not finite.any():
+    make_dataset.py rounds; no-data (NaN, inf) black; alpha dropped, grey copied to 3 bands.
+    Converted CONVERT_PIXELS at a time, so that the float64 arithmetic needs a few megabytes
+    whatever the size of the image."""
+    bands = (values if values.ndim == 2 else values[..., 0] if values.shape[2] == 2
+             else values[..., :3])
+    if is_float:
+        _check_reflectance(bands)
+    elif bands.size == 0:
+        raise UnsupportedImage("no data: the image has no pixel")
+    rgb = np.empty(bands.shape[:2] + (3,), np.uint8)
+    rows = max(1, CONVERT_PIXELS // max(1, bands.shape[1]))
+    for start in range(0, len(bands), rows):
+        part = _to_8_bits(bands[start:start + rows], is_float)
+        rgb[start:start + rows] = part if part.ndim == 3 else part[..., None]
+    return Image.fromarray(rgb)
+
+
+def _check_reflectance(values):
+    """Refuse float pixels with no finite value, or above MAX_FLOAT_REFLECTANCE (no
+    reflectance)."""
+    top = -math.inf
+    for part in np.array_split(values, max(1, values.size // CONVERT_PIXELS)):
+        finite = part[np.isfinite(part)]
+        top = max(top, float(finite.max())) if finite.size else top
+    if top == -math.inf:
         raise UnsupportedImage("no data: every pixel is NaN or inf")
-    reflectance = values if is_float else values / REFLECTANCE_DN
-    top = reflectance[finite].max()
-    if is_float and top > MAX_FLOAT_REFLECTANCE:
+    if top > MAX_FLOAT_REFLECTANCE:
         raise UnsupportedImage(f"values up to {top:g}, which are not reflectance (0 to about 1): "
                                "float images are read as reflectance. Save digital numbers as "
                                "16-bit integers.")
-    scaled = np.where(finite[..., None], reflectance, 0.0) * 255.0 / MAX_REFLECTANCE
-    return Image.fromarray(np.floor(np.clip(scaled, 0.0, 255.0) + 0.5).astype(np.uint8))
+
+
+def _to_8_bits(values, is_float):
+    """Some rows of wide values -> uint8, in float64 as make_dataset.py computes: reflectance
+    (DN / REFLECTANCE_DN, or the floats themselves) x 255 / MAX_REFLECTANCE, clipped to 0..255,
+    rounded half up; a pixel with a band that is NaN or inf is 0. In place, on one float64 copy."""
+    x = values.astype(np.float64)
+    if not is_float:
+        x /= REFLECTANCE_DN
+    finite = np.isfinite(x) if x.ndim == 2 else np.isfinite(x).all(axis=2)
+    x[~finite] = 0.0
+    x *= 255.0
+    x /= MAX_REFLECTANCE
+    np.clip(x, 0.0, 255.0, out=x)
+    x += 0.5
+    return np.floor(x, out=x).astype(np.uint8)
 
 
 def gaussian_kernel_size(image_size):
@@ -383,8 +449,7 @@ def _build(paths, stem, size, workers, desc, log):
     tmp = temp_path_for(stem + ".npy")
     pool = None
     try:
-        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                  shape=(len(paths), size, size, 3)).flush()
+        _reserve_cache(tmp, (len(paths), size, size, 3), stem + ".npy")
         chunk = 256
         tasks = [(tmp, start, paths[start:start + chunk], size)
                  for start in range(0, len(paths), chunk)]
@@ -415,6 +480,21 @@ def _build(paths, stem, size, workers, desc, log):
     with atomic_write(stem + ".json", "w") as f:
         json.dump({"kept": kept, "bad": [message for _, message in sorted(bad)],
                    "bad_rows": bad_rows, "size": size}, f)
+
+
+def _reserve_cache(tmp, shape, path):
+    """Create the cache's .npy at `tmp` with all of its disk blocks: the workers write into a memory
+    map of it, where a full disk would be a crash (SIGBUS), not an error. A full disk or a
+    file-size limit met here is a WriteError that names `path`."""
+    try:
+        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape).flush()
+        if hasattr(os, "posix_fallocate"):  # not on macOS
+            with open(tmp, "r+b") as f:
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+    except OSError as error:
+        if error.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system that cannot reserve
+            return
+        raise write_error(path, error) from None
 
 
 def batch_rows(order, batch_size, drop_last=True):
@@ -964,11 +1044,52 @@ def read_eurosat_splits(eurosat_dir, splits=SPLITS):
     return files
 
 
+def check_classes(labels_by_split, class_names, source, log=print):
+    """Stop when a class has images in an evaluated split but none among the training labels: a
+    classifier trained on them can never predict it, and the evaluation would score all of its
+    images wrong without a word (SeaLake left out of train.csv: test accuracy capped at 90 %).
+    Warn, naming it, when a class of the training labels has no image in an evaluated split.
+
+    labels_by_split: {split: integer labels}, the training labels under "train" (all of
+    train.csv, or the labelled subset of a label fraction), every other split one that is scored
+    (the message names it as <split>.csv); class_names: the names of the labels, in label order;
+    source: where the training labels come from, as a message names them (e.g. the path of
+    train.csv)."""
+    counts = {split: np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(class_names))
+              for split, labels in labels_by_split.items()}
+    trained = counts["train"] > 0
+    scored = {split: count for split, count in counts.items() if split != "train"}
+    unseen = [k for k in range(len(class_names)) if not trained[k]
+              and any(count[k] for count in scored.values())]
+    if unseen:
+        it, its = ("it", "its") if len(unseen) == 1 else ("them", "their")
+        where = "; ".join(f"{class_names[k]!r} (" + ", ".join(
+            f"{split}.csv {count[k]}" for split, count in scored.items() if count[k]) + ")"
+            for k in unseen)
+        files = " and ".join(f"{split}.csv" for split, count in scored.items()
+                             if any(count[k] for k in unseen))
+        raise DataError(
+            f"{'class' if it == 'it' else 'classes'} {where} {'has' if it == 'it' else 'have'} "
+            f"images to score but none among the training labels ({source}): a classifier "
+            f"trained on these can never predict {it}, so each of {its} images would be scored "
+            f"wrong. Give the training labels images of {it}, or take {its} rows out of {files} "
+            "(`python make_dataset.py --mode=eurosat_splits` writes all three split files "
+            "afresh, stratified per class, when they are deleted).")
+    for split, count in scored.items():
+        missing = [class_names[k] for k in range(len(class_names)) if trained[k] and not count[k]]
+        if missing:
+            log(f"warning: {split}.csv has no image of {', '.join(missing)}: the {split} accuracy "
+                f"says nothing about {'that class' if len(missing) == 1 else 'those classes'}.")
+
+
 def load_eurosat_splits(eurosat_dir, cache_dir, device, splits=SPLITS, label_fraction=1.0):
     """({split: EuroSATSplit}, {split: labels as a tensor on device}) of the three splits, checked
-    by read_eurosat_splits before any image is decoded. With label_fraction < 1 the train split is
-    its labelled subset (label_subset); validation and test stay whole."""
+    by read_eurosat_splits and check_classes before any image is decoded. With label_fraction < 1
+    the train split is its labelled subset (label_subset); validation and test stay whole."""
     files = read_eurosat_splits(eurosat_dir, splits)
+    if "train" in files:
+        check_classes({split: found.labels for split, found in files.items()},
+                      files["train"].class_names, os.path.join(eurosat_dir, "train.csv"))
     loaded = {split: _decoded(files[split], split, cache_dir) for split in splits}
     if label_fraction < 1:
         train = loaded["train"]
@@ -976,6 +1097,10 @@ def load_eurosat_splits(eurosat_dir, cache_dir, device, splits=SPLITS, label_fra
         loaded["train"] = EuroSATSplit(np.asarray(train.images[rows]),
                                        [train.labels[r] for r in rows],
                                        [train.paths[r] for r in rows], train.class_names)
+        # label_subset keeps every class of train.csv; checked all the same, by the same rule
+        check_classes({split: found.labels for split, found in loaded.items()},
+                      train.class_names, f"{label_fraction:g} of the labels of "
+                      f"{os.path.join(eurosat_dir, 'train.csv')}", log=lambda *args: None)
     return loaded, {split: torch.tensor(loaded[split].labels, device=device) for split in splits}
 
 

@@ -15,6 +15,7 @@ while this one runs. Prints one line per epoch:
     epoch 3/90 loss -0.8123 lr 0.01250 z_std 0.0208 (healthy 0.0221) 61.2 pairs/s 334 s
 What it reaches, and how fast, on named machines: see the README's results.
 """
+import datetime
 import hashlib
 import math
 import os
@@ -75,6 +76,7 @@ COMPILE = False  # torch.compile (CUDA; slower start, faster steps; compile time
 CUDA_GRAPHS = False  # CUDA, one process: compile with CUDA graphs (fewer launches: small batches)
 OVERLAP_DATA = True  # CUDA, fast pipeline: make the next batch during this step, on a side stream
 SYNC_BN = True  # SyncBatchNorm when running under torchrun with several processes (paper)
+PEER_TIMEOUT = 1800  # torchrun: seconds a process waits for its peers to join, then stops
 SAVE_EVERY = 10  # write simsiam_<arch>_epoch_X.pth every this many epochs (and at the end)
 RESUME = True  # continue from OUTPUT_DIR/checkpoint_last.pth when it exists
 KNN_DATA_DIR = ""  # labelled EuroSAT dir (train.csv, validation.csv) for a kNN monitor; "" = off
@@ -92,7 +94,7 @@ DEVICE = "auto"  # auto | cuda | cpu | mps
 RESUMABLE_CHANGES = ("NUM_EPOCHS", "OUTPUT_DIR", "CACHE_DIR", "RESUME", "SAVE_EVERY",
                      "SAMPLE_EVERY", "KNN_DATA_DIR", "KNN_EVERY", "KNN_K", "NUM_WORKERS",
                      "DECODE_PROCESSES", "DEVICE", "AMP", "CHANNELS_LAST", "COMPILE",
-                     "CUDA_GRAPHS", "OVERLAP_DATA")
+                     "CUDA_GRAPHS", "OVERLAP_DATA", "PEER_TIMEOUT")
 # What a setting was before it existed, for checkpoints written then: its default when it was
 # added, which kept the old behaviour. A setting that a checkpoint lacks and that is not here is
 # refused (its earlier value is unknown); add a new setting here if it keeps the old behaviour.
@@ -118,7 +120,7 @@ def settings_rules():
             "PIPELINE": one_of("fast", "reference"),
             "NUM_WORKERS": at_least(0), "DECODE_PROCESSES": at_least(0), "AMP": one_of(*AMP_MODES),
             "SAVE_EVERY": at_least(1), "SAMPLE_EVERY": at_least(1), "KNN_EVERY": at_least(1),
-            "KNN_K": at_least(1), "SEED": at_least(0)}
+            "KNN_K": at_least(1), "SEED": at_least(0), "PEER_TIMEOUT": at_least(1)}
 
 
 # -------------------------------------------------------------------------------------------------
@@ -172,6 +174,83 @@ def ranks_agree(value, what):
              + "; ".join(f"rank {rank}: {v}" for rank, v in enumerate(values))
              + ". A multi-node run needs DATA_DIR, CACHE_DIR and OUTPUT_DIR on a file system "
                "that every node shares (see the README).")
+
+
+def join_process_group(rank, world_size, backend):
+    """init_process_group on keys of this start alone.
+
+    torchrun's agent keeps one store for the whole job and hands it to every start of the workers
+    (TORCHELASTIC_USE_AGENT_STORE), and the process group's keys are the same at every start: after
+    a restart (--max-restarts) a worker that arrives first reads the address (gloo) or NCCL id that
+    its peer published in the start that died, and fails with "Connection refused" or waits
+    forever (pytorch/pytorch#135712). TORCHELASTIC_RESTART_COUNT cannot name the start, since each
+    node's agent counts its own restarts; so the ranks agree on a fresh name first (agree_on_start)
+    and the group keeps its keys under it. Waits at most PEER_TIMEOUT seconds, then stops naming
+    what it waited for."""
+    address = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    if rank == 0 and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+        # tests only: a restarted rank 0 that arrives last, as a slow resume makes it in real runs
+        time.sleep(float(os.environ.get("SIMSIAM_TEST_RANK0_DELAY", "0")))
+    # the agent's store where torchrun has one (whatever the rendezvous), else rank 0 hosts it
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    try:
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                              world_size, is_master=rank == 0 and not agent_store,
+                              timeout=datetime.timedelta(seconds=PEER_TIMEOUT),
+                              wait_for_workers=False)
+    except RuntimeError as error:  # torch's DistNetworkError and DistStoreError
+        fail(f"rank {rank}: cannot open the store of the process group at {address} "
+             f"({str(error).splitlines()[0][:200]}) within PEER_TIMEOUT = {PEER_TIMEOUT} s. Check "
+             "that torchrun's --master_addr / --master_port name node 0, and that it runs.")
+    start = agree_on_start(store, rank, world_size, f"at {address}")
+    dist.init_process_group(backend, store=dist.PrefixStore(f"simsiam/{start}/", store),
+                            rank=rank, world_size=world_size)
+
+
+def agree_on_start(store, rank, world_size, where):
+    """A fresh name that every process of this start of the workers shares, told apart from the
+    names of earlier starts that the store still holds: rank 0 draws it and gives it to each peer
+    in answer to a token that the peer drew now; a peer's answer, with the name, says it has it."""
+    clock = {"deadline": time.time() + PEER_TIMEOUT, "report": time.time() + 10}
+    if rank != 0:
+        token = os.urandom(8).hex()
+        store.set(f"simsiam/hello/{rank}", token)
+        while True:
+            if store.check([f"simsiam/welcome/{rank}"]):
+                answer, start = store.get(f"simsiam/welcome/{rank}").decode().split()
+                if answer == token:
+                    store.set(f"simsiam/joined/{rank}", start)
+                    return start
+            wait_for_peers(rank, [0], clock, where)
+    start, waiting = os.urandom(8).hex(), set(range(1, world_size))
+    while waiting:
+        for peer in sorted(waiting):
+            if store.check([f"simsiam/hello/{peer}"]):
+                token = store.get(f"simsiam/hello/{peer}").decode()
+                store.set(f"simsiam/welcome/{peer}", f"{token} {start}")
+            if (store.check([f"simsiam/joined/{peer}"])
+                    and store.get(f"simsiam/joined/{peer}").decode() == start):
+                waiting.discard(peer)
+        if waiting:
+            wait_for_peers(rank, sorted(waiting), clock, where)
+    return start
+
+
+def wait_for_peers(rank, peers, clock, where):
+    """A pause in agree_on_start: says what it waits for after 10 s and every minute after, and
+    stops the process, naming them, once PEER_TIMEOUT is over."""
+    names = (f"rank{'s' * (len(peers) > 1)} {', '.join(map(str, peers[:8]))}"
+             + " ..." * (len(peers) > 8))
+    now = time.time()
+    if now > clock["deadline"]:
+        fail(f"rank {rank} waited {PEER_TIMEOUT} s (PEER_TIMEOUT) for {names} to join the process "
+             f"group {where}, and stops: did they stop, or are they still preparing their data? "
+             "Their own output says; raise --peer_timeout if they need longer to start.")
+    if now > clock["report"]:
+        print(f"rank {rank}: waiting for {names} to join the process group {where} (gives up "
+              f"after {PEER_TIMEOUT} s, PEER_TIMEOUT)", flush=True)
+        clock["report"] = now + 60
+    time.sleep(0.2)
 
 
 def batch_usable_on_every_rank(x1, device):
@@ -280,12 +359,16 @@ def epoch_batches(epoch, images, paths, steps, rank, world_size, device, augment
 
 def knn_splits():
     """{split: SplitFiles} of KNN_DATA_DIR's train.csv (the bank) and validation.csv (the
-    queries), read and checked at start-up: a broken kNN folder stops the run before any image
-    is decoded."""
-    return {split: data.read_eurosat_split(KNN_DATA_DIR,
-                                           os.path.join(KNN_DATA_DIR, f"{split}.csv"),
-                                           os.path.join(KNN_DATA_DIR, "label_map.json"))
-            for split in ("train", "validation")}
+    queries), read and checked at start-up (a class of validation with no image in the bank
+    included): a broken kNN folder stops the run before any image is decoded."""
+    splits = {split: data.read_eurosat_split(KNN_DATA_DIR,
+                                             os.path.join(KNN_DATA_DIR, f"{split}.csv"),
+                                             os.path.join(KNN_DATA_DIR, "label_map.json"))
+              for split in ("train", "validation")}
+    data.check_classes({split: files.labels for split, files in splits.items()},
+                       splits["train"].class_names, os.path.join(KNN_DATA_DIR, "train.csv"),
+                       log=print if process_layout()[0] == 0 else (lambda *args: None))
+    return splits
 
 
 def decode_knn(splits, main_process, log):
@@ -528,7 +611,8 @@ def prepare_data(listed, knn_files, resumed_at, world_size, device, main_process
     if unreadable:
         log(f"warning: skipping {len(unreadable)} unreadable image(s), e.g. {unreadable[0]}")
     if world_size > 1:
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        join_process_group(process_layout()[0], world_size,
+                           "nccl" if device.type == "cuda" else "gloo")
         ranks_agree(image_listing(paths), "the images of DATA_DIR (count, hash of the list)")
         ranks_agree(resumed_at, f"the (epoch, step) that {OUTPUT_DIR}/checkpoint_last.pth holds "
                                 "((0, 0): none)")

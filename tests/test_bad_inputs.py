@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+import simsiam_data as data
 from conftest import TINY_PRETRAIN, run_in_process, run_script, write_images
 from make_demo_data import write_eurosat_like, write_ssl4eo_zarr
-from runtime import load_checkpoint
+from runtime import DataError, load_checkpoint
 from simsiam_model import Classifier, SimSiam, classifier_checkpoint
 
 
@@ -98,6 +99,43 @@ def test_label_map_that_is_not_a_mapping(corpus, tmp_path):
 def test_missing_eurosat_folder(corpus, tmp_path):
     _assert_clear_failure(_linear_eval(corpus, tmp_path / "nowhere", tmp_path), "nowhere",
                           "make_dataset.py")
+
+
+def test_a_class_the_training_labels_lack_stops_the_evaluation_by_name(corpus, tmp_path):
+    """Issue 31: SeaLake in validation.csv and test.csv but not in train.csv: the evaluation
+    exited 0, SeaLake 0.0 %, test accuracy capped at 90 %. Now it stops before any image is
+    decoded (the kNN monitor of pre-training too)."""
+    eurosat = _copy_eurosat(corpus, tmp_path)
+    train = eurosat / "train.csv"
+    train.write_text("".join(line for line in train.read_text().splitlines(keepends=True)
+                             if not line.rstrip().endswith(",SeaLake")))
+    result = _linear_eval(corpus, eurosat, tmp_path)
+    _assert_clear_failure(result, "class 'SeaLake' (validation.csv ", "test.csv ", str(train),
+                          "never predict it", "take its rows out of validation.csv and test.csv")
+    assert not (tmp_path / "cache").exists()
+    images = tmp_path / "images"
+    write_images(str(images), 16)
+    result = run_in_process("train_simsiam.py", f"--data_dir={images}", f"--knn_data_dir={eurosat}",
+                            f"--output_dir={tmp_path / 'pretrain'}",
+                            f"--cache_dir={tmp_path / 'cache'}", *TINY_PRETRAIN, "--num_epochs=1")
+    _assert_clear_failure(result, "class 'SeaLake' (validation.csv ", str(train))
+    assert not (tmp_path / "cache").exists()
+
+
+def test_check_classes_on_labelled_subsets():
+    """The one check of the classes, as a label fraction calls it: on the labels it is given."""
+    names = ["Forest", "River", "SeaLake"]
+    logged = []
+    data.check_classes({"train": [0, 1, 2], "validation": [0, 1, 2], "test": [0, 1]}, names,
+                       "train.csv", log=logged.append)
+    assert logged == ["warning: test.csv has no image of SeaLake: the test accuracy says nothing "
+                      "about that class."]
+    with pytest.raises(DataError, match=r"classes 'River' \(test.csv 2\); 'SeaLake' \(validation"
+                                        r".csv 1, test.csv 1\) have images to score but none "
+                                        r"among the training labels \(the 1 % label fraction of "
+                                        r"train.csv\)"):
+        data.check_classes({"train": [0, 0], "validation": [0, 2], "test": [1, 1, 2]}, names,
+                           "the 1 % label fraction of train.csv")
 
 
 # -------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ nothing is lost and that the result is the one an uninterrupted run gives. The r
 killed are processes of their own; the reruns that finish run in this process
 (conftest.run_in_process: the same main, without seconds of start-up)."""
 import glob
+import json
 import os
 import random
 import signal
@@ -158,3 +159,68 @@ def test_evaluation_files_are_never_left_unreadable(tmp_path):
         assert result.returncode == 0, result.stderr[-2000:]
     assert load_checkpoint(str(out / "linear_eval_metrics_random.pth"))["test_acc"] is not None
     assert load_checkpoint(str(out / "finetune_metrics_random.pth"))["test_acc"] is not None
+
+
+# a checkpoint, a figure and an image cache, each written over an earlier file under a file-size
+# limit of 1 MiB, as a full disk would stop them (Python ignores SIGXFSZ: the write gets EFBIG)
+_UNDER_A_LIMIT = r"""
+import json, resource, sys
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
+import torch
+import simsiam_data as data
+from conftest import write_images
+from runtime import WriteError, atomic_save, atomic_write
+folder = sys.argv[2]
+paths = write_images(folder + "/images", 4)
+atomic_save({"w": torch.zeros(10)}, folder + "/checkpoint_last.pth")
+with atomic_write(folder + "/figure.png") as f:
+    f.write(b"the earlier figure")
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))
+def figure():
+    with atomic_write(folder + "/figure.png") as f:
+        f.write(b"x" * 2**21)
+writes = {"checkpoint_last.pth": lambda: atomic_save({"w": torch.zeros(10**6)},
+                                                     folder + "/checkpoint_last.pth"),
+          "figure.png": figure,
+          "cache": lambda: data.build_image_cache(paths, folder + "/cache", size=400, desc=False)}
+errors = {}
+for name, write in writes.items():
+    try:
+        write()
+        errors[name] = "written"
+    except WriteError as error:
+        errors[name] = str(error)
+print(json.dumps(errors))
+"""
+
+
+def test_writes_that_meet_a_full_disk_or_a_file_size_limit_are_named(tmp_path):
+    """Issue 31: torch.save meets the OSError, then its zip writer raises a RuntimeError of its
+    own, which became a traceback. Now a WriteError names each file; the earlier file is intact
+    and no temporary file is left."""
+    folder = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-c", _UNDER_A_LIMIT, ROOT, str(folder)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    errors = json.loads(result.stdout.splitlines()[-1])
+    for name, error in errors.items():
+        assert "(disk full or not writable?): File too large" in error, (name, error)
+    assert str(folder / "checkpoint_last.pth") in errors["checkpoint_last.pth"]
+    assert "images_" in errors["cache"] and ".npy" in errors["cache"]
+    assert load_checkpoint(str(folder / "checkpoint_last.pth"))["w"].shape == (10,)
+    assert (folder / "figure.png").read_bytes() == b"the earlier figure"
+    assert not [n for n in os.listdir(folder) + os.listdir(folder / "cache") if ".tmp" in n]
+
+
+def test_other_errors_inside_an_atomic_write_are_not_called_a_full_disk(tmp_path):
+    from runtime import WriteError, atomic_write
+    for cause in (None, FileNotFoundError(2, "No such file or directory")):
+        with pytest.raises(RuntimeError, match="a bug") as raised:
+            with atomic_write(tmp_path / "file.bin") as f:
+                f.write(b"x")
+                try:
+                    raise cause or RuntimeError("the first")
+                except (OSError, RuntimeError):
+                    raise RuntimeError("a bug, not a full disk") from cause
+        assert not isinstance(raised.value, WriteError)
+    assert os.listdir(tmp_path) == []

@@ -318,15 +318,15 @@ def test_cache_checks_free_space_and_removes_dead_runs_temp_files(tmp_path, monk
 
 def test_the_process_group_starts_after_the_cache_is_complete(tmp_path, monkeypatch, tiny_images):
     """Under torchrun the caches (the images, and the kNN monitor's two splits) are decoded before
-    init_process_group: a long decode cannot time out a barrier."""
+    the process group is joined (its store first): a long decode cannot time out a barrier."""
     make_eurosat(str(tmp_path / "EuroSAT"))
     seen = {}
 
-    def init_process_group(*args, **kwargs):
+    def store(*args, **kwargs):
         seen["cache files"] = sorted(os.listdir(tmp_path / "cache"))
         raise KeyboardInterrupt  # stop here: the rest needs real peers
 
-    monkeypatch.setattr(dist, "init_process_group", init_process_group)
+    monkeypatch.setattr(dist, "TCPStore", store)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("LOCAL_RANK", "0")

@@ -4,9 +4,12 @@ sizes that cannot fit, torchrun variables without torchrun, checkpoints with NaN
 
 Readers that a FIFO could block run under `within(seconds)`: a regression fails, it never hangs."""
 import contextlib
+import json
 import os
 import signal
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,7 +18,7 @@ from PIL import Image
 
 import simsiam_data as data
 import test_bad_inputs
-from conftest import TINY_PRETRAIN, run_in_process, run_script, write_images
+from conftest import ROOT, TINY_PRETRAIN, run_in_process, run_script, write_images
 from runtime import CheckpointError, DataError
 from test_bad_inputs import _assert_clear_failure, _copy_eurosat
 
@@ -42,7 +45,7 @@ def within(seconds):
         signal.signal(signal.SIGALRM, previous)
 
 
-def _png16(path, pixels):
+def _png16(path, pixels, level=6):
     """A 16-bit PNG (grey or RGB), which PIL cannot write: (H, W) or (H, W, 3) uint16."""
     import zlib
     height, width = pixels.shape[:2]
@@ -54,7 +57,7 @@ def _png16(path, pixels):
     rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)
     path.write_bytes(b"\x89PNG\r\n\x1a\n"
                      + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, colour, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+                     + chunk(b"IDAT", zlib.compress(rows, level)) + chunk(b"IEND", b""))
 
 
 def _multiband_tiff(path, pixels):
@@ -114,6 +117,89 @@ def test_earth_observation_rasters_are_read_as_what_they_are(tmp_path):
     assert data.open_rgb(tmp_path / "grey.png").getpixel((0, 0)) == (77, 77, 77)
     Image.fromarray(rgb).convert("P").save(tmp_path / "palette.png")
     assert data.open_rgb(tmp_path / "palette.png").mode == "RGB"
+
+
+def _as_read_before(values, is_float):
+    """The conversion of wide values as open_rgb computed it before issue 31, on whole float64
+    copies (about 128 bytes a pixel): the chunked one must give the same bytes."""
+    values = np.asarray(values, dtype=np.float64)
+    values = np.repeat(values[..., None], 3, axis=2) if values.ndim == 2 else values[..., :3]
+    finite = np.isfinite(values).all(axis=2)
+    reflectance = values if is_float else values / data.REFLECTANCE_DN
+    scaled = np.where(finite[..., None], reflectance, 0.0) * 255.0 / data.MAX_REFLECTANCE
+    return np.floor(np.clip(scaled, 0.0, 255.0) + 0.5).astype(np.uint8)
+
+
+def test_wide_values_give_the_same_bytes_as_before_across_chunks(monkeypatch):
+    rng = np.random.default_rng(0)
+    monkeypatch.setattr(data, "CONVERT_PIXELS", 100)  # many chunks, the last one short
+    edges = [0, 1, 5, 6, 1176, 1177, 11764, 11765, 32767, 65535]  # around .5 after scaling
+    grey = rng.choice(np.r_[edges, rng.integers(0, 65536, 50)], (37, 23)).astype(np.uint16)
+    rgb = rng.integers(0, 65536, (37, 23, 3)).astype(np.uint16)
+    signed = rng.integers(-5000, 70000, (37, 23)).astype(np.int32)  # mode I
+    floats = rng.uniform(-0.1, 0.4, (37, 23)).astype(np.float32)
+    floats[0, :5] = [np.nan, np.inf, -np.inf, 0.3, 0.1505]
+    for values, is_float in ((grey, False), (rgb, False), (signed, False), (floats, True)):
+        assert np.array_equal(np.asarray(data._true_colour(values, is_float)),
+                              _as_read_before(values, is_float)), values.dtype
+
+
+# the peak memory of reading each image: VmHWM, set back to the resident size just before each
+# (clear_refs 5); ru_maxrss would also count the memory of the process that started this one
+_PEAKS = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import simsiam_data as data
+def status(name):
+    with open("/proc/self/status") as f:
+        return int(f.read().split(name + ":")[1].split()[0]) * 1024
+for path in sys.argv[2:]:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = status("VmRSS")
+    image = data.open_rgb(path)
+    print(json.dumps({"before": before, "peak": status("VmHWM"), "size": image.size}))
+    del image
+"""
+
+
+def test_large_wide_rasters_are_read_in_a_few_times_their_size(tmp_path):
+    """Issue 31: a 16-bit grey image took about 128 bytes a pixel to read (10000 x 10000: 12.8 GB).
+    The peak of a process that reads one, over what it held before, per pixel: 2 (grey) to 6 (RGB)
+    bytes a pixel decoded, 3 of 8-bit RGB read out, and PIL's RGB copy of 4, with a little room."""
+    side = 4000
+    ramp = (np.arange(side * side * 3) % 3001).astype(np.uint16).reshape(side, side, 3)
+    kinds = {"16-bit grey": tmp_path / "grey.png", "16-bit RGB": tmp_path / "rgb.png",
+             "float": tmp_path / "float.tif"}
+    _png16(kinds["16-bit grey"], ramp[..., 0], level=1)
+    _png16(kinds["16-bit RGB"], ramp, level=1)
+    Image.fromarray(ramp[..., 0].astype(np.float32) / 10000).save(kinds["float"])
+    del ramp
+    result = subprocess.run([sys.executable, "-c", _PEAKS, ROOT, *map(str, kinds.values())],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for kind, line in zip(kinds, result.stdout.splitlines()):
+        read = json.loads(line)
+        per_pixel = (read["peak"] - read["before"]) / side**2
+        assert read["size"] == [side, side] and per_pixel < 24, (
+            f"{kind}: {per_pixel:.1f} bytes a pixel at the peak")
+    assert len(result.stdout.splitlines()) == len(kinds)
+
+
+def test_an_image_too_large_for_the_memory_left_is_refused_from_its_header(tmp_path, monkeypatch):
+    _png16(tmp_path / "scene.png", np.full((4000, 4000), 1500, np.uint16))
+    monkeypatch.setattr(data, "_wide_values",
+                        lambda *args: pytest.fail("decoded before its size was checked"))
+    monkeypatch.setattr(data, "free_memory", lambda: 200 * 2**20)
+    with pytest.raises(data.UnsupportedImage, match=r"4000 x 4000 px \(I;16\) needs about 0\.3 "
+                                                    r"GiB to read, and this process may take 0\.2 "
+                                                    r"GiB more: cut it into tiles"):
+        data.open_rgb(tmp_path / "scene.png")
+    # the memory left is what an address-space limit (ulimit -v) leaves, too
+    probe = ("import resource, runtime; resource.setrlimit(resource.RLIMIT_AS, (2**36, 2**36)); "
+             "print(runtime.free_memory() <= 2**36)")
+    assert subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60).stdout.strip() == "True"
 
 
 # -------------------------------------------------------------------------------------------------
