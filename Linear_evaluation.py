@@ -76,7 +76,7 @@ BATCH_SIZE = 256  # images per head step and per backbone forward pass; lr scale
 NUM_EPOCHS = 90  # head epochs (cheap with FEATURE_CACHE; each is a full backbone pass without it)
 BASE_LR = 0.1  # head lr per 256 images: lr = BASE_LR * BATCH_SIZE / 256, half-cosine to 0 per step
 MOMENTUM = 0.9  # SGD momentum of the heads
-WEIGHT_DECAYS = "0 1e-5 3e-5 1e-4 3e-4 1e-3 3e-3 1e-2"  # one head per L2 strength; best on val
+WEIGHT_DECAYS = "0 1e-5 3e-5 1e-4 3e-4 1e-3 3e-3 1e-2 3e-2 1e-1 3e-1"  # a head each; best on val
 FEATURE_CACHE = True  # True: backbone features computed once | False: backbone pass every batch
 AUGMENT = False  # light on-device train augment (crop 0.8-1, h/v flips); needs FEATURE_CACHE=False
 KNN_TEMPERATURE = 0.2  # kNN vote weight exp(cosine / T), used for both k=20 and k=200 (paper: 0.2)

@@ -215,11 +215,23 @@ def plot_pretraining(m):
         ax_knn.plot(*zip(*knn), "-o", color=COLOR["val"], label="SimSiam")
         ax_knn.annotate(f"{knn[-1][1]:.1f}%", knn[-1], textcoords="offset points", xytext=(0, 8),
                         ha="center")
-        # the floors: where the curve crosses them is where pre-training starts to pay
-        for name, value in (m.get("knn_floors") or {}).items():
-            ax_knn.axhline(value, ls="--" if name == "random init" else ":",
-                           color=COLOR["random" if name == "random init" else "stats"],
-                           label=f"{name} (floor): {value:.1f}%")
+        # the floors: where the curve crosses them is where pre-training starts to pay. Each set
+        # holds from the epoch it was measured for (a resume with other kNN settings measures
+        # them again); files of before that record kept one set, for every epoch
+        history = m.get("knn_floors_history") or (
+            [{"from_epoch": 1, **m["knn_floors"]}] if m.get("knn_floors") else [])
+        for index, floors in enumerate(history):
+            end = (history[index + 1]["from_epoch"] - 0.5 if index + 1 < len(history)
+                   else epochs[-1] + 0.5)
+            for name in ("random init", "image statistics"):
+                ax_knn.hlines(floors[name], floors["from_epoch"] - 0.5, end,
+                              ls="--" if name == "random init" else ":",
+                              color=COLOR["random" if name == "random init" else "stats"],
+                              label=f"{name} (floor): {floors[name]:.1f}%"
+                              + (f" from epoch {floors['from_epoch']}" if index else ""))
+        if len(history) > 1:
+            ax_knn.annotate("kNN settings changed: floors measured again", xy=(0.02, 0.94),
+                            xycoords="axes fraction", fontsize=8, color=COLOR["note"])
         ax_knn.legend(loc="lower right")
         ax_knn.set(ylim=(0, 100))
     else:

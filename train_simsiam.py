@@ -21,6 +21,7 @@ import math
 import os
 import shlex
 import time
+from typing import NamedTuple
 
 import pandas as pd
 import torch
@@ -161,6 +162,34 @@ def training_device(local_rank, world_size):
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     return device
+
+
+class Run(NamedTuple):
+    """Where this process runs and how: what most parts of the script need to know."""
+    rank: int
+    world_size: int
+    device: torch.device
+    amp_dtype: object  # the autocast dtype, or None for fp32
+    precision_reason: str  # why that precision (amp_dtype_for), for the start-up line
+    memory_format: torch.memory_format  # of the model and its inputs
+    log: object  # print on rank 0, nothing on the others
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+
+def start_run():
+    """This process's Run: its rank under torchrun, its device and precision, its seed."""
+    rank, local_rank, world_size = process_layout()
+    device = training_device(local_rank, world_size)
+    speed_up_cuda(device)
+    amp_dtype, reason = amp_dtype_for(device, AMP)
+    memory_format = (torch.channels_last if channels_last_for(device, amp_dtype, CHANNELS_LAST)
+                     else torch.contiguous_format)
+    seed_everything(SEED + rank)
+    return Run(rank, world_size, device, amp_dtype, reason, memory_format,
+               print if rank == 0 else (lambda *args, **kwargs: None))
 
 
 def ranks_agree(value, what):
@@ -320,12 +349,14 @@ def decode_once(paths, main_process, log):
                                   log=log if main_process else (lambda *args: None))
 
 
-def epoch_batches(epoch, images, paths, steps, rank, world_size, device, augment_pair):
+def epoch_batches(epoch, pretraining, run, augment_pair):
     """The (x1, x2, unreadable) of one epoch on this rank; x1 None marks a step that every rank
     skips.
 
     Per-epoch seeds: a resumed epoch replays exactly the data order and augmentations it would
     have had."""
+    images, paths, steps = pretraining.images, pretraining.paths, pretraining.steps_per_epoch
+    rank, world_size, device = run.rank, run.world_size, run.device
     order_generator = epoch_generator(SEED, epoch)
     augment_generator = epoch_generator(SEED, epoch, augment_stream=rank + 1)
     if PIPELINE == "fast":
@@ -387,13 +418,13 @@ def decode_knn(splits, main_process, log):
     return knn_data
 
 
-def knn_monitor(model, knn_data, device, amp_dtype):
+def knn_monitor(model, knn_data, run):
     """Top-1 of a weighted kNN on validation.csv with train.csv as the bank (backbone features in
     the training precision, l2-normalised by the kNN)."""
     backbone = unwrap(model).backbone
     backbone.eval()
     features = BackboneFeatures(backbone, unwrap(model).projector[0].in_features, IMAGE_SIZE,
-                                device, amp_dtype=amp_dtype)
+                                run.device, amp_dtype=run.amp_dtype)
     accuracy = knn_score(features, knn_data)
     backbone.train()
     return accuracy
@@ -407,15 +438,28 @@ def knn_score(features, knn_data):
                     knn_data["validation"][1], KNN_K, standardize=features.standardize_for_knn)
 
 
-def knn_floors(model, knn_data, device, amp_dtype, log):
-    """The kNN monitor's two floors, before the first step: this network at its random
-    initialisation, and the 12 colour statistics of each image. A representation worth
-    pre-training for rises well above both."""
-    floors = {"random init": knn_monitor(model, knn_data, device, amp_dtype),
-              "image statistics": knn_score(ImageStatistics(device), knn_data)}
-    log("kNN monitor floors (validation): "
-        + ", ".join(f"{name} {value:.1f}%" for name, value in floors.items()))
-    return floors
+def knn_floors(model, metrics, pretraining, run, start_epoch):
+    """The kNN monitor's two floors on rank 0, before the first step it measures: this network at
+    its initial weights, and the 12 colour statistics of each image. A representation worth
+    pre-training for rises well above both. Each set is recorded with the settings it was measured
+    under and the epoch from which it applies (metrics["knn_floors_history"]): a run resumed with
+    another KNN_DATA_DIR or KNN_K measures them again, from its first epoch, with a model of the
+    run's initial weights (initial_model), so that every monitor value stands beside floors of its
+    own settings."""
+    settings = {"KNN_DATA_DIR": KNN_DATA_DIR, "KNN_K": KNN_K}
+    history = metrics.setdefault("knn_floors_history", [])
+    if not pretraining.knn or not run.main or (history and history[-1]["settings"] == settings):
+        return
+    if start_epoch:  # the model has trained: the floor is the network as it started
+        model = initial_model().to(run.device, memory_format=run.memory_format)
+    floors = {"random init": knn_monitor(model, pretraining.knn, run),
+              "image statistics": knn_score(ImageStatistics(run.device), pretraining.knn)}
+    history.append({"from_epoch": start_epoch + 1, "settings": settings, **floors})
+    metrics["knn_floors"] = floors
+    run.log("kNN monitor floors (validation): "
+            + ", ".join(f"{name} {value:.1f}%" for name, value in floors.items())
+            + (f" (measured again: epochs before {start_epoch + 1} had other kNN settings, or "
+               "none)" if start_epoch else ""))
 
 
 # -------------------------------------------------------------------------------------------------
@@ -431,13 +475,15 @@ def new_metrics():
             "skipped_images": [], "step": [], "step_lr": [], "step_loss": []}
 
 
-def resume_or_start(model, optimizer, scaler, config, listing, world_size, log):
+def resume_or_start(training, config, listing, run):
     """(metrics, epochs done, optimiser steps done), from OUTPUT_DIR/checkpoint_last.pth when
     RESUME and it exists: checked and loaded at start-up, before any image is decoded.
 
     A resume that would not continue the same run is refused by name (refuse_another_run); what
     may change is applied and recorded in metrics["resumed_with"]. Under torchrun every rank
-    decides from its own file system; prepare_data then makes them agree on what they resumed."""
+    decides from its own file system; prepare_data then makes them agree on what they resumed.
+    `training`: (model, optimizer, grad scaler), loaded in place."""
+    model, optimizer, scaler = training
     last_path = os.path.join(OUTPUT_DIR, "checkpoint_last.pth")
     if not (RESUME and os.path.exists(last_path)):
         return new_metrics(), 0, 0
@@ -449,7 +495,7 @@ def resume_or_start(model, optimizer, scaler, config, listing, world_size, log):
     missing = [key for key in LAST_KEYS if key not in last]
     if missing:
         raise CheckpointError(f"{last_path}: lacks {missing}, so it cannot be resumed. {fix}")
-    refuse_another_run(last, config, listing, world_size, last_path)
+    refuse_another_run(last, config, listing, run.world_size, last_path)
     check_finite(last["model"], last_path)
     try:
         unwrap(model).load_state_dict(last["model"])
@@ -459,15 +505,15 @@ def resume_or_start(model, optimizer, scaler, config, listing, world_size, log):
                               f"describes ({str(error).splitlines()[0][:200]}). {fix}") from None
     scaler_state = restore_grad_scaler(scaler, last["scaler"])
     if scaler_state == "fresh":
-        log(f"note: {last_path} was written without fp16; the grad scaler starts from its "
-            "initial scale")
+        run.log(f"note: {last_path} was written without fp16; the grad scaler starts from its "
+                "initial scale")
     metrics, then = last["metrics"], last["config"]
     metrics.setdefault("resumed_with", []).append(
         {"epoch": last["epoch"], "changed": {name: [then[name], config[name]]
                                              for name in RESUMABLE_CHANGES
                                              if name in then and then[name] != config[name]}})
-    log(f"resuming from {last_path}: {last['epoch']} of {NUM_EPOCHS} epochs done, step "
-        f"{last['global_step']}")
+    run.log(f"resuming from {last_path}: {last['epoch']} of {NUM_EPOCHS} epochs done, step "
+            f"{last['global_step']}")
     return metrics, last["epoch"], last["global_step"]
 
 
@@ -523,10 +569,11 @@ def checkpoint_bytes(param_count):
     return 4 * param_count * (NUM_EPOCHS // SAVE_EVERY + 1 + 4)
 
 
-def save_epoch(model, optimizer, scaler, metrics, config, epoch, global_step):
-    """This epoch's files. The epoch file goes first: a kill before checkpoint_last.pth is
-    rewritten replays this epoch on resume and writes the file again, where the other order could
-    resume past a file never written."""
+def save_epoch(training, metrics, config, epoch, global_step):
+    """This epoch's files, of `training`: (model, optimizer, grad scaler). The epoch file goes
+    first: a kill before checkpoint_last.pth is rewritten replays this epoch on resume and writes
+    the file again, where the other order could resume past a file never written."""
+    model, optimizer, scaler = training
     model_state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
     if (epoch + 1) % SAVE_EVERY == 0 or epoch + 1 == NUM_EPOCHS:
         name = f"simsiam_{ARCH}_epoch_{epoch + 1}.pth"
@@ -580,18 +627,27 @@ def check_memory(device):
                                               "IMAGE_SIZE": IMAGE_SIZE})}, device)
 
 
-def build_model(main_process, device):
-    """The SimSiam model, once it is sure to fit in the memory of `device`; rank 0 also makes sure
-    OUTPUT_DIR can take its checkpoints, and locks it."""
+def initial_model():
+    """The SimSiam of this run at its initial weights, the same whenever it is built (seeded with
+    SEED apart from the global generator): the kNN monitor's random-init floor can be measured
+    again after a resume."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        return SimSiam(ARCH, PROJ_DIM, PRED_DIM, IN_CHANNELS, SMALL_STEM, STEM_STRIDE)
+
+
+def build_model(run):
+    """The SimSiam model on the run's device, once it is sure to fit in its memory; rank 0 also
+    makes sure OUTPUT_DIR can take its checkpoints, and locks it."""
     try:
-        check_memory(device)
-        model = SimSiam(ARCH, PROJ_DIM, PRED_DIM, IN_CHANNELS, SMALL_STEM, STEM_STRIDE)
+        check_memory(run.device)
+        model = initial_model()
     except ValueError as error:
         fail(f"{error}. Fix --arch / --small_stem / --stem_stride.", code=2)
-    if main_process:
+    if run.main:
         need = checkpoint_bytes(sum(p.numel() for p in model.parameters()))
         prepare_output_dir(OUTPUT_DIR, "train_simsiam", need_bytes=need)
-    return model
+    return model.to(run.device, memory_format=run.memory_format)
 
 
 def image_listing(paths):
@@ -601,18 +657,27 @@ def image_listing(paths):
     return {"count": len(paths), "sha1": hashlib.sha1(names.encode()).hexdigest()[:12]}
 
 
-def prepare_data(listed, knn_files, resumed_at, world_size, device, main_process, log):
-    """(images, usable paths, unreadable, steps per epoch, kNN data or None). The kNN splits and
-    the images are decoded once before the process group exists, so that a long decode cannot
-    time out a collective; then every rank must see the same images and have resumed the same
-    epoch and step."""
-    knn_data = decode_knn(knn_files, main_process, log) if knn_files else None
-    images, paths, unreadable = decode_once(listed, main_process, log)
+class Pretraining(NamedTuple):
+    """The images of the run, decoded, and what its epochs are made of."""
+    images: object  # the decoded-once array (fast pipeline), or None (reference pipeline)
+    paths: list  # the usable images
+    unreadable: list  # what decoding left out
+    steps_per_epoch: int
+    knn: dict  # the kNN monitor's {split: (images, labels)} on rank 0; None elsewhere, or off
+    listing: dict  # image_listing of the images listed (readable or not): what a resume checks
+
+
+def prepare_data(listed, knn_files, resumed_at, run):
+    """The run's Pretraining. The kNN splits and the images are decoded once before the process
+    group exists, so that a long decode cannot time out a collective; then every rank must see
+    the same images and have resumed the same (epoch, step) `resumed_at`."""
+    knn_data = decode_knn(knn_files, run.main, run.log) if knn_files else None
+    images, paths, unreadable = decode_once(listed, run.main, run.log)
+    world_size = run.world_size
     if unreadable:
-        log(f"warning: skipping {len(unreadable)} unreadable image(s), e.g. {unreadable[0]}")
+        run.log(f"warning: skipping {len(unreadable)} unreadable image(s), e.g. {unreadable[0]}")
     if world_size > 1:
-        join_process_group(process_layout()[0], world_size,
-                           "nccl" if device.type == "cuda" else "gloo")
+        join_process_group(run.rank, world_size, "nccl" if run.device.type == "cuda" else "gloo")
         ranks_agree(image_listing(paths), "the images of DATA_DIR (count, hash of the list)")
         ranks_agree(resumed_at, f"the (epoch, step) that {OUTPUT_DIR}/checkpoint_last.pth holds "
                                 "((0, 0): none)")
@@ -621,17 +686,19 @@ def prepare_data(listed, knn_files, resumed_at, world_size, device, main_process
         raise DataError(f"only {len(paths)} usable images in {DATA_DIR!r}, fewer than one "
                         f"global batch of {BATCH_SIZE * world_size} pairs. Lower --batch_size "
                         f"(at most {max(2, len(paths) // world_size)}) or add images.")
-    return images, paths, unreadable, steps_per_epoch, knn_data if main_process else None
+    return Pretraining(images, paths, unreadable, steps_per_epoch,
+                       knn_data if run.main else None, image_listing(listed))
 
 
-def sample_step(loss_sum, loss, z1, steps, world_size, samples, where):
+def sample_step(samples, tensors, steps, run, where):
     """Every SAMPLE_EVERY steps: the running loss (a NaN stops the run: the last good state is on
-    disk), the step's loss and z std. Each sample waits for the GPU once; returns the running
-    loss."""
+    disk), the step's loss and z std, from `tensors`: (the epoch's loss sum, the step's loss, its
+    z1). Each sample waits for the GPU once; returns the running loss."""
+    loss_sum, loss, z1 = tensors
     running = loss_sum.clone()  # the running sum turns NaN as soon as one step does
-    if world_size > 1:
+    if run.world_size > 1:
         dist.all_reduce(running)  # every rank sees the same value, so all stop together
-    running = running.item() / steps / world_size
+    running = running.item() / steps / run.world_size
     if not math.isfinite(running):
         fail(f"loss became {running} at {where}. Stopping; the last good state is kept in "
              f"{OUTPUT_DIR}/checkpoint_last.pth. Lower --base_lr.")
@@ -650,7 +717,7 @@ def optimizer_for(model, base_lr):
                            lr=base_lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
 
 
-def for_training(model, device, world_size, log):
+def for_training(model, run):
     """(the module the steps call, whether its steps replay CUDA graphs): SyncBatchNorm (the paper
     normalises over all GPUs) and DDP under torchrun, torch.compile when asked. The parameters stay
     the model's own, so the optimiser needs no change.
@@ -658,6 +725,7 @@ def for_training(model, device, world_size, log):
     CUDA_GRAPHS compiles with mode="reduce-overhead": each step replays recorded CUDA graphs, so
     the host launches a few graphs instead of hundreds of kernels, which is what bounds a small
     batch's step. It needs one process on CUDA; elsewhere the run steps as COMPILE says."""
+    device, world_size, log = run.device, run.world_size, run.log
     if CUDA_GRAPHS and device.type == "cuda" and world_size == 1:
         return torch.compile(model, mode="reduce-overhead"), True
     if CUDA_GRAPHS:
@@ -676,18 +744,19 @@ def for_training(model, device, world_size, log):
 
 # -------------------------------------------------------------------------------------------------
 
-def describe_run(config, model, device, amp_dtype, precision_reason, world_size, num_images,
-                 listing, steps_per_epoch, base_lr, start_epoch, log):
+def describe_run(config, model, run, pretraining, start_epoch):
     """Print what this run does; return the facts that every epoch's metrics record."""
+    num_images, world_size, log = len(pretraining.paths), run.world_size, run.log
     facts = dict(config=config, z_std_healthy=1 / math.sqrt(PROJ_DIM), num_images=num_images,
-                 image_list=listing,
+                 image_list=pretraining.listing,
                  param_count=sum(p.numel() for p in model.parameters()), world_size=world_size,
-                 device=describe_device(device), precision=precision_name(amp_dtype),
+                 device=describe_device(run.device), precision=precision_name(run.amp_dtype),
                  compile_time_s=None)
     global_batch = BATCH_SIZE * world_size
+    base_lr = BASE_LR * global_batch / 256
     log(f"config: {config}")
-    log(f"device: {device_and_precision(device, amp_dtype, precision_reason)}; processes: "
-        f"{world_size}")
+    log(f"device: {device_and_precision(run.device, run.amp_dtype, run.precision_reason)}; "
+        f"processes: {world_size}")
     earlier = sorted(n for n in os.listdir(OUTPUT_DIR) if n.startswith("simsiam_")
                      and n.endswith(".pth") and "_epoch_" in n) if start_epoch == 0 else []
     if earlier:
@@ -695,44 +764,48 @@ def describe_run(config, model, device, amp_dtype, precision_reason, world_size,
             f"({', '.join(earlier[:4])}{'...' if len(earlier) > 4 else ''}); this run overwrites "
             "those of its own epochs, and evaluations take only this run's")
     log(f"model: SimSiam {ARCH}, {facts['param_count'] / 1e6:.2f} M parameters; {num_images} "
-        f"images, global batch {global_batch}, {steps_per_epoch} steps per epoch, lr "
+        f"images, global batch {global_batch}, {pretraining.steps_per_epoch} steps per epoch, lr "
         f"{base_lr:.5f} (= {BASE_LR} x {global_batch} / 256), epochs "
         f"{start_epoch + 1}..{NUM_EPOCHS}")
     return facts
 
 
+def compile_time(step_started, run):
+    """Seconds the first compiled step took (its compilation), printed apart from pairs/s."""
+    if run.device.type == "cuda":
+        torch.cuda.synchronize(run.device)
+    seconds = time.time() - step_started
+    run.log(f"torch.compile: the first step took {seconds:.1f} s (compilation; not in pairs/s)")
+    return seconds
+
+
+def out_of_memory():
+    fail(f"out of GPU memory at batch {BATCH_SIZE} x {IMAGE_SIZE} px with {ARCH}: try half the "
+         "--batch_size (the lr scales with it), a smaller --image_size or --arch=resnet18.")
+
+
 def main():
     config, _ = configure(globals())
     check_settings(config, settings_rules())
-    rank, local_rank, world_size = process_layout()
-    main_process = rank == 0
-    log = print if main_process else (lambda *args, **kwargs: None)
-    device = training_device(local_rank, world_size)
-    speed_up_cuda(device)
-    amp_dtype, precision_reason = amp_dtype_for(device, AMP)
-    memory_format = (torch.channels_last if channels_last_for(device, amp_dtype, CHANNELS_LAST)
-                     else torch.contiguous_format)
-    seed_everything(SEED + rank)
-    model = build_model(main_process, device).to(device, memory_format=memory_format)
-    global_batch = BATCH_SIZE * world_size
+    run = start_run()  # rank, device, precision, seed
+    model = build_model(run)
+    global_batch = BATCH_SIZE * run.world_size
     base_lr = BASE_LR * global_batch / 256
     optimizer = optimizer_for(model, base_lr)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler("cuda", enabled=run.amp_dtype == torch.float16)
+    device, memory_format = run.device, run.memory_format
 
     # ---- at start-up, before any image is decoded: the lists, the kNN folder, the resume ----
-    listed = list_pretraining_images(log)
-    listing = image_listing(listed)
+    listed = list_pretraining_images(run.log)
     knn_files = knn_splits() if KNN_DATA_DIR else None
-    metrics, start_epoch, global_step = resume_or_start(model, optimizer, scaler, config, listing,
-                                                        world_size, log)
-    images, paths, unreadable, steps_per_epoch, knn_data = prepare_data(
-        listed, knn_files, (start_epoch, global_step), world_size, device, main_process, log)
+    metrics, start_epoch, global_step = resume_or_start((model, optimizer, scaler), config,
+                                                        image_listing(listed), run)
+    pretraining = prepare_data(listed, knn_files, (start_epoch, global_step), run)
+    steps_per_epoch = pretraining.steps_per_epoch
     augment_pair = data.batch_augment_pair(IMAGE_SIZE, **data.augmentation_settings(config))
-    if knn_data and main_process and start_epoch == 0:
-        metrics["knn_floors"] = knn_floors(model, knn_data, device, amp_dtype, log)
-    train_model, graphs = for_training(model, device, world_size, log)
-    run_facts = describe_run(config, model, device, amp_dtype, precision_reason, world_size,
-                             len(paths), listing, steps_per_epoch, base_lr, start_epoch, log)
+    knn_floors(model, metrics, pretraining, run, start_epoch)
+    train_model, graphs = for_training(model, run)
+    run_facts = describe_run(config, model, run, pretraining, start_epoch)
 
     # ---- training loop ----
     for epoch in range(start_epoch, NUM_EPOCHS):
@@ -740,10 +813,8 @@ def main():
         loss_sum = torch.zeros((), device=device)
         steps, skipped, samples = 0, [], {"step": [], "step_loss": [], "step_lr": [], "z_std": []}
         started, compiling = time.time(), 0.0  # compiling: the first compiled step
-        batches = epoch_batches(epoch, images, paths, steps_per_epoch, rank, world_size, device,
-                                augment_pair)
-        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{NUM_EPOCHS}",
-                   leave=False, disable=not main_process)
+        bar = tqdm(epoch_batches(epoch, pretraining, run, augment_pair), total=steps_per_epoch,
+                   desc=f"epoch {epoch + 1}/{NUM_EPOCHS}", leave=False, disable=not run.main)
         try:
             for x1, x2, bad in bar:
                 skipped += bad
@@ -758,7 +829,7 @@ def main():
                 x2 = x2.to(device, non_blocking=True).contiguous(memory_format=memory_format)
                 if graphs:  # a new step: the graphs may now overwrite the last step's outputs
                     torch.compiler.cudagraph_mark_step_begin()
-                with autocast_for(device, amp_dtype):
+                with autocast_for(device, run.amp_dtype):
                     # z1, z2 come back detached: the stop-gradient
                     p1, p2, z1, z2 = train_model(x1, x2)
                     loss = negative_cosine_loss(p1.float(), p2.float(), z1.float(), z2.float())
@@ -767,50 +838,46 @@ def main():
                 scaler.step(optimizer)
                 scaler.update()
                 if (COMPILE or graphs) and run_facts["compile_time_s"] is None:
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    run_facts["compile_time_s"] = compiling = time.time() - step_started
-                    log(f"torch.compile: the first step took {compiling:.1f} s (compilation; "
-                        "not in pairs/s)")
+                    run_facts["compile_time_s"] = compiling = compile_time(step_started, run)
                 loss_sum += loss.detach()
                 steps += 1
                 global_step += 1
                 samples["step_lr"].append(lr)  # a host float: no wait for the GPU
                 if (steps - 1) % SAMPLE_EVERY == 0 or steps == steps_per_epoch:
                     samples["step"].append(global_step)
-                    running = sample_step(loss_sum, loss, z1, steps, world_size, samples,
+                    running = sample_step(samples, (loss_sum, loss, z1), steps, run,
                                           f"epoch {epoch + 1}, step {global_step}")
                     bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr:.5f}")
         except torch.cuda.OutOfMemoryError:
-            fail(f"out of GPU memory at batch {BATCH_SIZE} x {IMAGE_SIZE} px with {ARCH}: try "
-                 "half the --batch_size (the lr scales with it), a smaller --image_size or "
-                 "--arch=resnet18.")
+            out_of_memory()
         if steps == 0:
             raise DataError(f"epoch {epoch + 1} produced no batch: every image of {DATA_DIR} was "
                             "unreadable?")
+
+        # ---- the epoch's end: the kNN monitor, then rank 0 alone records and saves ----
         elapsed = time.time() - started
-        if world_size > 1:
+        if run.world_size > 1:
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
         for message in sorted(set(skipped))[:5]:
-            log(f"warning: skipped unreadable image {message}")
-        knn = (knn_monitor(model, knn_data, device, amp_dtype)
-               if knn_data and ((epoch + 1) % KNN_EVERY == 0 or epoch + 1 == NUM_EPOCHS) else None)
-        if main_process:  # rank 0 alone records and writes; every write is atomic
+            run.log(f"warning: skipped unreadable image {message}")
+        knn = (knn_monitor(model, pretraining.knn, run) if pretraining.knn
+               and ((epoch + 1) % KNN_EVERY == 0 or epoch + 1 == NUM_EPOCHS) else None)
+        if run.main:  # every write is atomic
             summary = {"loss": loss_sum.item() / steps, "lr": lr, "epoch_time_s": elapsed,
                        "knn_top1": knn,
                        "pairs_per_s": ((steps - (compiling > 0)) * global_batch
                                        / max(elapsed - compiling, 1e-9)),
-                       "skipped_images": len(unreadable) + len(set(skipped))}
+                       "skipped_images": len(pretraining.unreadable) + len(set(skipped))}
             line = finish_epoch(metrics, epoch, summary, samples,
                                 dict(run_facts, global_step=global_step))
-            save_epoch(model, optimizer, scaler, metrics, config, epoch, global_step)
+            save_epoch((model, optimizer, scaler), metrics, config, epoch, global_step)
             print(line, flush=True)
-    if main_process:
+    if run.main:  # the other ranks record no loss
         print(f"done: {NUM_EPOCHS} epochs, final loss {metrics['loss'][-1]:.4f}; outputs in "
               f"{OUTPUT_DIR}/" if start_epoch < NUM_EPOCHS else
               f"nothing to do: {OUTPUT_DIR}/checkpoint_last.pth already holds all {NUM_EPOCHS} "
               "epochs (pass --resume=False to train again, or a larger --num_epochs to go on)")
-    if world_size > 1:
+    if run.world_size > 1:
         dist.destroy_process_group()
 
 

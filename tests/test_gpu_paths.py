@@ -370,8 +370,9 @@ def _agreement(rank, world_size, init_file, out_file, copies):
     # every rank drew the same ones): on copies of one image the ranks' first views differ
     train_simsiam.PIPELINE, train_simsiam.NUM_WORKERS = "reference", 1
     train_simsiam.BATCH_SIZE, train_simsiam.IMAGE_SIZE = 4, 32
-    batches = train_simsiam.epoch_batches(0, None, copies, 1, rank, world_size,
-                                          torch.device("cpu"), None)
+    pretraining = train_simsiam.Pretraining(None, copies, [], 1, None, None)
+    run = train_simsiam.Run(rank, world_size, torch.device("cpu"), None, "", None, print)
+    batches = train_simsiam.epoch_batches(0, pretraining, run, None)
     result["first views"] = next(batches)[0][:, :, :4, :4].flatten().tolist()
     batches.close()
     with open(f"{out_file}.{rank}", "w") as f:

@@ -318,10 +318,11 @@ def test_cuda_graphs_compile_the_step_on_cuda_and_fall_back_elsewhere(monkeypatc
     monkeypatch.setattr(train_simsiam, "CUDA_GRAPHS", True)
     notes = []
     model = torch.nn.Linear(2, 2)
-    assert train_simsiam.for_training(model, CUDA, 1, notes.append) == (model, True)
+    def run(device):
+        return train_simsiam.Run(0, 1, device, None, "", torch.contiguous_format, notes.append)
+    assert train_simsiam.for_training(model, run(CUDA)) == (model, True)
     assert compiled == [{"mode": "reduce-overhead"}] and notes == []
-    assert train_simsiam.for_training(model, torch.device("cpu"), 1, notes.append) == (model,
-                                                                                        False)
+    assert train_simsiam.for_training(model, run(torch.device("cpu"))) == (model, False)
     assert compiled == [{"mode": "reduce-overhead"}] and "CUDA_GRAPHS" in notes[0]
 
 

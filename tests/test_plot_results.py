@@ -223,6 +223,19 @@ def test_floors_are_drawn_beside_simsiam(tiny_run):
     knn_panel = plot_results.plot_pretraining(pretrain).axes[3]
     labels = [t.get_text() for t in knn_panel.get_legend().get_texts()]
     assert labels == ["SimSiam", "random init (floor): 45.0%", "image statistics (floor): 55.0%"]
+    # a run resumed with other kNN settings measured its floors again from epoch 2: each set is
+    # drawn over its own epochs
+    pretrain["knn_floors_history"] = [
+        {"from_epoch": 1, "random init": 45.0, "image statistics": 55.0},
+        {"from_epoch": 2, "random init": 30.0, "image statistics": 35.0}]
+    knn_panel = plot_results.plot_pretraining(pretrain).axes[3]
+    labels = [t.get_text() for t in knn_panel.get_legend().get_texts()]
+    assert "random init (floor): 30.0% from epoch 2" in labels
+    spans = {round(c.get_segments()[0][0][1]): (c.get_segments()[0][0][0],
+                                                c.get_segments()[0][1][0])
+             for c in knn_panel.collections}
+    assert spans[45] == (0.5, 1.5) and spans[30] == (1.5, 2.5)
+    assert any("measured again" in t.get_text() for t in knn_panel.texts)
 
 
 def test_label_fraction_figure_reads_each_share_from_its_file(tiny_run, monkeypatch):

@@ -120,3 +120,46 @@ def test_unusable_resume_files_and_knn_folders_are_found_before_any_image_is_dec
                                   f"--knn_data_dir={eurosat}")
     assert code == 1 and "validation.csv" in err and "does not exist" in err, err
     assert _decoded(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_a_resume_with_other_knn_settings_measures_the_floors_again(first_epoch, first_epoch_run,
+                                                                     tmp_path):
+    """The kNN monitor's floors hold for the settings they were measured under: a resume that
+    turns the monitor on or changes KNN_K measures them again, from its first epoch, with the
+    run's initial weights (the same network a fresh run measures before its first step); a
+    resume with the same settings keeps them."""
+    eurosat = tmp_path / "EuroSAT"
+    make_eurosat(str(eurosat))
+    knn = [f"--knn_data_dir={eurosat}", "--knn_every=1"]
+
+    def resume(epochs, k):
+        result = run_in_process("train_simsiam.py", *first_epoch, f"--num_epochs={epochs}",
+                                *knn, f"--knn_k={k}")
+        assert result.returncode == 0, result.stderr[-2000:]
+        metrics = load_checkpoint(str(tmp_path / "out" / "pretrain_metrics.pth"))
+        return result.stdout, metrics["knn_floors_history"]
+
+    printed, history = resume(2, 3)  # the monitor turned on at epoch 2
+    assert [(h["from_epoch"], h["settings"]["KNN_K"]) for h in history] == [(2, 3)]
+    assert "kNN monitor floors (validation)" in printed and "measured again" in printed
+    printed, again = resume(3, 3)  # the same settings: the same floors
+    assert again == history and "kNN monitor floors" not in printed
+    _, history = resume(4, 5)
+    assert [(h["from_epoch"], h["settings"]["KNN_K"]) for h in history] == [(2, 3), (4, 5)]
+
+
+def test_the_initial_model_is_the_one_a_run_starts_from(tmp_path, monkeypatch):
+    """initial_model, which measures a resumed run's random-init floor again, rebuilds the weights
+    the run started from, whatever the global generator did in between."""
+    import train_simsiam
+    for name, value in (("ARCH", "resnet18"), ("PROJ_DIM", 64), ("PRED_DIM", 16),
+                        ("OUTPUT_DIR", str(tmp_path / "out")), ("DEVICE", "cpu")):
+        monkeypatch.setattr(train_simsiam, name, value)
+    started = train_simsiam.build_model(train_simsiam.start_run()).state_dict()
+    torch.rand(1000)  # the training goes on drawing from the global generator
+    again = train_simsiam.initial_model().state_dict()
+    assert all(torch.equal(started[k], again[k]) for k in started)
+    monkeypatch.setattr(train_simsiam, "SEED", 1)  # and it is the run's own seed's
+    other = train_simsiam.initial_model().state_dict()
+    assert not torch.equal(other["backbone.conv1.weight"], started["backbone.conv1.weight"])
