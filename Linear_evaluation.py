@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import simsiam_data as data
-from runtime import (above, at_least, atomic_save, between, channels_last_for, check_fits,
+from runtime import (above, at_least, atomic_save, between, check_fits,
                      check_settings, configure, describe_device, device_and_precision,
                      epoch_generator, fail, one_of, pick_device, prepare_output_dir, run,
                      seed_everything, speed_up_cuda, warmup_cosine)
@@ -83,7 +83,7 @@ KNN_TEMPERATURE = 0.2  # kNN vote weight exp(cosine / T), used for both k=20 and
 OVERWRITE = False  # replace results of another checkpoint in OUTPUT_DIR (refused otherwise)
 SEED = 0  # seeds the batch order (and augmentation, and the random baseline's initialisation)
 DEVICE = "auto"  # auto | cuda | cpu | mps
-CHANNELS_LAST = True  # channels_last memory format on CUDA (faster convs)
+CHANNELS_LAST = True  # channels_last memory format: faster convs on CUDA and on the CPU (docs/experiments.md)
 # -------------------------------------------------------------------------------------------------
 
 # Why SGD on standardised features: standardised with the train-set mean and std, one lr fits any
@@ -296,7 +296,7 @@ def main():
     started, device = time.time(), pick_device(DEVICE)
     speed_up_cuda(device, tf32=False)  # fp32 features and heads: TF32 off on CUDA (10-bit mantissa)
     check_fits(evaluation_memory(config, train=False), device)
-    channels_last = channels_last_for(device, None, CHANNELS_LAST)
+    channels_last = CHANNELS_LAST
     seed_everything(SEED)
     metrics_path, best_path, lock_name = evaluation_outputs(config, "linear_eval_metrics",
                                                             "linear_eval_eurosat_best_model")

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 import simsiam_data as data
 from runtime import (AMP_MODES, above, amp_dtype_for, at_least, atomic_save, autocast_for, between,
-                     channels_last_for, check_fits, check_settings, configure, describe_device,
+                     check_fits, check_settings, configure, describe_device,
                      device_and_precision, epoch_generator, fail, one_of, pick_device,
                      prepare_output_dir, run, seed_everything, speed_up_cuda, warmup_cosine)
 from simsiam_model import (ARCHS, FINETUNE_METRICS_KIND, IMAGE_STATS, Classifier,
@@ -66,7 +66,7 @@ SEED = 0  # seeds the head's initialisation, the batch order and the augmentatio
 DEVICE = "auto"  # auto | cuda | cpu | mps
 AMP = "auto"  # auto | bf16 | fp16 | off. auto: bf16 where native (GPU 8.0+, CPU AVX512-BF16/AMX),
 #               else fp16 with a grad scaler on a GPU, fp32 on a CPU
-CHANNELS_LAST = True  # channels_last memory format on CUDA and under bf16 on a CPU (faster convs)
+CHANNELS_LAST = True  # channels_last memory format: faster convs on CUDA and on the CPU (docs/experiments.md)
 # -------------------------------------------------------------------------------------------------
 
 # Why AdamW: it adapts the step per parameter, so one small lr suits both the pre-trained backbone
@@ -195,7 +195,7 @@ def main():
     check_fits(evaluation_memory(config, train=True), device)
     speed_up_cuda(device)
     amp_dtype, precision_reason = amp_dtype_for(device, AMP)
-    channels_last = channels_last_for(device, amp_dtype, CHANNELS_LAST)
+    channels_last = CHANNELS_LAST
     seed_everything(SEED)
     metrics_path, best_path, lock_name = evaluation_outputs(config, "finetune_metrics",
                                                             "finetuned_eurosat_best_model")

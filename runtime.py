@@ -362,12 +362,6 @@ def device_and_precision(device, amp_dtype, reason):
             + (f", {cuda_math()}" if device.type == "cuda" else ""))
 
 
-def channels_last_for(device, amp_dtype, enabled=True):
-    """channels_last pays off on CUDA and under CPU bf16 (oneDNN's fast convolutions); elsewhere it
-    only costs."""
-    return enabled and (device.type == "cuda" or amp_dtype is not None)
-
-
 def autocast_for(device, amp_dtype):
     import torch
     if amp_dtype is None:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 import simsiam_data as data
 from runtime import (AMP_MODES, CheckpointError, DataError, above, amp_dtype_for, at_least,
-                     atomic_save, autocast_for, between, channels_last_for, check_fits,
+                     atomic_save, autocast_for, between, check_fits,
                      check_settings, configure, describe_device, device_and_precision,
                      epoch_generator, fail, library_versions, load_checkpoint, one_of, pick_device,
                      precision_name, prepare_output_dir,
@@ -72,7 +72,7 @@ NUM_WORKERS = 4  # DataLoader workers (reference pipeline only)
 DECODE_PROCESSES = 0  # processes that decode the fast pipeline's image cache; 0 = one per core
 AMP = "auto"  # auto | bf16 | fp16 | off. auto: bf16 where native (GPU 8.0+, CPU AVX512-BF16/AMX),
 #               else fp16 with a grad scaler on a GPU, fp32 on a CPU
-CHANNELS_LAST = True  # channels_last memory format on CUDA and under bf16 on a CPU (faster convs)
+CHANNELS_LAST = True  # channels_last memory format: faster convs on CUDA and on the CPU (docs/experiments.md)
 COMPILE = False  # torch.compile (CUDA; slower start, faster steps; compile time reported apart)
 CUDA_GRAPHS = False  # CUDA, one process: compile with CUDA graphs (fewer launches: small batches)
 OVERLAP_DATA = True  # CUDA, fast pipeline: make the next batch during this step, on a side stream
@@ -185,8 +185,7 @@ def start_run():
     device = training_device(local_rank, world_size)
     speed_up_cuda(device)
     amp_dtype, reason = amp_dtype_for(device, AMP)
-    memory_format = (torch.channels_last if channels_last_for(device, amp_dtype, CHANNELS_LAST)
-                     else torch.contiguous_format)
+    memory_format = torch.channels_last if CHANNELS_LAST else torch.contiguous_format
     seed_everything(SEED + rank)
     return Run(rank, world_size, device, amp_dtype, reason, memory_format,
                print if rank == 0 else (lambda *args, **kwargs: None))

@@ -17,8 +17,7 @@ Every row runs the same SimSiam training step (forward, backward, SGD step) on t
 - default:       train_simsiam.py's PIPELINE="fast": decoded-once uint8 memory map, BatchAugment on
                  the device (on CUDA made one batch ahead on a side stream, as OVERLAP_DATA does),
                  AMP as train_simsiam.py chooses it (bf16 where native: a GPU of compute
-                 capability 8.0+, a CPU with AVX512-BF16 or AMX), channels_last on CUDA (and under
-                 bf16 on a CPU)
+                 capability 8.0+, a CPU with AVX512-BF16 or AMX), channels_last
 - default_serial (CUDA, with OVERLAP_DATA): the default with each batch's data work on the
                  model's stream (OVERLAP_DATA = False makes the default itself serial)
 - default_data_only: the default's data work (cache read, copy, both augmented views) without
@@ -58,7 +57,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import simsiam_data as data  # noqa: E402
 from runtime import (AMP_MODES, amp_dtype_for, at_least, atomic_write, autocast_for,  # noqa: E402
-                     between, channels_last_for, check_settings, configure, describe_device, fail,
+                     between, check_settings, configure, describe_device, fail,
                      library_versions, one_of, pick_device, precision_name, run, speed_up_cuda)
 from simsiam_model import SimSiam, negative_cosine_loss  # noqa: E402
 
@@ -78,7 +77,7 @@ STEPS = 10  # timed steps per pipeline
 WARMUP_STEPS = 3  # untimed steps first (allocations, cudnn autotune, worker start-up)
 NUM_WORKERS = 2  # DataLoader workers, reference pipeline (the write-up's way of feeding the GPU)
 AMP = "auto"  # train_simsiam.py's AMP (auto: bf16 where native) for all but reference (fp32)
-CHANNELS_LAST = True  # channels_last on CUDA (and bf16 on CPU) for ceiling, reference_amp, default
+CHANNELS_LAST = True  # channels_last for ceiling, reference_amp, default (faster on CUDA and CPU)
 VARIANTS = False  # also time ceiling and default in the other memory format and with torch.compile
 CACHE_DIR = ""  # where the default pipeline keeps its decoded array; "" = a temp folder
 GRAPHS = False  # also time ceiling and default with CUDA graphs (CUDA; compiles first, minutes)
@@ -400,7 +399,7 @@ def main():
                                             "1, or 2 with --small_stem=True")})
     device = pick_device(DEVICE)
     amp_dtype, precision_reason = amp_dtype_for(device, AMP)
-    channels_last = channels_last_for(device, amp_dtype, CHANNELS_LAST)
+    channels_last = CHANNELS_LAST
     views = data.augmentation_settings(config)  # the same views as train_simsiam.py's
     tuned = speed_up_cuda(device)
     torch.manual_seed(0)

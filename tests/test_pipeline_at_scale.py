@@ -152,13 +152,12 @@ def test_bench_variants_time_the_other_memory_format_and_torch_compile(tmp_path,
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.load(open(tmp_path / "bench.json"))
     assert list(summary["results"]) == ["ceiling", "default", "default_data_only",
-                                        "ceiling_channels_last", "default_channels_last",
-                                        "ceiling_compile"]
+                                        "ceiling_nchw", "default_nchw", "ceiling_compile"]
     assert {row.get("precision", "fp32") for row in summary["results"].values()} == {"fp32"}
-    # the CPU's fp32 default is NCHW; the variants flip it, the compiled rows keep it
+    # the default is channels_last (fp32 on a CPU too); the variants flip it, the compiled rows keep it
     nchw, cl = torch.preserve_format, torch.channels_last
-    assert formats == [nchw, nchw, cl, cl, nchw, nchw] and compiled == [{}, {}]
-    for ratio in ("ceiling_channels_last / ceiling", "default_channels_last / default",
+    assert formats == [cl, cl, nchw, nchw, cl, cl] and compiled == [{}, {}]
+    for ratio in ("ceiling_nchw / ceiling", "default_nchw / default",
                   "ceiling_compile / ceiling"):
         assert ratio + " = " in result.stdout
     assert "ceiling_compile_over_ceiling" in summary
