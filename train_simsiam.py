@@ -507,10 +507,16 @@ def resume_or_start(training, config, listing, run):
         run.log(f"note: {last_path} was written without fp16; the grad scaler starts from its "
                 "initial scale")
     metrics, then = last["metrics"], last["config"]
-    metrics.setdefault("resumed_with", []).append(
-        {"epoch": last["epoch"], "changed": {name: [then[name], config[name]]
-                                             for name in RESUMABLE_CHANGES
-                                             if name in then and then[name] != config[name]}})
+    changed = {name: [then[name], config[name]] for name in RESUMABLE_CHANGES
+               if name in then and then[name] != config[name]}
+    # AMP names a rule ("auto"), not a precision: the same setting on another machine (or from a
+    # version whose "auto" meant fp32 on every CPU) may go on in another one
+    precision = precision_name(run.amp_dtype)
+    if metrics.get("precision", precision) != precision:
+        changed["precision"] = [metrics["precision"], precision]
+        run.log(f"note: {last_path} trained in {metrics['precision']}; it goes on in {precision} "
+                f"(AMP={AMP!r} here: {run.precision_reason}); pass --amp=off for fp32")
+    metrics.setdefault("resumed_with", []).append({"epoch": last["epoch"], "changed": changed})
     run.log(f"resuming from {last_path}: {last['epoch']} of {NUM_EPOCHS} epochs done, step "
             f"{last['global_step']}")
     return metrics, last["epoch"], last["global_step"]

@@ -280,10 +280,26 @@ def main():
         results[name] = load_checkpoint(path)
         # the script's own timing: the same on a rerun that skips it
         times[name] = results[name]["wall_time_s"]
+        same_labelled_images(results)
         # the table so far: a step that fails or is stopped later keeps these rows
         table = write_report(report, results, final=name == steps[-1][0])
     print(table)
     print(f"\nwrote {out}/quality.json and {out}/quality.md")
+
+
+def same_labelled_images(results):
+    """Stop, naming the steps, when two evaluations at one label fraction trained on different
+    labelled images (metrics files written before the digest existed are not checked)."""
+    by_fraction = {}
+    for name, found in results.items():
+        if found.get("train_files_sha1"):
+            by_fraction.setdefault(found.get("label_fraction", 1.0), {})[name] = \
+                found["train_files_sha1"]
+    for fraction, digests in by_fraction.items():
+        if len(set(digests.values())) > 1:
+            fail(f"at {fraction * 100:g} % of the labels the steps {', '.join(sorted(digests))} "
+                 "trained on different images (train_files_sha1 differs): their rows would not "
+                 "compare. Rerun them into a fresh --output_dir")
 
 
 def table_rows(results, times):
@@ -295,7 +311,8 @@ def table_rows(results, times):
         init = next(label for label, suffix in reversed(INITS)
                     if suffix in name.split("_labels")[0])
         common = {"init": init, "labels": found.get("label_fraction", 1.0),
-                  "train_labels": found.get("train_labels"), "wall_s": times[name]}
+                  "train_labels": found.get("train_labels"),
+                  "train_files_sha1": found.get("train_files_sha1"), "wall_s": times[name]}
         if stage == "linear":
             for k in ("k20", "k200"):
                 rows.append(dict(common, protocol=f"kNN k={k[1:]}",

@@ -68,6 +68,9 @@ def test_bench_quality_quick_run_writes_table(tmp_path, monkeypatch):
                                 by_row["image statistics", "linear probe", share]))
     # a label fraction trains on its share of train.csv (the same images for every initialisation)
     assert {row["train_labels"] for row in summary["rows"] if row["labels"] == 0.25} == {8}
+    digests = {share: {row["train_files_sha1"] for row in summary["rows"] if row["labels"] == share}
+               for share in (0.25, 1.0)}
+    assert len(digests[0.25]) == len(digests[1.0]) == 1 and digests[0.25] != digests[1.0]
     assert "--label_fraction=0.25" in summary["commands"]["linear_random_labels25pct"]
     # the kNN monitor's floors, measured before the first step
     pretrain_metrics = torch.load(out / "pretrain_metrics.pth", weights_only=False)
@@ -100,6 +103,13 @@ def test_bench_quality_quick_run_writes_table(tmp_path, monkeypatch):
     again = json.loads((out / "quality.json").read_text())
     assert again["pretrain_wall_min"] >= summary["pretrain_wall_min"]
     assert again["rows"] == summary["rows"]
+    # a floor of the same fraction that trained on other labelled images is named, not tabled
+    doctored = out / "linear_eval_metrics_random_labels25pct.pth"
+    metrics = torch.load(doctored, weights_only=False)
+    torch.save(dict(metrics, train_files_sha1="0" * 40), doctored)
+    mixed = run_in_process("scripts/bench_quality.py", *args)
+    assert mixed.returncode == 1 and "trained on different images" in mixed.stderr, mixed.stderr
+    assert "linear_random_labels25pct" in mixed.stderr
 
 
 def test_every_recipe_study_row_is_a_valid_set_of_train_simsiam_settings(tmp_path):

@@ -67,17 +67,21 @@ def test_resuming_with_settings_that_define_the_run_is_refused_by_name(first_epo
 def test_resuming_records_what_may_change_and_knows_checkpoints_older_than_a_setting(
         first_epoch, first_epoch_run, tmp_path):
     common = first_epoch
-    # a checkpoint_last.pth written before GRAY_P and STEM_STRIDE existed: they were 0.2 and 1
-    _edit_last(tmp_path, lambda last: [last["config"].pop(k) for k in ("GRAY_P", "STEM_STRIDE")])
+    # a checkpoint_last.pth written before GRAY_P and STEM_STRIDE existed (they were 0.2 and 1),
+    # in fp16 (the same AMP setting resolves to another precision on another machine)
+    _edit_last(tmp_path, lambda last: [last["config"].pop(k) for k in ("GRAY_P", "STEM_STRIDE")]
+               + [last["metrics"].update(precision="fp16")])
     code, out, err = run_in_process("train_simsiam.py", *common, "--num_epochs=2",
                                     "--knn_every=3", "--sample_every=5", "--save_every=2")
     assert code == 0 and "resuming from" in out, err
+    assert "trained in fp16; it goes on in fp32" in out, out
     metrics = load_checkpoint(str(tmp_path / "out" / "pretrain_metrics.pth"))
     assert metrics["epochs"] == [1, 2] and metrics["config"]["NUM_EPOCHS"] == 2
     changed = {"NUM_EPOCHS": [1, 2], "OUTPUT_DIR": [str(first_epoch_run / "out"),
                                                     str(tmp_path / "out")],
                "CACHE_DIR": [str(first_epoch_run / "cache"), str(tmp_path / "cache")],
-               "KNN_EVERY": [5, 3], "SAMPLE_EVERY": [20, 5], "SAVE_EVERY": [10, 2]}
+               "KNN_EVERY": [5, 3], "SAMPLE_EVERY": [20, 5], "SAVE_EVERY": [10, 2],
+               "precision": ["fp16", "fp32"]}
     assert metrics["resumed_with"] == [{"epoch": 1, "changed": changed}]
     # a setting the checkpoint does not know, and whose value before it existed is not known
     _edit_last(tmp_path, lambda last: last["config"].pop("CROP_SCALE_MIN"))
