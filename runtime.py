@@ -215,6 +215,19 @@ def one_of(*choices):
     return (lambda value: value in choices), "one of " + ", ".join(repr(c) for c in choices)
 
 
+def label_fractions(text, setting):
+    """The label fractions of a setting's text ("0.01 0.1 1", or with commas), checked: distinct,
+    greater than 0 and at most 1 (else exit 2, naming the setting)."""
+    try:
+        values = [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        values = []
+    if not values or any(not 0 < v <= 1 for v in values) or len(set(values)) < len(values):
+        fail(f"{setting} = {text!r} is not allowed: it must list distinct label fractions greater "
+             "than 0 and at most 1, e.g. --label_fractions='0.01 0.1 1'", code=2)
+    return values
+
+
 def check_settings(config, rules):
     """Stop at start-up, before any data is read, on the first constant outside what it may be.
 

@@ -30,7 +30,8 @@ import pandas as pd
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from runtime import (AMP_MODES, CheckpointError, at_least, atomic_save,  # noqa: E402
-                     atomic_write, check_settings, configure, fail, load_checkpoint, one_of, run)
+                     atomic_write, check_settings, configure, fail, label_fractions,
+                     load_checkpoint, one_of, run)
 from simsiam_model import COLLAPSE_RATIO, fraction_suffix, stem_label  # noqa: E402
 
 # -------------------------------------------------------------------------------------------------
@@ -177,18 +178,6 @@ def machine():
     return f"CPU, {os.cpu_count()} cores ({platform.processor() or platform.machine()})"
 
 
-def fractions(text, setting):
-    """A list of label fractions from its setting's text ("0.01 0.1 1"), checked (exit 2)."""
-    try:
-        values = [float(v) for v in text.replace(",", " ").split()]
-    except ValueError:
-        values = []
-    if not values or any(not 0 < v <= 1 for v in values) or len(set(values)) < len(values):
-        fail(f"{setting} = {text!r} is not allowed: it must list distinct label fractions greater "
-             "than 0 and at most 1, e.g. --label_fractions='0.01 0.1 1'", code=2)
-    return values
-
-
 # the initialisations of every table: SimSiam, then the two floors it must clear (same protocols,
 # same splits), with the suffix of their files and steps
 INITS = (("SimSiam pre-trained", ""), ("random init", "_random"),
@@ -204,9 +193,10 @@ def evaluation_steps(checkpoint, random_model, precision, preset):
                                       else []) + FINETUNE_ARGS.split())
     models = {"": [f"--pretrained_path={checkpoint}"], "_random": random_model,
               "_image_stats": ["--pretrained_path=image_stats"]}
-    probe = fractions(LABEL_FRACTIONS or preset["label_fractions"], "LABEL_FRACTIONS")
+    probe = label_fractions(LABEL_FRACTIONS or preset["label_fractions"], "LABEL_FRACTIONS")
     tuned = ([] if SKIP_FINETUNE else
-             fractions(FINETUNE_FRACTIONS or preset["finetune_fractions"], "FINETUNE_FRACTIONS"))
+             label_fractions(FINETUNE_FRACTIONS or preset["finetune_fractions"],
+                             "FINETUNE_FRACTIONS"))
     steps = []
     order = [(f, "linear") for f in probe] + [(f, "finetune") for f in tuned]
     for fraction, stage in sorted(order, key=lambda item: (item[1] == "finetune" and item[0] < 1,

@@ -221,6 +221,14 @@ def test_the_label_fractions_are_passed_to_the_quality_run(tmp_path):
     _timing(work, 1, 64, default_ms=12.0)
     _, run, _ = _run_plan(tmp_path, "--finetune_fractions=0.1 1")
     assert "--label_fractions=0.01 0.1 1" in run and "--finetune_fractions=0.1 1" in run
+    # budgeted as bench_quality.py reads them (commas too), and a bad list refused before any work
+    make_eurosat(str(tmp_path / "EuroSAT"))
+    commas = _plan(tmp_path, "check", f"--eurosat_dir={tmp_path / 'EuroSAT'}", "--batches=8",
+                   "--label_fractions=0.01,0.1,1")
+    assert "9 kNN + probe runs x 15 s, 2 fine-tuning runs x 40 s" in commas.stdout, commas.stderr
+    bad = _plan(tmp_path, "check", f"--eurosat_dir={tmp_path / 'EuroSAT'}", "--batches=8",
+                "--label_fractions=0.01 0.01")
+    assert bad.returncode == 2 and "LABEL_FRACTIONS" in bad.stderr, bad.stderr
 
 
 # -------------------------------------------------------------------------------------------------

@@ -181,7 +181,7 @@ def test_large_wide_rasters_are_read_in_a_few_times_their_size(tmp_path):
     for kind, line in zip(kinds, result.stdout.splitlines()):
         read = json.loads(line)
         per_pixel = (read["peak"] - read["before"]) / side**2
-        assert read["size"] == [side, side] and per_pixel < 24, (
+        assert read["size"] == [side, side] and per_pixel <= data.READ_BYTES_PER_PIXEL["wide"], (
             f"{kind}: {per_pixel:.1f} bytes a pixel at the peak")
     assert len(result.stdout.splitlines()) == len(kinds)
 
@@ -196,8 +196,10 @@ def test_an_image_too_large_for_the_memory_left_is_refused_from_its_header(tmp_p
                                                     r"GiB more: cut it into tiles"):
         data.open_rgb(tmp_path / "scene.png")
     # the memory left is what an address-space limit (ulimit -v) leaves, too
-    probe = ("import resource, runtime; resource.setrlimit(resource.RLIMIT_AS, (2**36, 2**36)); "
-             "print(runtime.free_memory() <= 2**36)")
+    # (256 MiB above what the process maps now: far below MemAvailable on any machine)
+    probe = ("import resource, runtime; size = 1024 * runtime._numbers('/proc/self/status', ':')"
+             "['VmSize']; resource.setrlimit(resource.RLIMIT_AS, (size + 2**28, size + 2**28)); "
+             "print(runtime.free_memory() < 2**28 + 2**24)")
     assert subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
                           text=True, timeout=60).stdout.strip() == "True"
 
