@@ -83,7 +83,7 @@ KNN_TEMPERATURE = 0.2  # kNN vote weight exp(cosine / T), used for both k=20 and
 OVERWRITE = False  # replace results of another checkpoint in OUTPUT_DIR (refused otherwise)
 SEED = 0  # seeds the batch order (and augmentation, and the random baseline's initialisation)
 DEVICE = "auto"  # auto | cuda | cpu | mps
-CHANNELS_LAST = True  # channels_last memory format: faster convs on CUDA and on the CPU (docs/experiments.md)
+CHANNELS_LAST = True  # channels_last memory format: faster convs (docs/experiments.md)
 # -------------------------------------------------------------------------------------------------
 
 # Why SGD on standardised features: standardised with the train-set mean and std, one lr fits any
@@ -266,7 +266,7 @@ def knn_accuracies(features, values, labels):
     features as the bank, k=20 and k=200; `features` (the extractor) says whether its `values`
     are standardised first (image statistics: 12 numbers in different units)."""
     return {split: {f"k{k}": knn_top1((values["train"], values[split]), labels["train"],
-                                      labels[split], k, KNN_TEMPERATURE,
+                                      labels[split], k, temperature=KNN_TEMPERATURE,
                                       standardize=features.standardize_for_knn)
                     for k in (20, 200)}
             for split in ("validation", "test")}
@@ -296,7 +296,6 @@ def main():
     started, device = time.time(), pick_device(DEVICE)
     speed_up_cuda(device, tf32=False)  # fp32 features and heads: TF32 off on CUDA (10-bit mantissa)
     check_fits(evaluation_memory(config, train=False), device)
-    channels_last = CHANNELS_LAST
     seed_everything(SEED)
     metrics_path, best_path, lock_name = evaluation_outputs(config, "linear_eval_metrics",
                                                             "linear_eval_eurosat_best_model")
@@ -306,7 +305,7 @@ def main():
     lr_peak = BASE_LR * BATCH_SIZE / 256
     print(f"device: {device_and_precision(device, None, 'the probe features are fp32')}; head lr "
           f"{lr_peak:.4f} (= {BASE_LR} x {BATCH_SIZE} / 256)")
-    start = start_evaluation(config, device, channels_last, "evaluating", (metrics_path, best_path))
+    start = start_evaluation(config, device, CHANNELS_LAST, "evaluating", (metrics_path, best_path))
     config, features = start.config, start.features  # as used: the checkpoint's arch and size
     print(start.header)
     splits, labels = data.load_eurosat_splits(EUROSAT_DIR, CACHE_DIR, device,

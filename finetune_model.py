@@ -66,7 +66,7 @@ SEED = 0  # seeds the head's initialisation, the batch order and the augmentatio
 DEVICE = "auto"  # auto | cuda | cpu | mps
 AMP = "auto"  # auto | bf16 | fp16 | off. auto: bf16 where native (GPU 8.0+, CPU AVX512-BF16/AMX),
 #               else fp16 with a grad scaler on a GPU, fp32 on a CPU
-CHANNELS_LAST = True  # channels_last memory format: faster convs on CUDA and on the CPU (docs/experiments.md)
+CHANNELS_LAST = True  # channels_last memory format: faster convs (docs/experiments.md)
 # -------------------------------------------------------------------------------------------------
 
 # Why AdamW: it adapts the step per parameter, so one small lr suits both the pre-trained backbone
@@ -195,7 +195,6 @@ def main():
     check_fits(evaluation_memory(config, train=True), device)
     speed_up_cuda(device)
     amp_dtype, precision_reason = amp_dtype_for(device, AMP)
-    channels_last = CHANNELS_LAST
     seed_everything(SEED)
     metrics_path, best_path, lock_name = evaluation_outputs(config, "finetune_metrics",
                                                             "finetuned_eurosat_best_model")
@@ -205,11 +204,11 @@ def main():
     lr_peak = BASE_LR * BATCH_SIZE / 256
     print(f"device: {device_and_precision(device, amp_dtype, precision_reason)}; lr "
           f"{lr_peak:.6f} (= {BASE_LR} x {BATCH_SIZE} / 256)")
-    start = start_evaluation(config, device, channels_last, "fine-tuning",
+    start = start_evaluation(config, device, CHANNELS_LAST, "fine-tuning",
                              (metrics_path, best_path))
     config = start.config  # as used: the checkpoint's arch and size
     print(start.header)
-    compute = Compute(device, amp_dtype, torch.channels_last if channels_last
+    compute = Compute(device, amp_dtype, torch.channels_last if CHANNELS_LAST
                       else torch.contiguous_format, config["IMAGE_SIZE"])
     splits, labels = data.load_eurosat_splits(EUROSAT_DIR, CACHE_DIR, device,
                                               label_fraction=LABEL_FRACTION)

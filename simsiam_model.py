@@ -1,5 +1,5 @@
-"""SimSiam (Chen and He, CVPR 2021) and the classifiers built on its backbone.
-Pure definitions: no paths, no device.
+"""SimSiam (Chen and He, CVPR 2021), the classifiers built on its backbone, and the evaluations'
+shared parts. No paths of its own: the scripts pass them in.
 
 - `SimSiam`: torchvision ResNet backbone (fc removed), 3-layer projector (last BN without affine),
   2-layer bottleneck predictor; `forward(x1, x2)` returns p1, p2 and the detached z1, z2 (the
@@ -11,7 +11,11 @@ Pure definitions: no paths, no device.
   this project, strictly, from the checkpoint's own config.
 - `check_finite`: weights with NaN or inf are refused by name at load.
 - `step_memory`, `evaluation_memory`: what one step needs at the least, counted on the meta device.
-- `knn_predict`: the weighted kNN monitor (Wu et al. 2018) on l2-normalised features.
+- `BackboneFeatures`, `ImageStatistics`: the one way images become an N x D fp32 feature tensor,
+  for a frozen backbone and for the image-statistics floor alike (the probe and the kNN monitor).
+- `knn_top1` (on `knn_predict`, the weighted kNN of Wu et al. 2018 on l2-normalised features): the
+  one kNN accuracy, of the probe's report and of the pre-training monitor.
+- `start_evaluation`: the extractor, config and identity of an evaluation, from its settings.
 - `evaluation_metrics`, `record_evaluation_epoch`, `test_results`: the metrics file of
   Linear_evaluation.py and finetune_model.py (one schema), its per-epoch line and its test report.
 """
@@ -488,7 +492,7 @@ class BackboneFeatures:
     saves_model = True  # a head on these features is a classifier that classify_image.py can run
     standardize_for_knn = False  # the kNN l2-normalises them as they are
 
-    def __init__(self, backbone, dim, image_size, device, channels_last=False, amp_dtype=None,
+    def __init__(self, backbone, dim, image_size, device, *, channels_last=False, amp_dtype=None,
                  batch_size=256):
         self.backbone, self.dim, self.image_size, self.device = backbone, dim, image_size, device
         self.channels_last, self.amp_dtype, self.batch_size = channels_last, amp_dtype, batch_size
@@ -556,7 +560,7 @@ class ImageStatistics:
         return "image statistics: no network to check"
 
 
-def knn_top1(features, bank_labels, query_labels, k, temperature=0.2, standardize=False):
+def knn_top1(features, bank_labels, query_labels, k, *, temperature=0.2, standardize=False):
     """Top-1 accuracy (%) of the weighted kNN of the query features against the bank: the one kNN
     of the project, for the probe's report and the kNN monitor alike. `features` is (bank,
     queries); with `standardize` (image statistics) both are standardised with the bank's

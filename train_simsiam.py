@@ -72,7 +72,7 @@ NUM_WORKERS = 4  # DataLoader workers (reference pipeline only)
 DECODE_PROCESSES = 0  # processes that decode the fast pipeline's image cache; 0 = one per core
 AMP = "auto"  # auto | bf16 | fp16 | off. auto: bf16 where native (GPU 8.0+, CPU AVX512-BF16/AMX),
 #               else fp16 with a grad scaler on a GPU, fp32 on a CPU
-CHANNELS_LAST = True  # channels_last memory format: faster convs on CUDA and on the CPU (docs/experiments.md)
+CHANNELS_LAST = True  # channels_last memory format: faster convs (docs/experiments.md)
 COMPILE = False  # torch.compile (CUDA; slower start, faster steps; compile time reported apart)
 CUDA_GRAPHS = False  # CUDA, one process: compile with CUDA graphs (fewer launches: small batches)
 OVERLAP_DATA = True  # CUDA, fast pipeline: make the next batch during this step, on a side stream
@@ -447,6 +447,8 @@ def knn_floors(model, metrics, pretraining, run, start_epoch):
     own settings."""
     settings = {"KNN_DATA_DIR": KNN_DATA_DIR, "KNN_K": KNN_K}
     history = metrics.setdefault("knn_floors_history", [])
+    if not history and metrics.get("knn_floors"):  # a run from before the history: settings unknown
+        history.append({"from_epoch": 1, "settings": None, **metrics["knn_floors"]})
     if not pretraining.knn or not run.main or (history and history[-1]["settings"] == settings):
         return
     if start_epoch:  # the model has trained: the floor is the network as it started

@@ -18,6 +18,7 @@ table the README shows, with SimSiam's margin over the higher floor); how long e
 on named machines is in the README.
 """
 import json
+import math
 import os
 import platform
 import re
@@ -164,11 +165,14 @@ def reuse_floor(name, command, metrics_file, path):
     return True
 
 
-def finished(path):
+def finished(path, pretrained_path=None):
+    """Whether `path` holds a finished evaluation (of `pretrained_path`, where given)."""
     try:
-        return load_checkpoint(path).get("test_acc") is not None
+        metrics = load_checkpoint(path)
     except CheckpointError:
         return False
+    return (metrics.get("test_acc") is not None
+            and pretrained_path in (None, metrics.get("pretrained_path")))
 
 
 def machine():
@@ -263,8 +267,12 @@ def main():
     for name, script, args, metrics_file in steps:
         commands[name] = f"python {script} " + " ".join(common + args)
         path = os.path.join(out, metrics_file)
-        if finished(path):
+        model = args[0].split("=", 1)[1]  # --pretrained_path: this run's checkpoint, or a floor
+        if finished(path, model):
             print(f"[{name}] already done: {path}")
+        elif finished(path):  # an earlier checkpoint's (a rerun with more --pretrain_epochs)
+            print(f"[{name}] {path} holds another checkpoint's results: replacing them")
+            run_step(name, script, common + args + ["--overwrite=True"], out)
         elif not reuse_floor(name, commands[name], metrics_file, path):
             run_step(name, script, common + args, out)
         results[name] = load_checkpoint(path)
@@ -304,7 +312,9 @@ def table_rows(results, times):
                   "train_labels": found.get("train_labels"),
                   "train_files_sha1": found.get("train_files_sha1"), "wall_s": times[name]}
         if stage == "linear":
-            for k in ("k20", "k200"):
+            # k at least the bank's size is a vote of every labelled image, not a neighbourhood
+            for k in [k for k in ("k20", "k200") if int(k[1:]) < (found.get("train_labels")
+                                                                   or math.inf)]:
                 rows.append(dict(common, protocol=f"kNN k={k[1:]}",
                                  val_acc=(found.get("knn_val") or {}).get(k),
                                  test_acc=found["knn"][k]))

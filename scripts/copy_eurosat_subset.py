@@ -12,7 +12,9 @@ with its own chroma subsampling (EuroSAT's JPEGs are stored at quality 100, ever
 difference of a re-encoded image from its original, and records them in the copy's
 eurosat_copy.json (scripts/plan_quality.py reports which quality travelled). The copied train.csv
 lists only the copied rows, so pre-training and the linear probe see only those; validation and
-test are complete. Every CSV is checked as the evaluations check it.
+test are complete. Every CSV is checked as the evaluations check it. The copy is made in
+TARGET_DIR.partial and renamed to TARGET_DIR when whole: a copy that is stopped leaves no half
+folder under TARGET_DIR, and its rerun starts the .partial folder afresh.
 """
 import json
 import os
@@ -21,12 +23,13 @@ import sys
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import simsiam_data as data  # noqa: E402
 from bench_quality import write_subset  # noqa: E402
 from runtime import (at_least, atomic_write, between, check_settings, configure,  # noqa: E402
-                     fail, run)
+                     fail, run, write_error)
 
 # -------------------------------------------------------------------------------------------------
 SOURCE_DIR = "datae/EuroSAT"  # EuroSAT RGB with train/validation/test CSVs and label_map.json
@@ -76,32 +79,45 @@ def main():
     if TRAIN_IMAGES > len(splits["train"].paths):
         fail(f"TRAIN_IMAGES must be at most {len(splits['train'].paths)} (the rows of "
              f"{source}/train.csv), got {TRAIN_IMAGES}", code=2)
-    os.makedirs(target, exist_ok=True)
-    shutil.copy2(label_map, target)
-    for split in ("validation", "test"):
-        shutil.copy2(os.path.join(source, f"{split}.csv"), target)
+    partial = target + ".partial"  # renamed to target when the copy is whole
+    shutil.rmtree(partial, ignore_errors=True)
+    os.makedirs(partial)
+    try:
+        shutil.copy2(label_map, partial)
+        for split in ("validation", "test"):
+            shutil.copy2(os.path.join(source, f"{split}.csv"), partial)
+    except OSError as error:
+        raise write_error(partial, error) from None
     if TRAIN_IMAGES:
         write_subset(os.path.join(source, "train.csv"), TRAIN_IMAGES,
-                     os.path.join(target, "train.csv"), setting="TRAIN_IMAGES")
-        splits["train"] = data.read_eurosat_split(source, os.path.join(target, "train.csv"),
+                     os.path.join(partial, "train.csv"), setting="TRAIN_IMAGES")
+        splits["train"] = data.read_eurosat_split(source, os.path.join(partial, "train.csv"),
                                                   label_map)
     else:
-        shutil.copy2(os.path.join(source, "train.csv"), target)
+        shutil.copy2(os.path.join(source, "train.csv"), partial)
     largest, total, values = 0, 0, 0  # of the re-encoded images' differences
-    for files in splits.values():
-        for path in files.paths:
-            copy = os.path.join(target, os.path.relpath(path, source))
+    for path in tqdm([p for files in splits.values() for p in files.paths], desc="copying"):
+        copy = os.path.join(partial, os.path.relpath(path, source))
+        try:
             os.makedirs(os.path.dirname(copy), exist_ok=True)
             difference = copy_image(path, copy)
-            if difference is not None:
-                largest = max(largest, int(difference.max()))
-                total, values = total + int(difference.sum()), values + difference.size
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            if getattr(error, "errno", None):  # the system's: disk full, not writable, ...
+                raise write_error(copy, error) from None
+            fail(f"{path}: cannot be read as an image ({error}); replace it from the original "
+                 "download (bash scripts/data.sh) and copy again")
+        if difference is not None:
+            largest = max(largest, int(difference.max()))
+            total, values = total + int(difference.sum()), values + difference.size
     counts = {split: len(files.paths) for split, files in splits.items()}
     info = {"source_dir": source, "images": counts, "jpeg_quality": JPEG_QUALITY or None,
             "max_pixel_difference": largest, "mean_pixel_difference": total / max(1, values),
-            "bytes": folder_bytes(target)}
-    with atomic_write(os.path.join(target, COPY_INFO), "w") as f:
+            "bytes": folder_bytes(partial)}
+    with atomic_write(os.path.join(partial, COPY_INFO), "w") as f:
         json.dump(info, f, indent=2)
+    if os.path.isdir(target):
+        os.rmdir(target)  # empty: checked at start-up
+    os.rename(partial, target)
     how = (f"re-encoded at JPEG quality {JPEG_QUALITY}; per-pixel difference from the originals: "
            f"largest {largest}, mean {info['mean_pixel_difference']:.2f}" if JPEG_QUALITY
            else "bytes as they are")

@@ -5,6 +5,7 @@ measurements of any GPU."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -356,6 +357,16 @@ def test_copy_eurosat_subset_keeps_validation_and_test_whole(tmp_path):
                               f"--target_dir={tmp_path / 'other'}", "--train_images=100000")
     assert too_many.returncode == 2 and "TRAIN_IMAGES" in too_many.stderr
     assert not (tmp_path / "other").exists()  # refused before anything was copied
+    # a corrupt image stops the copy by name; nothing half-made is left where the copy goes
+    broken = tmp_path / "broken"
+    shutil.copytree(source, broken)
+    first = sorted(pd.read_csv(broken / "test.csv")["Filename"])[0]
+    (broken / first).write_bytes(b"not a JPEG")
+    corrupt = run_in_process("scripts/copy_eurosat_subset.py", f"--source_dir={broken}",
+                             f"--target_dir={tmp_path / 'from_broken'}", "--train_images=0",
+                             "--jpeg_quality=95")
+    assert corrupt.returncode == 1 and first in corrupt.stderr, corrupt.stderr
+    assert "replace it" in corrupt.stderr and not (tmp_path / "from_broken").exists()
 
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(ROOT, "..", "shared", "data", "EuroSAT")),

@@ -154,7 +154,7 @@ def test_bench_variants_time_the_other_memory_format_and_torch_compile(tmp_path,
     assert list(summary["results"]) == ["ceiling", "default", "default_data_only",
                                         "ceiling_nchw", "default_nchw", "ceiling_compile"]
     assert {row.get("precision", "fp32") for row in summary["results"].values()} == {"fp32"}
-    # the default is channels_last (fp32 on a CPU too); the variants flip it, the compiled rows keep it
+    # the default is channels_last (on a CPU in fp32 too); the variants flip it, compiled keep it
     nchw, cl = torch.preserve_format, torch.channels_last
     assert formats == [cl, cl, nchw, nchw, cl, cl] and compiled == [{}, {}]
     for ratio in ("ceiling_nchw / ceiling", "default_nchw / default",

@@ -151,11 +151,21 @@ def test_a_resume_with_other_knn_settings_measures_the_floors_again(first_epoch,
     assert again == history and "kNN monitor floors" not in printed
     _, history = resume(4, 5)
     assert [(h["from_epoch"], h["settings"]["KNN_K"]) for h in history] == [(2, 3), (4, 5)]
+    # a run from before the history kept one set of floors: they stay, from epoch 1, settings
+    # unknown, and are measured again
+    old = {"random init": 10.0, "image statistics": 20.0}
+    _edit_last(tmp_path, lambda last: [last["metrics"].pop("knn_floors_history"),
+                                       last["metrics"].update(knn_floors=old)])
+    _, history = resume(5, 5)
+    assert [(h["from_epoch"], h["settings"]) for h in history][0] == (1, None)
+    assert history[0]["random init"] == 10.0 and history[1]["from_epoch"] == 5
 
 
-def test_the_initial_model_is_the_one_a_run_starts_from(tmp_path, monkeypatch):
+def test_initial_model_rebuilds_the_same_weights_whatever_the_global_generator_did(
+        tmp_path, monkeypatch):
     """initial_model, which measures a resumed run's random-init floor again, rebuilds the weights
-    the run started from, whatever the global generator did in between."""
+    a run starts from (build_model's) however much the global generator drew in between, and
+    from the run's own seed."""
     import train_simsiam
     for name, value in (("ARCH", "resnet18"), ("PROJ_DIM", 64), ("PRED_DIM", 16),
                         ("OUTPUT_DIR", str(tmp_path / "out")), ("DEVICE", "cpu")):
