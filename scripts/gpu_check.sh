@@ -121,10 +121,13 @@ quality_part() {
         return
     fi
     mapfile -t run <"$Q/quality_run.txt"
-    (while sleep 10; do save_quality; done) &
+    # a copy every 10 s while it runs; stopped between copies (a killed copy could land after the last)
+    rm -f "$WORK/stop_saver"
+    (n=0; until [[ -e "$WORK/stop_saver" ]]; do sleep 1; (( ++n % 10 )) || save_quality; done) &
     saver_pid=$!
     part "quality run" "${run[0]}" "$PYTHON" scripts/bench_quality.py "${run[@]:1}"
-    kill "$saver_pid" 2>/dev/null
+    touch "$WORK/stop_saver"
+    wait "$saver_pid" 2>/dev/null
     plan report
     save_quality
 }
