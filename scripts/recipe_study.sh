@@ -4,8 +4,9 @@
 # preset change never changes what a row means).
 # Protocol (PROTOCOL below, the same for every row): ResNet-18 with the small stem, 1 warm-up epoch, 3
 # epochs on a fixed 6,000 of the train.csv images (seed 0), no blur or solarisation, bf16 where the CPU
-# computes it natively, the kNN monitor off; then kNN (k = 20, 200) and the linear probe beside the two
-# floors (the same network at random init, and image statistics), on validation.csv and test.csv. Rows
+# computes it natively, the kNN monitor off; then kNN (k = 20, 200) and the linear probe (weight decays
+# 0 to 1e-2, PROBE) beside the two floors (the same network at random init, and image statistics), on
+# validation.csv and test.csv. Rows
 # are ranked on validation (scripts/rank_study.py); test.csv is only reported. The rows of one network
 # share its floors (the first row of that stem stride and size computes them; bench_quality.py reruns a
 # floor whose command differs).
@@ -19,6 +20,8 @@ EUROSAT="${EUROSAT:-datae/EuroSAT}"
 OUT="${STUDY_DIR:-bench_results/study}"
 PYTHON="${PYTHON:-python}"
 PROTOCOL="--arch=resnet18 --small_stem=True --warmup_epochs=1 --blur_p=0 --solarize=False --knn_data_dir="
+# the probe's weight decays as the rows ran (Linear_evaluation.py's default grid now reaches 0.3)
+PROBE="--weight_decays=0,1e-5,3e-5,1e-4,3e-4,1e-3,3e-3,1e-2"
 # name, then the row's recipe: stem stride, input size (px), batch (pairs), BASE_LR (per 256 pairs),
 # weight decay, smallest crop, colour jitter p, jitter strength, grayscale p, vertical flip p, quarter turns
 ROWS=(
@@ -55,6 +58,6 @@ for name in "${names[@]}"; do
   done
   "$PYTHON" scripts/bench_quality.py --preset=custom --amp=bf16 --eurosat_dir="$EUROSAT" \
     --output_dir="$OUT/$name" --floors_dir="$floors" --pretrain_images=6000 --pretrain_epochs=3 \
-    --skip_finetune=True --pretrain_args="$PROTOCOL $recipe"
+    --skip_finetune=True --pretrain_args="$PROTOCOL $recipe" --linear_args="$PROBE"
 done
 "$PYTHON" scripts/rank_study.py --study_dir="$OUT"

@@ -165,6 +165,8 @@ def test_every_recipe_study_row_is_a_valid_set_of_train_simsiam_settings(tmp_pat
         config, _ = configure(namespace, pretrain.split())
         check_settings(config, train_simsiam.settings_rules())  # exits 2 on a bad value
         configs[name] = config
+        # the probe's grid as the rows ran, whatever Linear_evaluation.py's default becomes
+        assert "--linear_args=--weight_decays=0,1e-5,3e-5,1e-4,3e-4,1e-3,3e-3,1e-2" in args
     # the rows keep the recipe they were run with: row "preset" is the CPU preset of the study's
     # time, row stride_1_overhead the overhead-imagery recipe
     checked = ("JITTER_P", "JITTER_STRENGTH", "GRAY_P", "VFLIP_P", "ROTATE90", "STEM_STRIDE")
