@@ -538,8 +538,15 @@ EVALUATION_FILE = re.compile(r"^(linear_eval_metrics|finetune_metrics)(_random|_
 def label_fraction_runs():
     """{(protocol, series): {label fraction: test accuracy}} of every finished evaluation in
     OUTPUT_DIR (kNN k=20 and the probe of Linear_evaluation.py, fine-tuning), read from the files
-    themselves; an unreadable file is left out with a line."""
-    found = {}
+    themselves; an unreadable file, or SimSiam's of another checkpoint than the full probe's
+    (linear_eval_metrics.pth), is left out with a line."""
+    found, checkpoint = {}, None
+    full_probe = os.path.join(OUTPUT_DIR, "linear_eval_metrics.pth")
+    if os.path.isfile(full_probe):
+        try:
+            checkpoint = load_checkpoint(full_probe).get("pretrained_path")
+        except CheckpointError:
+            pass
     for name in sorted(os.listdir(OUTPUT_DIR)) if os.path.isdir(OUTPUT_DIR) else []:
         match = EVALUATION_FILE.match(name)
         if not match:
@@ -553,6 +560,11 @@ def label_fraction_runs():
         if m.get("test_acc") is None:
             continue  # unfinished
         series = {"_random": "random", "_image_stats": "stats"}.get(match.group(2), "pretrained")
+        checkpoint = checkpoint or (m["pretrained_path"] if series == "pretrained" else None)
+        if series == "pretrained" and m["pretrained_path"] != checkpoint:
+            print(f"label fractions: leaving out {name}: it evaluated {m['pretrained_path']}, "
+                  f"not {checkpoint}")
+            continue
         fraction = m.get("label_fraction", 1.0)
         if m["kind"] == FINETUNE_METRICS_KIND:
             found.setdefault(("fine-tuning", series), {})[fraction] = m["test_acc"]

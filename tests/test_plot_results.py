@@ -251,3 +251,12 @@ def test_label_fraction_figure_reads_each_share_from_its_file(tiny_run, monkeypa
     assert found["kNN, k=20", "stats"] == {1.0: 55.0, 0.1: 55.0}
     assert set(found["fine-tuning", "pretrained"]) == {0.1, 1.0}
     assert ("fine-tuning", "stats") not in found
+    # a SimSiam file of another checkpoint (an earlier run's) is not drawn beside this one's
+    stale = tiny_run["out"] / "linear_eval_metrics_labels1pct.pth"
+    metrics = torch.load(tiny_run["out"] / "linear_eval_metrics_labels10pct.pth", weights_only=False)
+    torch.save(dict(metrics, label_fraction=0.01, pretrained_path="older_epoch_1.pth"), stale)
+    try:
+        again = plot_results.label_fraction_runs()
+    finally:
+        stale.unlink()
+    assert set(again["linear probe", "pretrained"]) == {0.1, 1.0}
