@@ -27,10 +27,10 @@
 #
 # The exit status is that of the first stage that failed (0 when all passed). For a rehearsal on a CPU the sizes
 # can be made tiny: GPU_CHECK_ARCH, GPU_CHECK_IMAGE_SIZE, GPU_CHECK_BATCHES, GPU_CHECK_GRAPHS_BATCHES,
-# GPU_CHECK_STEPS, GPU_CHECK_IMAGES, GPU_CHECK_WORKERS, GPU_CHECK_TESTS, GPU_CHECK_EUROSAT, GPU_CHECK_PLAN_ARGS
-# (plan_quality.py settings), GPU_CHECK_TIMING_ARGS, GPU_CHECK_PRETRAIN_ARGS, GPU_CHECK_QUALITY_ARGS, and the
-# two tests run first (pytest ids): GPU_CHECK_SIDE_STREAM_TEST, GPU_CHECK_GRAPHS_TEST; PYTHON picks the
-# interpreter.
+# GPU_CHECK_STEPS, GPU_CHECK_WARMUP_STEPS, GPU_CHECK_IMAGES, GPU_CHECK_WORKERS, GPU_CHECK_TESTS, GPU_CHECK_EUROSAT,
+# GPU_CHECK_PLAN_ARGS (plan_quality.py settings), GPU_CHECK_TIMING_ARGS, GPU_CHECK_PRETRAIN_ARGS,
+# GPU_CHECK_QUALITY_ARGS, and the two tests run first (pytest ids): GPU_CHECK_SIDE_STREAM_TEST,
+# GPU_CHECK_GRAPHS_TEST; PYTHON picks the interpreter.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-bench_results/gpu_check}"
@@ -40,6 +40,7 @@ IMAGE_SIZE="${GPU_CHECK_IMAGE_SIZE:-224}"
 BATCHES="${GPU_CHECK_BATCHES:-256 32}"
 GRAPHS_BATCHES="${GPU_CHECK_GRAPHS_BATCHES:-32}"  # batches also timed with CUDA graphs (launch-bound steps)
 STEPS="${GPU_CHECK_STEPS:-15}"
+WARMUP_STEPS="${GPU_CHECK_WARMUP_STEPS:-5}"  # untimed steps before each throughput row
 IMAGES="${GPU_CHECK_IMAGES:-1024}"
 WORKERS="${GPU_CHECK_WORKERS:-12}"  # DataLoader workers of the reference pipeline
 TESTS="${GPU_CHECK_TESTS:-tests/test_cuda.py tests/test_augment_match.py}"
@@ -142,7 +143,7 @@ throughput_part() {
         part "throughput: $ARCH, $IMAGE_SIZE px, batch $batch" "$limit" "$PYTHON" scripts/bench_pretrain.py \
             --generated_dir="$WORK/images" --num_images="$IMAGES" --arch="$ARCH" \
             --image_size="$IMAGE_SIZE" --batch_size="$batch" --graphs="$graphs" \
-            --steps="$STEPS" --warmup_steps=5 --num_workers="$WORKERS" \
+            --steps="$STEPS" --warmup_steps="$WARMUP_STEPS" --num_workers="$WORKERS" \
             --output_json="$OUT/bench_pretrain_batch$batch.json"
     done
 }

@@ -14,6 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# one thread per process, here and in the scripts the tests start (they inherit it), unless set:
+# the models are tiny, so more threads mostly wait for each other (tests/test_resume.py on 2 busy
+# cores: 50 s of CPU with the default 2 threads, 23 s with 1), and scripts/test.sh runs 2 pytest
+# processes side by side. Set before anything imports PyTorch.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "scripts"))

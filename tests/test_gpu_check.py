@@ -254,7 +254,8 @@ def test_gpu_check_rehearsal_on_the_cpu(tmp_path):
         GPU_CHECK_SIDE_STREAM_TEST="tests/no_such_test.py",
         GPU_CHECK_GRAPHS_TEST="tests/test_readme.py::test_no_placeholder_left",
         GPU_CHECK_ARCH="resnet18", GPU_CHECK_IMAGE_SIZE="16", GPU_CHECK_BATCHES="2",
-        GPU_CHECK_GRAPHS_BATCHES="2", GPU_CHECK_STEPS="1", GPU_CHECK_IMAGES="4",
+        GPU_CHECK_GRAPHS_BATCHES="2", GPU_CHECK_STEPS="1", GPU_CHECK_WARMUP_STEPS="1",
+        GPU_CHECK_IMAGES="4",
         GPU_CHECK_WORKERS="0", GPU_CHECK_TESTS="tests/test_readme.py::test_no_placeholder_left")
     # the failed side-stream test is the exit status (pytest: 4, no such file); all else ran
     assert result.returncode == 4, result.stdout[-3000:] + result.stderr[-2000:]
@@ -274,6 +275,7 @@ def test_gpu_check_rehearsal_on_the_cpu(tmp_path):
     assert "the side-stream test did not pass: the run goes without it" in log
     assert "timing, stem stride 2, batch 4, eager and with CUDA graphs: exit 2" in log
     assert "chose stem stride 1, batch 4, eager" in log
+    assert "batch 2 pairs, 1 timed steps after 1 warm-up" in log  # GPU_CHECK_WARMUP_STEPS
     summary = json.load(open(out / "quality.json"))
     assert "--overlap_data=False --knn_every=1" in summary["commands"]["pretrain"]
     assert summary["arch"] == "resnet18 (small stem)"  # stride 1: the first timing's plan
