@@ -85,7 +85,7 @@ PRESETS = {
     "custom": {"model": [], "pretrain": [], "linear": [], "finetune": [], "amp": "auto",
                "label_fractions": "1", "finetune_fractions": "1"},
     # the write-up's recipe at full size (ResNet-50, 224 px) with the batch a GPU wants: the first
-    # H200 run (README)
+    # H200 run (docs/experiments.md)
     "writeup": {"model": ["--arch=resnet50", "--image_size=224"],
                 "pretrain": ["--batch_size=256", "--num_epochs=10", "--warmup_epochs=1",
                              "--knn_every=5"],
