@@ -219,72 +219,6 @@ def evaluation_steps(checkpoint, random_model, precision, preset):
     return steps
 
 
-def main():
-    config, _ = configure(globals())
-    check_settings(config, {"PRESET": one_of(*PRESETS), "AMP": one_of("", *AMP_MODES),
-                            "PRETRAIN_EPOCHS": at_least(0), "FINETUNE_EPOCHS": at_least(0),
-                            "PRETRAIN_IMAGES": at_least(0)})
-    preset = PRESETS[PRESET]
-    precision = [f"--amp={AMP or preset['amp']}"]  # the probe's features are always fp32
-    evaluation_steps("", [], precision, preset)  # the fraction settings checked before any work
-    eurosat = os.path.abspath(EUROSAT_DIR)
-    if not os.path.isfile(os.path.join(eurosat, "train.csv")):
-        fail(f"{eurosat}/train.csv not found: point --eurosat_dir at EuroSAT with its split CSVs "
-             "(bash scripts/data.sh downloads it to datae/EuroSAT)")
-    out = os.path.abspath(OUTPUT_DIR or os.path.join("bench_results", f"quality_{PRESET}"))
-    os.makedirs(out, exist_ok=True)
-    cache = os.path.abspath(CACHE_DIR)
-    pretrain = (preset["model"] + preset["pretrain"]
-                + ([f"--num_epochs={PRETRAIN_EPOCHS}"] if PRETRAIN_EPOCHS else [])
-                + PRETRAIN_ARGS.split())
-    file_list = os.path.join(eurosat, "train.csv")
-    if PRETRAIN_IMAGES:
-        file_list = write_subset(file_list, PRETRAIN_IMAGES,
-                                 os.path.join(out, "pretrain_images.csv"))
-    common = [f"--eurosat_dir={eurosat}", f"--output_dir={out}", f"--cache_dir={cache}"]
-    times, commands = {}, {}
-
-    # ---- pre-training on the unlabeled training images ----
-    args = [f"--data_dir={eurosat}", f"--file_list={file_list}", f"--output_dir={out}",
-            f"--cache_dir={cache}", f"--knn_data_dir={eurosat}", *precision, *pretrain]
-    commands["pretrain"] = "python train_simsiam.py " + " ".join(args)
-    times["pretrain"] = pretrain_seconds(out, *run_step("pretrain", "train_simsiam.py", args, out))
-    pretrain_metrics = load_checkpoint(os.path.join(out, "pretrain_metrics.pth"))
-    pretrained_config = pretrain_metrics["config"]
-    checkpoint = os.path.join(out, f"simsiam_{pretrained_config['ARCH']}_epoch_"
-                                   f"{pretrain_metrics['epochs'][-1]}.pth")
-    report = Report(out, config, pretrain_metrics, times, commands)
-    write_report(report, {}, final=False)
-
-    # ---- evaluations: pre-trained, random initialisation of the same network and input size,
-    # and image statistics; at each label fraction ----
-    random_model = ["--pretrained_path=random", f"--arch={pretrained_config['ARCH']}",
-                    f"--small_stem={pretrained_config['SMALL_STEM']}",
-                    f"--stem_stride={pretrained_config.get('STEM_STRIDE', 1)}",
-                    f"--image_size={pretrained_config['IMAGE_SIZE']}"]
-    steps = evaluation_steps(checkpoint, random_model, precision, preset)
-    results = {}
-    for name, script, args, metrics_file in steps:
-        commands[name] = f"python {script} " + " ".join(common + args)
-        path = os.path.join(out, metrics_file)
-        model = args[0].split("=", 1)[1]  # --pretrained_path: this run's checkpoint, or a floor
-        if finished(path, model):
-            print(f"[{name}] already done: {path}")
-        elif finished(path):  # an earlier checkpoint's (a rerun with more --pretrain_epochs)
-            print(f"[{name}] {path} holds another checkpoint's results: replacing them")
-            run_step(name, script, common + args + ["--overwrite=True"], out)
-        elif not reuse_floor(name, commands[name], metrics_file, path):
-            run_step(name, script, common + args, out)
-        results[name] = load_checkpoint(path)
-        # the script's own timing: the same on a rerun that skips it
-        times[name] = results[name]["wall_time_s"]
-        same_labelled_images(results)
-        # the table so far: a step that fails or is stopped later keeps these rows
-        table = write_report(report, results, final=name == steps[-1][0])
-    print(table)
-    print(f"\nwrote {out}/quality.json and {out}/quality.md")
-
-
 def same_labelled_images(results):
     """Stop, naming the steps, when two evaluations at one label fraction trained on different
     labelled images (metrics files written before the digest existed are not checked)."""
@@ -447,6 +381,72 @@ def write_report(report, results, final):
     with atomic_write(os.path.join(out, "quality.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     return "\n".join(lines)
+
+
+def main():
+    config, _ = configure(globals())
+    check_settings(config, {"PRESET": one_of(*PRESETS), "AMP": one_of("", *AMP_MODES),
+                            "PRETRAIN_EPOCHS": at_least(0), "FINETUNE_EPOCHS": at_least(0),
+                            "PRETRAIN_IMAGES": at_least(0)})
+    preset = PRESETS[PRESET]
+    precision = [f"--amp={AMP or preset['amp']}"]  # the probe's features are always fp32
+    evaluation_steps("", [], precision, preset)  # the fraction settings checked before any work
+    eurosat = os.path.abspath(EUROSAT_DIR)
+    if not os.path.isfile(os.path.join(eurosat, "train.csv")):
+        fail(f"{eurosat}/train.csv not found: point --eurosat_dir at EuroSAT with its split CSVs "
+             "(bash scripts/data.sh downloads it to datae/EuroSAT)")
+    out = os.path.abspath(OUTPUT_DIR or os.path.join("bench_results", f"quality_{PRESET}"))
+    os.makedirs(out, exist_ok=True)
+    cache = os.path.abspath(CACHE_DIR)
+    pretrain = (preset["model"] + preset["pretrain"]
+                + ([f"--num_epochs={PRETRAIN_EPOCHS}"] if PRETRAIN_EPOCHS else [])
+                + PRETRAIN_ARGS.split())
+    file_list = os.path.join(eurosat, "train.csv")
+    if PRETRAIN_IMAGES:
+        file_list = write_subset(file_list, PRETRAIN_IMAGES,
+                                 os.path.join(out, "pretrain_images.csv"))
+    common = [f"--eurosat_dir={eurosat}", f"--output_dir={out}", f"--cache_dir={cache}"]
+    times, commands = {}, {}
+
+    # ---- pre-training on the unlabeled training images ----
+    args = [f"--data_dir={eurosat}", f"--file_list={file_list}", f"--output_dir={out}",
+            f"--cache_dir={cache}", f"--knn_data_dir={eurosat}", *precision, *pretrain]
+    commands["pretrain"] = "python train_simsiam.py " + " ".join(args)
+    times["pretrain"] = pretrain_seconds(out, *run_step("pretrain", "train_simsiam.py", args, out))
+    pretrain_metrics = load_checkpoint(os.path.join(out, "pretrain_metrics.pth"))
+    pretrained_config = pretrain_metrics["config"]
+    checkpoint = os.path.join(out, f"simsiam_{pretrained_config['ARCH']}_epoch_"
+                                   f"{pretrain_metrics['epochs'][-1]}.pth")
+    report = Report(out, config, pretrain_metrics, times, commands)
+    write_report(report, {}, final=False)
+
+    # ---- evaluations: pre-trained, random initialisation of the same network and input size,
+    # and image statistics; at each label fraction ----
+    random_model = ["--pretrained_path=random", f"--arch={pretrained_config['ARCH']}",
+                    f"--small_stem={pretrained_config['SMALL_STEM']}",
+                    f"--stem_stride={pretrained_config.get('STEM_STRIDE', 1)}",
+                    f"--image_size={pretrained_config['IMAGE_SIZE']}"]
+    steps = evaluation_steps(checkpoint, random_model, precision, preset)
+    results = {}
+    for name, script, args, metrics_file in steps:
+        commands[name] = f"python {script} " + " ".join(common + args)
+        path = os.path.join(out, metrics_file)
+        model = args[0].split("=", 1)[1]  # --pretrained_path: this run's checkpoint, or a floor
+        if finished(path, model):
+            print(f"[{name}] already done: {path}")
+        elif finished(path):  # an earlier checkpoint's (a rerun with more --pretrain_epochs)
+            print(f"[{name}] {path} holds another checkpoint's results: replacing them")
+            run_step(name, script, common + args + ["--overwrite=True"], out)
+        elif not reuse_floor(name, commands[name], metrics_file, path):
+            run_step(name, script, common + args, out)
+        results[name] = load_checkpoint(path)
+        # the script's own timing: the same on a rerun that skips it
+        times[name] = results[name]["wall_time_s"]
+        same_labelled_images(results)
+        # the table so far: a step that fails or is stopped later keeps these rows
+        table = write_report(report, results, final=name == steps[-1][0])
+    print(table)
+    print(f"\nwrote {out}/quality.json and {out}/quality.md")
 
 
 if __name__ == "__main__":
