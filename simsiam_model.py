@@ -660,18 +660,14 @@ def evaluation_metrics(kind, config, splits, **extra):
             "image_size": config["IMAGE_SIZE"], "class_names": list(splits["test"].class_names),
             "label_fraction": config["LABEL_FRACTION"],
             "train_labels": len(splits["train"].labels),
-            "train_files_sha1": files_digest(splits["train"].paths), "epochs": [], "train_loss": [],
+            # the labelled images by class folder and name, not where the data folder is
+            "train_files_sha1": data.names_digest("/".join(os.path.normpath(p).split(os.sep)[-2:])
+                                                  for p in splits["train"].paths),
+            "epochs": [], "train_loss": [],
             "train_acc": [], "val_loss": [], "val_acc": [], "lr": [], "epoch_time_s": [],
             "best_epoch": 0, "best_val_acc": 0.0, "test_acc": None, "test_loss": None,
             "per_class_acc": None, "confusion_matrix": None, "test_predictions": None,
             "test_files": list(splits["test"].paths), "knn": None, "wall_time_s": 0.0, **extra}
-
-
-def files_digest(paths):
-    """sha1 of a split's images by class folder and name (not where the data folder is): two
-    evaluations with the same digest trained on the same labelled images."""
-    names = sorted("/".join(os.path.normpath(path).split(os.sep)[-2:]) for path in paths)
-    return hashlib.sha1("\n".join(names).encode()).hexdigest()
 
 
 def record_evaluation_epoch(metrics, epoch, num_epochs, row, lr_format=".4f", note=""):

@@ -16,7 +16,6 @@ while this one runs. Prints one line per epoch:
 What it reaches, and how fast, on named machines: see the README's results.
 """
 import datetime
-import hashlib
 import math
 import os
 import shlex
@@ -660,8 +659,8 @@ def build_model(run):
 def image_listing(paths):
     """{"count", "sha1"} of a list of images, by their paths relative to DATA_DIR: what every
     rank, and a resumed run, must see."""
-    names = "\n".join(os.path.relpath(p, DATA_DIR) for p in paths)
-    return {"count": len(paths), "sha1": hashlib.sha1(names.encode()).hexdigest()[:12]}
+    return {"count": len(paths),
+            "sha1": data.names_digest(os.path.relpath(p, DATA_DIR) for p in paths)[:12]}
 
 
 class Pretraining(NamedTuple):
