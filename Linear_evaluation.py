@@ -264,21 +264,28 @@ def record_probe_epoch(metrics, epoch, lr, seconds):
 def knn_accuracies(features, values, labels):
     """Weighted kNN accuracy on validation.csv (what choices are made on) and test.csv, the train
     features as the bank, k=20 and k=200; `features` (the extractor) says whether its `values`
-    are standardised first (image statistics: 12 numbers in different units)."""
+    are standardised first (image statistics: 12 numbers in different units). None for a k of at
+    least the bank's size (a few labels): that is a vote of every labelled image, not a
+    neighbourhood."""
     return {split: {f"k{k}": knn_top1((values["train"], values[split]), labels["train"],
                                       labels[split], k, temperature=KNN_TEMPERATURE,
                                       standardize=features.standardize_for_knn)
+                    if k < len(labels["train"]) else None
                     for k in (20, 200)}
             for split in ("validation", "test")}
+
+
+def shown(accuracy):
+    return "-" if accuracy is None else f"{accuracy:.2f}%"
 
 
 def print_summary(metrics, metrics_path):
     knn, timings = metrics["knn"], metrics["timings"]
     print(f"test accuracy {metrics['test_acc']:.2f}% (loss {metrics['test_loss']:.4f}) with the "
           f"head of epoch {metrics['best_epoch']} (weight decay {metrics['weight_decay']:g}, val "
-          f"{metrics['best_val_acc']:.2f}%); kNN k20 {knn['k20']:.2f}% k200 {knn['k200']:.2f}% "
-          f"(val {metrics['knn_val']['k20']:.2f}% / {metrics['knn_val']['k200']:.2f}%, "
-          f"temperature {KNN_TEMPERATURE})")
+          f"{metrics['best_val_acc']:.2f}%); kNN " + " ".join(
+              f"{k} {shown(knn[k])} (val {shown(metrics['knn_val'][k])})" for k in knn)
+          + f", temperature {KNN_TEMPERATURE}")
     print("per-class test accuracy: "
           + ", ".join(f"{n} {a:.1f}%" for n, a in metrics["per_class_acc"].items()))
     print(f"wall time {metrics['wall_time_s']:.1f} s: feature extraction "

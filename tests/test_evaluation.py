@@ -232,8 +232,8 @@ def test_linear_eval_metrics_best_model_and_frozen_backbone(runs):
     out = paths["out"]["cached"]
     metrics = load(out / "linear_eval_metrics.pth")
     check_metrics(metrics, "linear_eval_metrics", EPOCHS, paths["eurosat"])
-    assert (set(metrics["knn"]) == {"k20", "k200"}
-            and all(0 <= v <= 100 for v in metrics["knn"].values()))
+    # a bank of 32 train images: k=20 is a neighbourhood, k=200 a vote of every image (None)
+    assert 0 <= metrics["knn"]["k20"] <= 100 and metrics["knn"]["k200"] is None
     assert metrics["config"]["KNN_TEMPERATURE"] == 0.2
     # found as the newest checkpoint in OUTPUT_DIR
     assert metrics["pretrained_path"] == str(paths["pretrain"])
