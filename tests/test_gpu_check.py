@@ -294,7 +294,8 @@ def test_gpu_check_rehearsal_on_the_cpu(tmp_path):
     stages = {s["stage"]: s for s in plan["stages"]}
     assert stages["quality: side-stream test"]["exit"] == 4
     assert stages["quality run"]["exit"] == 0
-    assert sum(s["took_s"] for s in plan["stages"]) <= 1200
+    # every stage within the limit it was given (a stage that reaches it is stopped there)
+    assert all(s["took_s"] <= s["limit_s"] + 5 for s in plan["stages"]), plan["stages"]
 
 
 # -------------------------------------------------------------------------------------------------

@@ -238,7 +238,7 @@ def test_floors_are_drawn_beside_simsiam(tiny_run):
     assert any("measured again" in t.get_text() for t in knn_panel.texts)
 
 
-def test_label_fraction_figure_reads_each_share_from_its_file(tiny_run, monkeypatch):
+def test_label_fraction_figure_reads_each_share_from_its_file(tiny_run, monkeypatch, capsys):
     """label_fractions.png: per protocol and initialisation, the test accuracy at each label
     fraction the files record (kNN k=20 and the probe from linear evaluation, fine-tuning)."""
     monkeypatch.setattr(plot_results, "OUTPUT_DIR", str(tiny_run["out"]))
@@ -260,3 +260,5 @@ def test_label_fraction_figure_reads_each_share_from_its_file(tiny_run, monkeypa
     finally:
         stale.unlink()
     assert set(again["linear probe", "pretrained"]) == {0.1, 1.0}
+    assert ("leaving out linear_eval_metrics_labels1pct.pth: it evaluated older_epoch_1.pth"
+            in capsys.readouterr().out)
