@@ -215,17 +215,25 @@ def one_of(*choices):
     return (lambda value: value in choices), "one of " + ", ".join(repr(c) for c in choices)
 
 
-def label_fractions(text, setting):
-    """The label fractions of a setting's text ("0.01 0.1 1", or with commas), checked: distinct,
-    greater than 0 and at most 1 (else exit 2, naming the setting)."""
+def label_fractions(text):
+    """The label fractions of a setting's text ("0.01 0.1 1", or with commas); None unless they
+    are distinct, greater than 0 and at most 1 (fractions_rule checks a setting by this)."""
     try:
         values = [float(v) for v in text.replace(",", " ").split()]
     except ValueError:
-        values = []
+        return None
     if not values or any(not 0 < v <= 1 for v in values) or len(set(values)) < len(values):
-        fail(f"{setting} = {text!r} is not allowed: it must list distinct label fractions greater "
-             "than 0 and at most 1, e.g. --label_fractions='0.01 0.1 1'", code=2)
+        return None
     return values
+
+
+def fractions_rule(empty="not allowed"):
+    """A check_settings rule for a list of label fractions; `empty` says what "" means when it is
+    allowed (e.g. "the preset's")."""
+    allowed = empty != "not allowed"
+    return ((lambda v: (allowed and v == "") or label_fractions(v) is not None),
+            "distinct label fractions greater than 0 and at most 1, e.g. '0.01 0.1 1'"
+            + (f", or '' for {empty}" if allowed else ""))
 
 
 def check_settings(config, rules):

@@ -30,7 +30,7 @@ import pandas as pd
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from runtime import (AMP_MODES, CheckpointError, at_least, atomic_save,  # noqa: E402
-                     atomic_write, check_settings, configure, fail, label_fractions,
+                     atomic_write, check_settings, configure, fail, fractions_rule, label_fractions,
                      load_checkpoint, one_of, run)
 from simsiam_model import COLLAPSE_RATIO, fraction_suffix, stem_label  # noqa: E402
 
@@ -196,10 +196,9 @@ def evaluation_steps(checkpoint, random_model, precision, preset):
                                       else []) + FINETUNE_ARGS.split())
     models = {"": [f"--pretrained_path={checkpoint}"], "_random": random_model,
               "_image_stats": ["--pretrained_path=image_stats"]}
-    probe = label_fractions(LABEL_FRACTIONS or preset["label_fractions"], "LABEL_FRACTIONS")
+    probe = label_fractions(LABEL_FRACTIONS or preset["label_fractions"])
     tuned = ([] if SKIP_FINETUNE else
-             label_fractions(FINETUNE_FRACTIONS or preset["finetune_fractions"],
-                             "FINETUNE_FRACTIONS"))
+             label_fractions(FINETUNE_FRACTIONS or preset["finetune_fractions"]))
     steps = []
     order = [(f, "linear") for f in probe] + [(f, "finetune") for f in tuned]
     for fraction, stage in sorted(order, key=lambda item: (item[1] == "finetune" and item[0] < 1,
@@ -385,10 +384,11 @@ def main():
     config, _ = configure(globals())
     check_settings(config, {"PRESET": one_of(*PRESETS), "AMP": one_of("", *AMP_MODES),
                             "PRETRAIN_EPOCHS": at_least(0), "FINETUNE_EPOCHS": at_least(0),
-                            "PRETRAIN_IMAGES": at_least(0)})
+                            "PRETRAIN_IMAGES": at_least(0),
+                            "LABEL_FRACTIONS": fractions_rule(empty="the preset's"),
+                            "FINETUNE_FRACTIONS": fractions_rule(empty="the preset's")})
     preset = PRESETS[PRESET]
     precision = [f"--amp={AMP or preset['amp']}"]  # the probe's features are always fp32
-    evaluation_steps("", [], precision, preset)  # the fraction settings checked before any work
     eurosat = os.path.abspath(EUROSAT_DIR)
     if not os.path.isfile(os.path.join(eurosat, "train.csv")):
         fail(f"{eurosat}/train.csv not found: point --eurosat_dir at EuroSAT with its split CSVs "

@@ -31,7 +31,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from runtime import (DataError, _constant_comments, above, at_least, atomic_write,  # noqa: E402
-                     check_settings, configure, fail, label_fractions, one_of, run)
+                     check_settings, configure, fail, fractions_rule, label_fractions, one_of, run)
 
 # -------------------------------------------------------------------------------------------------
 STEP = "check"  # check | next | plan | report, in that order (scripts/gpu_check.sh)
@@ -84,7 +84,8 @@ def settings_rules():
             "BATCHES": ((lambda v: bool(v.split()) and all(b.isdigit() and int(b) >= 2
                                                            for b in v.split())),
                         "batch sizes of at least 2, e.g. '64 128 256'"),
-            "FINETUNE_START_S": ((lambda v: 0 <= v < FINETUNE_RUN_S), "below FINETUNE_RUN_S")}
+            "FINETUNE_START_S": ((lambda v: 0 <= v < FINETUNE_RUN_S), "below FINETUNE_RUN_S"),
+            "LABEL_FRACTIONS": fractions_rule(), "FINETUNE_FRACTIONS": fractions_rule()}
 
 
 def batches():
@@ -119,8 +120,8 @@ def load_state():
 
 def evaluations():
     """(kNN + probe runs, fine-tuning runs, their expected seconds) after pre-training."""
-    linear = INITS_LINEAR * len(label_fractions(LABEL_FRACTIONS, "LABEL_FRACTIONS"))
-    finetune = INITS_FINETUNE * len(label_fractions(FINETUNE_FRACTIONS, "FINETUNE_FRACTIONS"))
+    linear = INITS_LINEAR * len(label_fractions(LABEL_FRACTIONS))
+    finetune = INITS_FINETUNE * len(label_fractions(FINETUNE_FRACTIONS))
     return linear, finetune, linear * LINEAR_RUN_S + finetune * FINETUNE_RUN_S
 
 
@@ -431,7 +432,6 @@ def main():
     started = time.monotonic()
     config, _ = configure(globals())
     check_settings(config, settings_rules())
-    evaluations()  # the label fractions checked (bench_quality.py's rule) before any work
     if not WORK_DIR:
         fail("set --work_dir (the quality run's folder)", code=2)
     os.makedirs(WORK_DIR, exist_ok=True)

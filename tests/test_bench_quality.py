@@ -202,3 +202,12 @@ def test_the_study_is_ranked_on_validation_not_on_test(tmp_path):
     assert ranking[2].startswith("| 1 | better_on_validation |")
     assert ranking[3].startswith("| 2 | better_on_test |")
     assert "skipping row unfinished" in result.stdout and "unfinished |" not in result.stdout
+
+
+def test_label_fractions_are_checked_at_start_up(tmp_path):
+    """A repeated, zero or above-1 fraction stops bench_quality.py before any work, by name."""
+    for setting, value in (("label_fractions", "0.1 0.1"), ("finetune_fractions", "0"),
+                           ("label_fractions", "0.5,2")):
+        result = run_in_process("scripts/bench_quality.py", f"--{setting}={value}",
+                                f"--eurosat_dir={tmp_path / 'missing'}")
+        assert result.returncode == 2 and setting.upper() in result.stderr, result.stderr
