@@ -414,7 +414,7 @@ def build_image_cache(paths, cache_dir, size=0, workers=0, desc=None, log=print)
 class KeptRows:
     """The readable rows of a cache that also holds unreadable ones (left as zeros), indexed like
     an array of those rows alone: `kept[rows]`, `len(kept)`, `kept.shape`. Compacting the file
-    instead would need its size again in free disk, and a 52 GB cache may not have that."""
+    instead would need its size again in free disk, and a 51 GB cache may not have that."""
 
     def __init__(self, array, bad_rows):
         bad = set(bad_rows)
