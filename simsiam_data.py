@@ -42,8 +42,8 @@ import torchvision.transforms.functional as TF
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from runtime import (DataError, NotRegularFile, atomic_write, die_with_parent, open_regular,
-                     free_memory, remove_stale_temp_files, report_skipped, temp_path_for,
+from runtime import (DataError, NotRegularFile, atomic_write, between, die_with_parent,
+                     open_regular, free_memory, remove_stale_temp_files, report_skipped, temp_path_for,
                      walk_data, write_error)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -281,15 +281,24 @@ def simsiam_transform_pair(image_size=224, solarize=True, **settings):
             simsiam_transform_v2(image_size, solarize=solarize, **settings))
 
 
+# The augmentation settings of train_simsiam.py and scripts/bench_pretrain.py (constants of the
+# same names) at the write-up's values, which a pre-training config that predates one was run with.
+WRITEUP_VIEWS = {"CROP_SCALE_MIN": 0.2, "SOLARIZE": True, "JITTER_STRENGTH": 1.0, "JITTER_P": 0.8,
+                 "GRAY_P": 0.2, "BLUR_P": 0.5, "VFLIP_P": 0.0, "ROTATE90": False}
+
+
+def augmentation_rules():
+    """check_settings rules of the augmentation settings (both scripts)."""
+    return {"CROP_SCALE_MIN": between(0.01, 1.0),
+            "JITTER_STRENGTH": between(0.0, 2.5),  # above 2.5 brightness would go below 0
+            "JITTER_P": between(0.0, 1.0), "GRAY_P": between(0.0, 1.0),
+            "BLUR_P": between(0.0, 1.0), "VFLIP_P": between(0.0, 1.0)}
+
+
 def augmentation_settings(config):
-    """The keyword arguments of simsiam_transform_v2 / batch_augment_pair from a pre-training
-    config; settings a config predates take the write-up's values, which it was run with."""
-    return {"crop_scale_min": config.get("CROP_SCALE_MIN", 0.2),
-            "solarize": config.get("SOLARIZE", True),
-            "jitter_strength": config.get("JITTER_STRENGTH", 1.0),
-            "jitter_p": config.get("JITTER_P", 0.8), "gray_p": config.get("GRAY_P", 0.2),
-            "blur_p": config.get("BLUR_P", 0.5), "vflip_p": config.get("VFLIP_P", 0.0),
-            "rotate90": config.get("ROTATE90", False)}
+    """The keyword arguments of simsiam_transform_v2 / batch_augment_pair (the settings' names in
+    lower case) from a pre-training config; WRITEUP_VIEWS for the settings it predates."""
+    return {name.lower(): config.get(name, value) for name, value in WRITEUP_VIEWS.items()}
 
 
 class PretrainImageDataset(torch.utils.data.Dataset):

@@ -98,8 +98,7 @@ RESUMABLE_CHANGES = ("NUM_EPOCHS", "OUTPUT_DIR", "CACHE_DIR", "RESUME", "SAVE_EV
 # What a setting was before it existed, for checkpoints written then: its default when it was
 # added, which kept the old behaviour. A setting that a checkpoint lacks and that is not here is
 # refused (its earlier value is unknown); add a new setting here if it keeps the old behaviour.
-BEFORE_IT_EXISTED = {"FILE_LIST": "", "STEM_STRIDE": 1, "JITTER_STRENGTH": 1.0, "GRAY_P": 0.2,
-                     "BLUR_P": 0.5, "JITTER_P": 0.8, "VFLIP_P": 0.0, "ROTATE90": False}
+BEFORE_IT_EXISTED = {"FILE_LIST": "", "STEM_STRIDE": 1, **data.WRITEUP_VIEWS}
 # what torchrun sets for every process it starts
 TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 LAST_KEYS = ("config", "epoch", "global_step", "model", "optimizer", "scaler", "metrics")
@@ -112,11 +111,7 @@ def settings_rules():
             "BATCH_SIZE": at_least(2),  # BatchNorm needs two samples
             "NUM_EPOCHS": at_least(1), "BASE_LR": above(0), "MOMENTUM": between(0.0, 1.0),
             "WEIGHT_DECAY": at_least(0), "WARMUP_EPOCHS": between(0, NUM_EPOCHS),
-            "CROP_SCALE_MIN": between(0.01, 1.0),
-            # above 2.5 the brightness range would go below 0
-            "JITTER_STRENGTH": between(0.0, 2.5),
-            "JITTER_P": between(0.0, 1.0), "GRAY_P": between(0.0, 1.0),
-            "BLUR_P": between(0.0, 1.0), "VFLIP_P": between(0.0, 1.0),
+            **data.augmentation_rules(),
             "PIPELINE": one_of("fast", "reference"),
             "NUM_WORKERS": at_least(0), "DECODE_PROCESSES": at_least(0), "AMP": one_of(*AMP_MODES),
             "SAVE_EVERY": at_least(1), "SAMPLE_EVERY": at_least(1), "KNN_EVERY": at_least(1),

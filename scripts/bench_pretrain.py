@@ -57,8 +57,8 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import simsiam_data as data  # noqa: E402
 from runtime import (AMP_MODES, amp_dtype_for, at_least, atomic_write, autocast_for,  # noqa: E402
-                     between, check_settings, configure, describe_device, fail,
-                     library_versions, one_of, pick_device, precision_name, run, speed_up_cuda)
+                     check_settings, configure, describe_device, fail, library_versions, one_of,
+                     pick_device, precision_name, run, speed_up_cuda)
 from simsiam_model import SimSiam, negative_cosine_loss  # noqa: E402
 
 # -------------------------------------------------------------------------------------------------
@@ -82,7 +82,8 @@ VARIANTS = False  # also time ceiling and default in the other memory format and
 CACHE_DIR = ""  # where the default pipeline keeps its decoded array; "" = a temp folder
 GRAPHS = False  # also time ceiling and default with CUDA graphs (CUDA; compiles first, minutes)
 OVERLAP_DATA = True  # CUDA: the default makes the next batch on a side stream (train_simsiam.py's)
-# the augmentations, as train_simsiam.py's settings of the same names (defaults: the write-up's)
+# the augmentations, as train_simsiam.py's settings of the same names (defaults: the write-up's,
+# simsiam_data.WRITEUP_VIEWS)
 CROP_SCALE_MIN = 0.2  # RandomResizedCrop lower area bound
 SOLARIZE = True  # solarise view 2 with p=0.2
 JITTER_STRENGTH = 1.0  # scales ColorJitter(0.4, 0.4, 0.4, 0.1)
@@ -391,10 +392,7 @@ def main():
                             "STEPS": at_least(1), "WARMUP_STEPS": at_least(1),
                             "NUM_IMAGES": at_least(1), "NUM_WORKERS": at_least(0),
                             "AMP": one_of(*AMP_MODES), "ROWS": one_of("all", "default"),
-                            "CROP_SCALE_MIN": between(0.01, 1.0),
-                            "JITTER_STRENGTH": between(0.0, 2.5), "JITTER_P": between(0.0, 1.0),
-                            "GRAY_P": between(0.0, 1.0), "BLUR_P": between(0.0, 1.0),
-                            "VFLIP_P": between(0.0, 1.0),
+                            **data.augmentation_rules(),
                             "STEM_STRIDE": ((lambda v: v == 1 or (v == 2 and SMALL_STEM)),
                                             "1, or 2 with --small_stem=True")})
     device = pick_device(DEVICE)

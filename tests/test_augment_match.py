@@ -229,3 +229,21 @@ def test_weak_colour_jitter_matches_the_reference_pipeline_in_rate_and_strength(
     assert abs(rates[0] - rates[1]) < 0.07, rates
     # a jittered view moves ~0.05 at strength 0.25, four times that at the write-up's 1
     assert 0.75 < sizes[1] / sizes[0] < 1.33, sizes
+
+
+def test_both_scripts_start_from_the_writeup_views_and_each_setting_reaches_the_augmentation():
+    """train_simsiam.py and bench_pretrain.py write the augmentation constants out (to be edited
+    and overridden); they default to the write-up's values, and each one changes what
+    augmentation_settings passes on, under the keyword the augmentation takes."""
+    import bench_pretrain
+    import train_simsiam
+    for script in (train_simsiam, bench_pretrain):
+        assert {name: getattr(script, name) for name in data.WRITEUP_VIEWS} == data.WRITEUP_VIEWS
+    changed = {"CROP_SCALE_MIN": 0.3, "SOLARIZE": False, "JITTER_STRENGTH": 0.25,
+               "JITTER_P": 0.2, "GRAY_P": 0.0, "BLUR_P": 0.0, "VFLIP_P": 0.5, "ROTATE90": True}
+    assert changed.keys() == data.WRITEUP_VIEWS.keys()
+    settings = data.augmentation_settings(changed)
+    assert settings == {name.lower(): value for name, value in changed.items()}
+    data.batch_augment_pair(32, **settings)  # every keyword is one it takes
+    data.simsiam_transform_pair(32, **settings)
+    assert data.augmentation_settings({}) == data.augmentation_settings(data.WRITEUP_VIEWS)
