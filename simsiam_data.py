@@ -43,8 +43,8 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from runtime import (DataError, NotRegularFile, atomic_write, between, die_with_parent,
-                     open_regular, free_memory, remove_stale_temp_files, report_skipped, temp_path_for,
-                     walk_data, write_error)
+                     free_memory, open_regular, remove_stale_temp_files, report_skipped,
+                     temp_path_for, walk_data, write_error)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

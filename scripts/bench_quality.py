@@ -143,24 +143,24 @@ def write_subset(train_csv, count, path, setting="PRETRAIN_IMAGES"):
     return path
 
 
-def reuse_floor(name, command, metrics_file, path):
+def reuse_floor(step, command, path):
     """Copy a floor's finished result from FLOORS_DIR to `path` when that folder's run made it
     with the same command (up to its output and cache folders): the rows of a study share one
     network, so they share its floors. Returns whether it did."""
-    if not FLOORS_DIR or not any(init in name for init in ("_random", "_image_stats")):
+    if not FLOORS_DIR or step.init == SIMSIAM:
         return False
-    source = os.path.join(os.path.abspath(FLOORS_DIR), metrics_file)
+    source = os.path.join(os.path.abspath(FLOORS_DIR), step.metrics_file)
     try:
         with open(os.path.join(os.path.abspath(FLOORS_DIR), "quality.json")) as f:
-            earlier = json.load(f)["commands"].get(name, "")
+            earlier = json.load(f)["commands"].get(step.name, "")
     except (OSError, ValueError, KeyError):
         earlier = ""
     folders = re.compile(r" --(output_dir|cache_dir)=\S+")
     if not finished(source) or folders.sub("", earlier) != folders.sub("", command):
-        print(f"[{name}] not in FLOORS_DIR {FLOORS_DIR} with this command: running it")
+        print(f"[{step.name}] not in FLOORS_DIR {FLOORS_DIR} with this command: running it")
         return False
     atomic_save(load_checkpoint(source), path)
-    print(f"[{name}] reused from {source}")
+    print(f"[{step.name}] reused from {source}")
     return True
 
 
@@ -185,35 +185,46 @@ def machine():
 # same splits), with the suffix of their files and steps
 INITS = (("SimSiam pre-trained", ""), ("random init", "_random"),
          ("image statistics", "_image_stats"))
+SIMSIAM = INITS[0][0]
+
+
+class Step(NamedTuple):
+    """One evaluation: a plain run of one of the project's scripts."""
+    name: str  # its log (OUTPUT_DIR/<name>.log) and its key in quality.json
+    script: str
+    args: list
+    metrics_file: str  # in OUTPUT_DIR
+    init: str  # the initialisation it evaluates, as INITS names it
 
 
 def evaluation_steps(checkpoint, random_model, precision, preset):
-    """(name, script, arguments, metrics file) of each evaluation, in the order they matter most:
-    kNN and the probe on all labels, fine-tuning on all labels, the smaller label fractions, then
-    fine-tuning on them; every initialisation under the same protocol."""
+    """Each evaluation, every initialisation under the same protocol, in the order they matter
+    most: kNN and the probe on all labels, fine-tuning on all labels, then the smaller label
+    fractions (largest first), then fine-tuning on them."""
     linear = preset["linear"] + LINEAR_ARGS.split()
     finetune = (preset["finetune"] + ([f"--num_epochs={FINETUNE_EPOCHS}"] if FINETUNE_EPOCHS
                                       else []) + FINETUNE_ARGS.split())
     models = {"": [f"--pretrained_path={checkpoint}"], "_random": random_model,
               "_image_stats": ["--pretrained_path=image_stats"]}
-    probe = label_fractions(LABEL_FRACTIONS or preset["label_fractions"])
-    tuned = ([] if SKIP_FINETUNE else
-             label_fractions(FINETUNE_FRACTIONS or preset["finetune_fractions"]))
+    probe = sorted(label_fractions(LABEL_FRACTIONS or preset["label_fractions"]), reverse=True)
+    tuned = sorted([] if SKIP_FINETUNE else
+                   label_fractions(FINETUNE_FRACTIONS or preset["finetune_fractions"]),
+                   reverse=True)
+    order = ([("linear", f) for f in probe if f == 1] + [("finetune", f) for f in tuned if f == 1]
+             + [("linear", f) for f in probe if f < 1] + [("finetune", f) for f in tuned if f < 1])
     steps = []
-    order = [(f, "linear") for f in probe] + [(f, "finetune") for f in tuned]
-    for fraction, stage in sorted(order, key=lambda item: (item[1] == "finetune" and item[0] < 1,
-                                                           item[0] < 1, -item[0],
-                                                           item[1] == "finetune")):
+    for stage, fraction in order:
         labels = [f"--label_fraction={fraction:g}"] if fraction < 1 else []
-        for _, init in INITS if stage == "linear" else INITS[:2]:
-            name = f"{stage}{init}{fraction_suffix(fraction)}"
+        for init, suffix in INITS if stage == "linear" else INITS[:2]:
+            name = f"{stage}{suffix}{fraction_suffix(fraction)}"
             if stage == "linear":
-                steps.append((name, "Linear_evaluation.py", models[init] + linear + labels,
-                              f"linear_eval_metrics{init}{fraction_suffix(fraction)}.pth"))
+                steps.append(Step(name, "Linear_evaluation.py", models[suffix] + linear + labels,
+                                  f"linear_eval_metrics{suffix}{fraction_suffix(fraction)}.pth",
+                                  init))
             else:
-                steps.append((name, "finetune_model.py",
-                              models[init] + precision + finetune + labels,
-                              f"finetune_metrics{init}{fraction_suffix(fraction)}.pth"))
+                steps.append(Step(name, "finetune_model.py",
+                                  models[suffix] + precision + finetune + labels,
+                                  f"finetune_metrics{suffix}{fraction_suffix(fraction)}.pth", init))
     return steps
 
 
@@ -232,15 +243,13 @@ def same_labelled_images(results):
                  "compare. Rerun them into a fresh --output_dir")
 
 
-def table_rows(results, times):
+def table_rows(results, times, inits):
     """One row per (initialisation, protocol, label fraction) that has run: its validation and test
-    accuracy and wall time."""
+    accuracy and wall time. `inits`: each step's initialisation, by step name."""
     rows = []
     for name, found in results.items():
         stage = "linear" if name.startswith("linear") else "finetune"
-        init = next(label for label, suffix in reversed(INITS)
-                    if suffix in name.split("_labels")[0])
-        common = {"init": init, "labels": found.get("label_fraction", 1.0),
+        common = {"init": inits[name], "labels": found.get("label_fraction", 1.0),
                   "train_labels": found.get("train_labels"),
                   "train_files_sha1": found.get("train_files_sha1"), "wall_s": times[name]}
         if stage == "linear":
@@ -271,10 +280,9 @@ def margins(rows, split):
         if row[split] is not None:
             key = f"{row['protocol']}, {row['labels'] * 100:g} % of labels"
             by_protocol.setdefault(key, {})[row["init"]] = row[split]
-    return {key: found["SimSiam pre-trained"] - max(found[f] for f in floors)
+    return {key: found[SIMSIAM] - max(found[f] for f in floors)
             for key, found in by_protocol.items()
-            if "SimSiam pre-trained" in found
-            and (floors := [f for f in found if f != "SimSiam pre-trained"])}
+            if SIMSIAM in found and (floors := [f for f in found if f != SIMSIAM])}
 
 
 def percent(value):
@@ -302,12 +310,13 @@ class Report(NamedTuple):
     pretrain_metrics: dict  # train_simsiam.py's pretrain_metrics.pth
     times: dict  # wall seconds per step
     commands: dict  # the command of each step
+    inits: dict  # the initialisation each evaluation step evaluates
 
 
 def write_report(report, results, final):
     """Write out/quality.json and out/quality.md from the steps finished so far (`results`: their
     metrics by step name); return the table."""
-    out, config, pretrain_metrics, times, commands = report
+    out, config, pretrain_metrics, times, commands, inits = report
     pretrained_config = pretrain_metrics["config"]
     size = pretrained_config["IMAGE_SIZE"]
     network = pretrained_config["ARCH"] + stem_label(pretrained_config["SMALL_STEM"],
@@ -315,7 +324,7 @@ def write_report(report, results, final):
     test_images = (f" ({len(next(iter(results.values()))['test_files']):,} images each)"
                    if results else "")
     epochs = pretrain_metrics["epochs"][-1]
-    rows = table_rows(results, times)
+    rows = table_rows(results, times, inits)
     ranks = {init: results[f"linear{suffix}"].get("feature_effective_rank")
              for init, suffix in (("pretrained", ""), ("random", "_random"))
              if f"linear{suffix}" in results}
@@ -415,34 +424,36 @@ def main():
     pretrained_config = pretrain_metrics["config"]
     checkpoint = os.path.join(out, f"simsiam_{pretrained_config['ARCH']}_epoch_"
                                    f"{pretrain_metrics['epochs'][-1]}.pth")
-    report = Report(out, config, pretrain_metrics, times, commands)
-    write_report(report, {}, final=False)
-
-    # ---- evaluations: pre-trained, random initialisation of the same network and input size,
-    # and image statistics; at each label fraction ----
     random_model = ["--pretrained_path=random", f"--arch={pretrained_config['ARCH']}",
                     f"--small_stem={pretrained_config['SMALL_STEM']}",
                     f"--stem_stride={pretrained_config.get('STEM_STRIDE', 1)}",
                     f"--image_size={pretrained_config['IMAGE_SIZE']}"]
     steps = evaluation_steps(checkpoint, random_model, precision, preset)
+    report = Report(out, config, pretrain_metrics, times, commands,
+                    {step.name: step.init for step in steps})
+    write_report(report, {}, final=False)
+
+    # ---- evaluations: pre-trained, random initialisation of the same network and input size,
+    # and image statistics; at each label fraction ----
     results = {}
-    for name, script, args, metrics_file in steps:
-        commands[name] = f"python {script} " + " ".join(common + args)
-        path = os.path.join(out, metrics_file)
-        model = args[0].split("=", 1)[1]  # --pretrained_path: this run's checkpoint, or a floor
+    for step in steps:
+        name = step.name
+        commands[name] = f"python {step.script} " + " ".join(common + step.args)
+        path = os.path.join(out, step.metrics_file)
+        model = step.args[0].split("=", 1)[1]  # --pretrained_path: this checkpoint, or a floor
         if finished(path, model):
             print(f"[{name}] already done: {path}")
         elif finished(path):  # an earlier checkpoint's (a rerun with more --pretrain_epochs)
             print(f"[{name}] {path} holds another checkpoint's results: replacing them")
-            run_step(name, script, common + args + ["--overwrite=True"], out)
-        elif not reuse_floor(name, commands[name], metrics_file, path):
-            run_step(name, script, common + args, out)
+            run_step(name, step.script, common + step.args + ["--overwrite=True"], out)
+        elif not reuse_floor(step, commands[name], path):
+            run_step(name, step.script, common + step.args, out)
         results[name] = load_checkpoint(path)
         # the script's own timing: the same on a rerun that skips it
         times[name] = results[name]["wall_time_s"]
         same_labelled_images(results)
         # the table so far: a step that fails or is stopped later keeps these rows
-        table = write_report(report, results, final=name == steps[-1][0])
+        table = write_report(report, results, final=step == steps[-1])
     print(table)
     print(f"\nwrote {out}/quality.json and {out}/quality.md")
 

@@ -74,6 +74,8 @@ QUALITY_ARGS = ""  # more bench_quality.py settings, e.g. "--skip_finetune=True"
 PLAN = "plan.json"  # in WORK_DIR: the state between the steps, and the record
 CHECK_OUT, NEXT_OUT, RUN_OUT = "stage_limits.txt", "next_timing.txt", "quality_run.txt"
 STAGES = "stages.log"  # in WORK_DIR: gpu_check.sh's "name<TAB>limit<TAB>seconds<TAB>exit" lines
+# bench_quality.py's initialisations (its INITS; held to them by tests/test_bench_quality.py, since
+# importing it here would load PyTorch before the quick checks)
 INITS_LINEAR, INITS_FINETUNE = 3, 2  # SimSiam, random init, image statistics; SimSiam, scratch
 
 

@@ -211,3 +211,36 @@ def test_label_fractions_are_checked_at_start_up(tmp_path):
         result = run_in_process("scripts/bench_quality.py", f"--{setting}={value}",
                                 f"--eurosat_dir={tmp_path / 'missing'}")
         assert result.returncode == 2 and setting.upper() in result.stderr, result.stderr
+
+
+def test_evaluation_steps_come_in_order_of_importance_and_plan_quality_budgets_as_many(
+        monkeypatch):
+    """All labels first (kNN + probe, then fine-tuning), then the smaller fractions largest first,
+    then fine-tuning on them; each step knows the initialisation it evaluates, and
+    scripts/plan_quality.py budgets exactly as many runs as bench_quality.py makes of the
+    fractions it passes on."""
+    import bench_quality
+    import plan_quality
+    preset = dict(bench_quality.PRESETS["gpu"], label_fractions="0.01 1 0.1",
+                  finetune_fractions="0.1 1")
+    steps = bench_quality.evaluation_steps("ck.pth", ["--pretrained_path=random"], [], preset)
+    assert [step.name for step in steps] == [
+        "linear", "linear_random", "linear_image_stats", "finetune", "finetune_random",
+        "linear_labels10pct", "linear_random_labels10pct", "linear_image_stats_labels10pct",
+        "linear_labels1pct", "linear_random_labels1pct", "linear_image_stats_labels1pct",
+        "finetune_labels10pct", "finetune_random_labels10pct"]
+    assert [step.init for step in steps[:5]] == ["SimSiam pre-trained", "random init",
+                                                 "image statistics", "SimSiam pre-trained",
+                                                 "random init"]
+    assert steps[6].metrics_file == "linear_eval_metrics_random_labels10pct.pth"
+    assert steps[-1].args[-1] == "--label_fraction=0.1" and steps[0].args == [
+        "--pretrained_path=ck.pth", *preset["linear"]]
+    for fractions in (("0.01 0.1 1", "1"), ("1", "0.1 1"), ("0.5", "0.5 1")):
+        for script in (plan_quality, bench_quality):  # plan_quality passes both lists on
+            monkeypatch.setattr(script, "LABEL_FRACTIONS", fractions[0])
+            monkeypatch.setattr(script, "FINETUNE_FRACTIONS", fractions[1])
+        steps = bench_quality.evaluation_steps("ck.pth", [], [], bench_quality.PRESETS["gpu"])
+        linear, finetune, _ = plan_quality.evaluations()
+        assert (linear, finetune) == (
+            sum(s.script == "Linear_evaluation.py" for s in steps),
+            sum(s.script == "finetune_model.py" for s in steps)), fractions
