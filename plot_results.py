@@ -29,7 +29,6 @@ Prints `saving figure to figures/NAME.png` for each figure and ends with
 """
 import math
 import os
-import re
 
 import matplotlib
 
@@ -43,7 +42,8 @@ import simsiam_data as data  # noqa: E402
 from runtime import (CheckpointError, at_least, atomic_write, check_settings,  # noqa: E402
                      configure, load_checkpoint, pick_device, prepare_output_dir, run)
 from simsiam_model import (COLLAPSE_RATIO, FINETUNE_METRICS_KIND, IMAGE_STATS,  # noqa: E402
-                           LINEAR_METRICS_KIND, PRETRAIN_METRICS_KIND, classifier_from_checkpoint)
+                           LINEAR_METRICS_KIND, PRETRAIN_METRICS_KIND, classifier_from_checkpoint,
+                           evaluation_outputs)
 
 # -------------------------------------------------------------------------------------------------
 OUTPUT_DIR = "outputs"  # metrics of train_simsiam.py, Linear_evaluation.py and finetune_model.py
@@ -530,16 +530,17 @@ def plot_predictions(m):
 
 # -------------------------------------------------------------------------------------------------
 
-# the metrics files of the evaluations in OUTPUT_DIR, at any label fraction
-EVALUATION_FILE = re.compile(r"^(linear_eval_metrics|finetune_metrics)(_random|_image_stats)?"
-                             r"(_labels[0-9.]+pct)?\.pth$")
+# how the evaluations' metrics files begin, at any label fraction and initialisation; the rest of
+# the name is evaluation_outputs' for what the file says it measured
+EVALUATION_FILES = {LINEAR_METRICS_KIND: "linear_eval_metrics",
+                    FINETUNE_METRICS_KIND: "finetune_metrics"}
 
 
 def label_fraction_runs():
     """{(protocol, series): {label fraction: test accuracy}} of every finished evaluation in
     OUTPUT_DIR (kNN k=20 and the probe of Linear_evaluation.py, fine-tuning), read from the files
-    themselves; an unreadable file, or SimSiam's of another checkpoint than the full probe's
-    (linear_eval_metrics.pth), is left out with a line."""
+    themselves; an unreadable file, a copy under another name, or SimSiam's of another checkpoint
+    than the full probe's (linear_eval_metrics.pth), is left out with a line."""
     found, checkpoint = {}, None
     full_probe = os.path.join(OUTPUT_DIR, "linear_eval_metrics.pth")
     if os.path.isfile(full_probe):
@@ -548,24 +549,28 @@ def label_fraction_runs():
         except CheckpointError:
             pass
     for name in sorted(os.listdir(OUTPUT_DIR)) if os.path.isdir(OUTPUT_DIR) else []:
-        match = EVALUATION_FILE.match(name)
-        if not match:
+        if not (name.startswith(tuple(EVALUATION_FILES.values())) and name.endswith(".pth")):
             continue
         try:
-            m = load_checkpoint(os.path.join(OUTPUT_DIR, name),
-                                kinds=(LINEAR_METRICS_KIND, FINETUNE_METRICS_KIND))
+            m = load_checkpoint(os.path.join(OUTPUT_DIR, name), kinds=tuple(EVALUATION_FILES))
         except CheckpointError as error:
             print(f"label fractions: leaving out {error}")
             continue
         if m.get("test_acc") is None:
             continue  # unfinished
-        series = {"_random": "random", "_image_stats": "stats"}.get(match.group(2), "pretrained")
+        fraction = m.get("label_fraction", 1.0)
+        measured = {"OUTPUT_DIR": "", "PRETRAINED_PATH": m["pretrained_path"],
+                    "LABEL_FRACTION": fraction}
+        own_name = evaluation_outputs(measured, EVALUATION_FILES[m["kind"]], "")[0]
+        if name != own_name:  # a copy kept beside the run (an older result, a backup)
+            print(f"label fractions: leaving out {name}: its run wrote {own_name}")
+            continue
+        series = {"random": "random", IMAGE_STATS: "stats"}.get(m["pretrained_path"], "pretrained")
         checkpoint = checkpoint or (m["pretrained_path"] if series == "pretrained" else None)
         if series == "pretrained" and m["pretrained_path"] != checkpoint:
             print(f"label fractions: leaving out {name}: it evaluated {m['pretrained_path']}, "
                   f"not {checkpoint}")
             continue
-        fraction = m.get("label_fraction", 1.0)
         if m["kind"] == FINETUNE_METRICS_KIND:
             found.setdefault(("fine-tuning", series), {})[fraction] = m["test_acc"]
         else:

@@ -262,3 +262,13 @@ def test_label_fraction_figure_reads_each_share_from_its_file(tiny_run, monkeypa
     assert set(again["linear probe", "pretrained"]) == {0.1, 1.0}
     assert ("leaving out linear_eval_metrics_labels1pct.pth: it evaluated older_epoch_1.pth"
             in capsys.readouterr().out)
+    # a copy kept beside the run under another name (an older result) is not drawn either
+    copy = tiny_run["out"] / "linear_eval_metrics_random_old.pth"
+    torch.save(dict(full, test_acc=12.5), copy)
+    try:
+        again = plot_results.label_fraction_runs()
+    finally:
+        copy.unlink()
+    assert again["linear probe", "random"] == {1.0: full["test_acc"], 0.1: tenth["test_acc"]}
+    assert ("leaving out linear_eval_metrics_random_old.pth: its run wrote "
+            "linear_eval_metrics_random.pth" in capsys.readouterr().out)
