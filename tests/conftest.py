@@ -41,6 +41,19 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
 
 
+def children_of(pid):
+    """Process ids whose parent is pid, from /proc (Linux)."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:  # the field after the state
+                    found.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            pass  # gone meanwhile
+    return found
+
+
 def run_script(script, *args, cwd=None, timeout=300, env=None):
     """Run `python script args...` from the repository root;
     return the CompletedProcess (text output)."""

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import ROOT, TINY_PRETRAIN, write_images
+from conftest import ROOT, TINY_PRETRAIN, children_of, write_images
 from runtime import load_checkpoint
 from simsiam_model import SimSiam, backbone_from_checkpoint, negative_cosine_loss
 
@@ -99,16 +99,14 @@ def test_torchrun_pretraining_finishes_and_resumes(tmp_path):
 def _workers_of(launcher):
     """{RANK: pid} of the processes that torchrun (pid `launcher`) started."""
     found = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+    for pid in children_of(launcher):
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                parent = int(f.read().rsplit(")", 1)[1].split()[1])
             with open(f"/proc/{pid}/environ", "rb") as f:
                 env = dict(e.split(b"=", 1) for e in f.read().split(b"\0") if b"=" in e)
-        except (OSError, ValueError):
+        except OSError:
             continue
-        if parent == launcher and b"RANK" in env:
-            found[int(env[b"RANK"])] = int(pid)
+        if b"RANK" in env:
+            found[int(env[b"RANK"])] = pid
     return found
 
 

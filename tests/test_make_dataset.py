@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 import make_dataset as md  # noqa: E402
 import runtime  # noqa: E402
-from conftest import run_in_process  # noqa: E402
+from conftest import children_of, run_in_process  # noqa: E402
 from make_demo_data import BAND_NAMES, EUROSAT_CLASSES, write_ssl4eo_zarr  # noqa: E402
 
 L1C = BAND_NAMES["S2L1C"]
@@ -565,19 +565,6 @@ def test_temp_files_of_live_processes_are_kept(tmp_path, capsys):
         alive.wait()
 
 
-def _children(pid):
-    """Process ids whose parent is pid, from /proc."""
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            stat = open(f"/proc/{entry}/stat").read() if entry.isdigit() else ""
-            if stat and int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # the field after the state
-                found.append(int(entry))
-        except OSError:
-            pass
-    return found
-
-
 def _running(pid):
     try:
         return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
@@ -602,7 +589,7 @@ def test_killing_the_script_leaves_no_worker_writing(tmp_path):
     parent = _slow_run(src, out, tmp_path / "m.csv", 2)
     try:
         _wait_for_first_png(parent, out)
-        workers = [pid for pid in _children(parent.pid) if "spawn_main" in _cmdline(pid)]
+        workers = [pid for pid in children_of(parent.pid) if "spawn_main" in _cmdline(pid)]
         assert len(workers) == 2
     finally:
         parent.kill()
