@@ -98,7 +98,9 @@ RESUMABLE_CHANGES = ("NUM_EPOCHS", "OUTPUT_DIR", "CACHE_DIR", "RESUME", "SAVE_EV
 # What a setting was before it existed, for checkpoints written then: its default when it was
 # added, which kept the old behaviour. A setting that a checkpoint lacks and that is not here is
 # refused (its earlier value is unknown); add a new setting here if it keeps the old behaviour.
-BEFORE_IT_EXISTED = {"FILE_LIST": "", "STEM_STRIDE": 1, **data.WRITEUP_VIEWS}
+# (Values of the past, written out: they stay what they were when the defaults change.)
+BEFORE_IT_EXISTED = {"FILE_LIST": "", "STEM_STRIDE": 1, "JITTER_STRENGTH": 1.0, "GRAY_P": 0.2,
+                     "BLUR_P": 0.5, "JITTER_P": 0.8, "VFLIP_P": 0.0, "ROTATE90": False}
 # what torchrun sets for every process it starts
 TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 LAST_KEYS = ("config", "epoch", "global_step", "model", "optimizer", "scaler", "metrics")
