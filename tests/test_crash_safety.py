@@ -89,13 +89,19 @@ def test_atomic_save_never_leaves_a_half_file(tmp_path):
               % (ROOT, str(target)))
     rng = random.Random(1)
     for _ in range(4):
+        target.unlink(missing_ok=True)
         process = subprocess.Popen([sys.executable, "-c", writer])
-        time.sleep(rng.uniform(2.5, 4.0))
+        # the kill lands in the rewrites: after the first save (PyTorch's import before it takes
+        # from one to many seconds, by the machine's load), not at a fixed time from the start
+        deadline = time.monotonic() + 120
+        while not target.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.5))
         process.send_signal(signal.SIGKILL)
         process.wait()
-        if target.exists():
-            saved = load_checkpoint(str(target))
-            assert (saved["w"] == saved["i"]).all()
+        assert process.returncode == -signal.SIGKILL and target.exists()
+        saved = load_checkpoint(str(target))
+        assert (saved["w"] == saved["i"]).all()
 
 
 def _finish(command):
@@ -103,15 +109,24 @@ def _finish(command):
     return run_in_process(os.path.relpath(command[1], ROOT), *command[2:])
 
 
-def _kill_at_random_moments(command, rng, times, check):
-    """Start `command`, SIGKILL it after a random delay, call check(), `times` times;
-    then run it to the end."""
-    for _ in range(times):
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(2.5, 6.0))
+def _kill_at_random_moments(command, rng, times, check, longest):
+    """Start `command`, SIGKILL it at a random moment of its work, call check(), `times` times;
+    then run it to the end. The moment is up to `longest` seconds after the script's first line
+    of output (its settings, printed once its imports are done): a fixed time from the start
+    lands in PyTorch's import on a loaded machine, and tests nothing. Every start must really be
+    killed, or check() would see a run that finished."""
+    for attempt in range(times):
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
+                                   stderr=subprocess.DEVNULL, text=True,
+                                   env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        process.stdout.readline()
+        time.sleep(rng.uniform(0.0, longest))
         process.send_signal(signal.SIGKILL)
-        process.wait()
+        process.stdout.close()
+        process.wait(timeout=300)
+        assert process.returncode == -signal.SIGKILL, (
+            f"start {attempt} of {os.path.basename(command[1])} ended (exit "
+            f"{process.returncode}) before its kill: lower `longest`")
         check()
     return _finish(command)
 
@@ -124,7 +139,7 @@ def test_make_dataset_survives_sigkill(tmp_path):
     zarr_dir.mkdir()
     for n in range(3):
         write_ssl4eo_zarr(str(zarr_dir / f"ssl4eos12_train_seasonal_data_{n + 1:06d}.zarr.zip"),
-                          n_samples=8, size=96, seed=n)
+                          n_samples=8, size=264, seed=n)  # SSL4EO-S12's size: seconds of work
     command = [sys.executable, os.path.join(ROOT, "make_dataset.py"), f"--input_dir={zarr_dir}",
                f"--output_dir={png_dir}", f"--manifest={tmp_path / 'manifest.csv'}",
                "--num_processes=1", "--png_compress_level=9"]
@@ -135,7 +150,7 @@ def test_make_dataset_survives_sigkill(tmp_path):
                 with Image.open(png_dir / name) as image:
                     image.load()  # raises on a truncated PNG
 
-    result = _kill_at_random_moments(command, random.Random(2), 2, every_png_is_whole)
+    result = _kill_at_random_moments(command, random.Random(2), 2, every_png_is_whole, 0.8)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     every_png_is_whole()
     assert len([n for n in os.listdir(png_dir) if n.endswith(".png")]) == 3 * 8 * 4
@@ -155,7 +170,8 @@ def test_evaluation_files_are_never_left_unreadable(tmp_path):
                 "--batch_size=16", "--amp=off"]
     rng = random.Random(3)
     for command in (linear, finetune):
-        result = _kill_at_random_moments(command, rng, 2, lambda: _all_files_load(str(out)))
+        result = _kill_at_random_moments(command, rng, 2, lambda: _all_files_load(str(out)),
+                                         1.5)
         assert result.returncode == 0, result.stderr[-2000:]
     assert load_checkpoint(str(out / "linear_eval_metrics_random.pth"))["test_acc"] is not None
     assert load_checkpoint(str(out / "finetune_metrics_random.pth"))["test_acc"] is not None
