@@ -660,9 +660,10 @@ def evaluation_metrics(kind, config, splits, **extra):
             "image_size": config["IMAGE_SIZE"], "class_names": list(splits["test"].class_names),
             "label_fraction": config["LABEL_FRACTION"],
             "train_labels": len(splits["train"].labels),
-            # the labelled images by class folder and name, not where the data folder is
-            "train_files_sha1": data.names_digest("/".join(os.path.normpath(p).split(os.sep)[-2:])
-                                                  for p in splits["train"].paths),
+            # the labelled images as a set, by class folder and name, not where the data folder is
+            # (sorted: the digest the metrics files have recorded since it existed)
+            "train_files_sha1": data.names_digest(sorted(
+                "/".join(os.path.normpath(p).split(os.sep)[-2:]) for p in splits["train"].paths)),
             "epochs": [], "train_loss": [],
             "train_acc": [], "val_loss": [], "val_acc": [], "lr": [], "epoch_time_s": [],
             "best_epoch": 0, "best_val_acc": 0.0, "test_acc": None, "test_loss": None,

@@ -247,3 +247,22 @@ def test_fine_tuning_on_a_label_fraction_keeps_the_steps_of_a_full_pass(eurosat,
     assert len(metrics["test_predictions"]) == 32
     saved = torch.load(tmp_path / "finetuned_eurosat_best_model_random_labels25pct.pth")
     assert saved["label_fraction"] == 0.25
+
+
+def test_the_labelled_images_digest_is_of_the_set_of_names_not_their_order_or_folder():
+    """train_files_sha1 says whether two evaluations trained on the same labelled images: the
+    same names in another order, or under another data folder, give the same digest (the one
+    recorded since it existed: sorted names); one image more or less does not."""
+    from simsiam_model import evaluation_metrics
+    config = {"SEED": 0, "PRETRAINED_PATH": "random", "ARCH": "resnet18", "IMAGE_SIZE": 32,
+              "LABEL_FRACTION": 1.0}
+
+    def digest(paths):
+        split = data.EuroSATSplit(None, [0] * len(paths), paths, ["A", "B"])
+        return evaluation_metrics("x", config, {"train": split, "test": split})["train_files_sha1"]
+
+    names = ["B/b_1.jpg", "A/a_2.jpg", "A/a_1.jpg"]
+    first = digest([f"/data/EuroSAT/{n}" for n in names])
+    assert first == digest([f"/elsewhere/copy/{n}" for n in sorted(names)])
+    assert first == data.names_digest(sorted(names))
+    assert first != digest([f"/data/EuroSAT/{n}" for n in names[:2]])
