@@ -60,7 +60,7 @@ from runtime import (above, at_least, atomic_save, between, check_fits,
 from simsiam_model import (ARCHS, IMAGE_STATS, LINEAR_METRICS_KIND, Classifier,
                            classifier_checkpoint, effective_rank, evaluation_memory,
                            evaluation_metrics, evaluation_outputs, knn_top1,
-                           record_evaluation_epoch, start_evaluation, test_results)
+                           percent, record_evaluation_epoch, start_evaluation, test_results)
 
 # -------------------------------------------------------------------------------------------------
 EUROSAT_DIR = "datae/EuroSAT"  # JPEG class folders + train/validation/test.csv, label_map.json
@@ -275,16 +275,12 @@ def knn_accuracies(features, values, labels):
             for split in ("validation", "test")}
 
 
-def shown(accuracy):
-    return "-" if accuracy is None else f"{accuracy:.2f}%"
-
-
 def print_summary(metrics, metrics_path):
     knn, timings = metrics["knn"], metrics["timings"]
-    print(f"test accuracy {metrics['test_acc']:.2f}% (loss {metrics['test_loss']:.4f}) with the "
-          f"head of epoch {metrics['best_epoch']} (weight decay {metrics['weight_decay']:g}, val "
-          f"{metrics['best_val_acc']:.2f}%); kNN " + " ".join(
-              f"{k} {shown(knn[k])} (val {shown(metrics['knn_val'][k])})" for k in knn)
+    print(f"test accuracy {percent(metrics['test_acc'])} (loss {metrics['test_loss']:.4f}) with "
+          f"the head of epoch {metrics['best_epoch']} (weight decay {metrics['weight_decay']:g}, "
+          f"val {percent(metrics['best_val_acc'])}); kNN " + " ".join(
+              f"{k} {percent(knn[k])} (val {percent(metrics['knn_val'][k])})" for k in knn)
           + f", temperature {KNN_TEMPERATURE}")
     print("per-class test accuracy: "
           + ", ".join(f"{n} {a:.1f}%" for n, a in metrics["per_class_acc"].items()))

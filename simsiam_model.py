@@ -671,6 +671,11 @@ def evaluation_metrics(kind, config, splits, **extra):
             "test_files": list(splits["test"].paths), "knn": None, "wall_time_s": 0.0, **extra}
 
 
+def percent(accuracy):
+    """An accuracy as the summaries and tables print it; "-" where none was measured."""
+    return "-" if accuracy is None else f"{accuracy:.2f} %"
+
+
 def record_evaluation_epoch(metrics, epoch, num_epochs, row, lr_format=".4f", note=""):
     """Append one epoch (row: train_loss, train_acc, val_loss, val_acc, lr, epoch_time_s, and any
     other list the metrics hold); return its log line, with `note` before the time."""

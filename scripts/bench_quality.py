@@ -32,7 +32,7 @@ sys.path.insert(0, ROOT)
 from runtime import (AMP_MODES, CheckpointError, at_least, atomic_save,  # noqa: E402
                      atomic_write, check_settings, configure, fail, fractions_rule, label_fractions,
                      load_checkpoint, one_of, run)
-from simsiam_model import COLLAPSE_RATIO, fraction_suffix, stem_label  # noqa: E402
+from simsiam_model import COLLAPSE_RATIO, fraction_suffix, percent, stem_label  # noqa: E402
 
 # -------------------------------------------------------------------------------------------------
 PRESET = "cpu"  # cpu | gpu | writeup | custom (see PRESETS below)
@@ -283,10 +283,6 @@ def margins(rows, split):
     return {key: found[SIMSIAM] - max(found[f] for f in floors)
             for key, found in by_protocol.items()
             if SIMSIAM in found and (floors := [f for f in found if f != SIMSIAM])}
-
-
-def percent(value):
-    return "-" if value is None else f"{value:.2f} %"
 
 
 def fraction_table(rows, split):
